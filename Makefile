@@ -1,0 +1,57 @@
+# The two commands a new user needs: `make run` and `make test`. Both install what they
+# need first (system packages through apt-get where missing, then a venv with the package).
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+# command:debian-package pairs the agent and its tests use.
+SYSTEM_TOOLS := mosquitto:mosquitto ip:iproute2 ping:iputils-ping conntrack:conntrack gcc:gcc
+NATIVE_SRC := $(wildcard native/*.c native/*.h) src/rtk_qos/_core.pyx src/rtk_qos/_native.pxd setup.py
+RUN_ARGS ?= --duration 10
+
+.PHONY: run test bench native native-test deps clean
+
+run: $(VENV)/.built
+	$(VENV)/bin/rtk-qos run qos_traffic_analysis $(RUN_ARGS)
+
+test: $(VENV)/.built native-test
+	$(PY) -m pytest -q tests
+
+bench: $(VENV)/.built
+	$(PY) bench/run.py --output bench/report.json
+
+native-test:
+	$(MAKE) -C native test
+
+native: $(VENV)/.built
+
+deps: $(VENV)/.deps
+
+$(VENV)/.system:
+	@missing=""; \
+	for pair in $(SYSTEM_TOOLS); do \
+	  tool=$${pair%%:*}; pkg=$${pair##*:}; \
+	  PATH="$$PATH:/usr/sbin:/sbin" command -v $$tool >/dev/null || missing="$$missing $$pkg"; \
+	done; \
+	python3 -c 'import ensurepip, venv' 2>/dev/null || missing="$$missing python3-venv"; \
+	python3 -c 'import sysconfig, os, sys; sys.exit(not os.path.exists(sysconfig.get_paths()["include"] + "/Python.h"))' \
+	  || missing="$$missing python3-dev"; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing system packages:$$missing"; \
+	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing; \
+	fi
+	python3 -m venv $(VENV)
+	touch $@
+
+$(VENV)/.deps: $(VENV)/.system pyproject.toml
+	$(PY) -m pip install -q --upgrade pip "setuptools>=65" wheel "Cython>=3.0"
+	$(PY) -m pip install -q -e '.[test]' --no-build-isolation
+	touch $@
+
+$(VENV)/.built: $(VENV)/.deps $(NATIVE_SRC)
+	$(PY) setup.py -q build_clib build_ext --inplace
+	touch $@
+
+clean:
+	rm -rf build src/rtk_qos/_core.c src/rtk_qos/_core*.so
+	$(MAKE) -C native clean

@@ -1,0 +1,431 @@
+# cython: language_level=3
+"""The only place Python meets the native core (native/*.c).
+
+Python calls in once per tick (`Sampler.tick`) or once per query; the loops
+over links, counters and samples all run in C on preallocated memory.
+"""
+from cpython.mem cimport PyMem_Free, PyMem_Malloc
+from libc.errno cimport EINVAL
+from libc.stdint cimport int32_t, uint32_t, uint64_t
+from libc.string cimport memset
+from cpython.array cimport array, clone
+
+from rtk_qos._native cimport *
+
+import os
+
+#: Rate series kept per link, one per kernel counter, in units per second.
+METRICS = ("rx_bytes", "tx_bytes", "rx_packets", "tx_packets",
+           "rx_errors", "tx_errors", "rx_dropped", "tx_dropped")
+COUNTERS = METRICS
+DELTA_KINDS = ("ok", "wrap32", "reset")
+SLOT_STATES = {RTK_SLOT_EMPTY: "empty", RTK_SLOT_ACTIVE: "active", RTK_SLOT_GONE: "gone"}
+
+cdef array _DOUBLES = array("d")
+
+
+cdef inline void _check(long rc, str what) except *:
+    if rc < 0:
+        raise OSError(-rc, f"{what}: {os.strerror(-rc)}")
+
+
+cdef inline str _name(const char *name):
+    return name[:RTK_IFNAMSIZ].split(b"\0", 1)[0].decode("utf-8", "replace")
+
+
+cdef tuple _link_tuple(const rtk_link *l):
+    return (l.ifindex, _name(l.name), l.c[0], l.c[1], l.c[2], l.c[3], l.c[4], l.c[5], l.c[6], l.c[7])
+
+
+cdef dict _summary_dict(const rtk_summary *s):
+    return {"n": s.n, "mean": s.mean, "std": s.std, "min": s.min, "max": s.max, "ewma": s.ewma,
+            "p50": s.p50, "p95": s.p95, "p99": s.p99, "median": s.median, "mad": s.mad}
+
+
+cdef int _metric_index(metric) except -1:
+    if isinstance(metric, str):
+        return METRICS.index(metric)
+    if not 0 <= metric < RTK_NMETRICS:
+        raise ValueError(f"metric {metric} out of range")
+    return metric
+
+
+def monotonic():
+    """CLOCK_MONOTONIC seconds, the clock every tick is stamped with."""
+    return rtk_monotonic()
+
+
+cdef class CounterReader:
+    """Snapshots of every link's counters (netlink RTM_GETSTATS, else /proc/net/dev)."""
+    cdef rtk_reader *r
+    cdef rtk_link *links
+
+    def __cinit__(self, bint force_procfs=False):
+        self.r = <rtk_reader *>PyMem_Malloc(sizeof(rtk_reader))
+        self.links = <rtk_link *>PyMem_Malloc(RTK_MAX_LINKS * sizeof(rtk_link))
+        if self.r == NULL or self.links == NULL:
+            raise MemoryError()
+        memset(self.r, 0, sizeof(rtk_reader))
+        _check(rtk_reader_open(self.r, RTK_FORCE_PROCFS if force_procfs else 0), "opening counters")
+
+    def __dealloc__(self):
+        if self.r != NULL:
+            rtk_reader_close(self.r)
+            PyMem_Free(self.r)
+        PyMem_Free(self.links)
+
+    @property
+    def source(self):
+        return "netlink" if self.r.source == RTK_SRC_NETLINK else "procfs"
+
+    def read(self):
+        """[(ifindex, name, rx_bytes, tx_bytes, rx_packets, tx_packets, rx_errors, tx_errors,
+        rx_dropped, tx_dropped)] for every link."""
+        cdef int n = rtk_reader_read(self.r, self.links, RTK_MAX_LINKS)
+        _check(n, "reading counters")
+        return [_link_tuple(&self.links[i]) for i in range(n)]
+
+    def raw_dump(self):
+        """The RTM_GETSTATS dump alone, unparsed: the floor of a counter read. Returns bytes received."""
+        cdef long got
+        with nogil:
+            got = rtk_reader_raw_dump(self.r)
+        _check(got, "raw dump")
+        return got
+
+
+cdef class Sampler:
+    """Per-tick pipeline over every link: snapshot, deltas, rates, rolling stats, z-scores.
+
+    capacity: links tracked (a link beyond it is counted in `overflow`, not tracked);
+    history: rate samples kept per series (rounded up to a power of two);
+    window: samples in the rolling statistics and z-scores; ewma_alpha: EWMA gain.
+    """
+    cdef rtk_sampler s
+    cdef void *arena
+    cdef CounterReader reader
+    cdef double *scratch
+
+    def __cinit__(self, int capacity=256, uint32_t history=4096, uint32_t window=60,
+                  double ewma_alpha=0.1, bint force_procfs=False, bint open_reader=True):
+        if capacity < 1 or capacity > RTK_MAX_LINKS:
+            raise ValueError(f"capacity {capacity} is not within 1-{RTK_MAX_LINKS}")
+        if history < 2 or window < 1:
+            raise ValueError("history must be >= 2 and window >= 1")
+        self.arena = PyMem_Malloc(rtk_sampler_arena_size(capacity, history, window))
+        if self.arena == NULL:
+            raise MemoryError()
+        rtk_sampler_init(&self.s, self.arena, capacity, history, window, ewma_alpha)
+        self.scratch = <double *>PyMem_Malloc(self.s.history * sizeof(double))
+        if self.scratch == NULL:
+            raise MemoryError()
+        if open_reader:
+            self.reader = CounterReader(force_procfs)
+
+    def __dealloc__(self):
+        PyMem_Free(self.arena)
+        PyMem_Free(self.scratch)
+
+    @property
+    def source(self):
+        return self.reader.source if self.reader is not None else None
+
+    @property
+    def ticks(self):
+        return self.s.ticks
+
+    @property
+    def history(self):
+        return self.s.history
+
+    @property
+    def window(self):
+        return self.s.window
+
+    @property
+    def appeared(self):
+        return self.s.appeared
+
+    @property
+    def vanished(self):
+        return self.s.vanished
+
+    @property
+    def overflow(self):
+        return self.s.overflow
+
+    def track(self, names):
+        """Track only the links with these names (before the first tick); empty: every link."""
+        cdef int n = len(names)
+        if self.s.ticks:
+            raise RuntimeError("track() must come before the first tick")
+        if n > self.s.cap:
+            raise ValueError(f"{n} names exceed the capacity {self.s.cap}")
+        # One flat buffer of n fixed-size, zero-padded names, as the C side reads them.
+        buf = b"".join(name.encode()[:RTK_IFNAMSIZ - 1].ljust(RTK_IFNAMSIZ, b"\0") for name in names)
+        rtk_sampler_track(&self.s, buf, n)
+
+    def tick(self):
+        """Read the kernel counters and ingest them. Returns the number of links read."""
+        cdef int n
+        if self.reader is None:
+            raise RuntimeError("this sampler was made without a counter reader")
+        with nogil:
+            n = rtk_sampler_tick(&self.s, self.reader.r)
+        _check(n, "reading counters")
+        return n
+
+    def ingest(self, links, double t):
+        """Ingest a snapshot given as tuples shaped like CounterReader.read() at monotonic t."""
+        cdef int n = len(links), i, k
+        cdef rtk_link *buf = <rtk_link *>PyMem_Malloc(max(n, 1) * sizeof(rtk_link))
+        if buf == NULL:
+            raise MemoryError()
+        try:
+            for i, link in enumerate(links):
+                memset(&buf[i], 0, sizeof(rtk_link))
+                buf[i].ifindex = link[0]
+                raw = link[1].encode()[:RTK_IFNAMSIZ - 1]
+                for k in range(len(raw)):
+                    buf[i].name[k] = raw[k]
+                for k in range(RTK_NCOUNTERS):
+                    buf[i].c[k] = link[2 + k]
+            rtk_sampler_ingest(&self.s, buf, n, t)
+        finally:
+            PyMem_Free(buf)
+
+    cdef rtk_slot *_slot(self, int slot) except NULL:
+        if not 0 <= slot < self.s.nslots:
+            raise IndexError(f"slot {slot} not in use")
+        return &self.s.slots[slot]
+
+    def slots(self):
+        """Every slot ever used: dicts with ifindex, name, state, first/last tick, totals, wraps, resets."""
+        cdef int i
+        cdef rtk_slot *sl
+        out = []
+        for i in range(self.s.nslots):
+            sl = &self.s.slots[i]
+            out.append({"slot": i, "ifindex": sl.ifindex, "name": _name(sl.name),
+                        "state": SLOT_STATES[sl.state], "first_tick": sl.first_tick,
+                        "last_tick": sl.last_tick, "samples": sl.rate[0].ring.pushed,
+                        "totals": dict(zip(COUNTERS, [sl.total[k] for k in range(RTK_NCOUNTERS)])),
+                        "wraps": sl.wraps, "resets": sl.resets})
+        return out
+
+    def last(self, int slot, metric):
+        """(latest rate, its z-score against the window before it) of one series."""
+        cdef rtk_rolling *st = &self._slot(slot).rate[_metric_index(metric)]
+        return st.last, st.last_z
+
+    def rolling(self, int slot, metric):
+        """The O(1) rolling state of one series: n, mean, std, min, max, ewma."""
+        cdef rtk_rolling *st = &self._slot(slot).rate[_metric_index(metric)]
+        return {"n": st.n, "mean": st.mean, "std": rtk_rolling_std(st), "min": rtk_rolling_min(st),
+                "max": rtk_rolling_max(st), "ewma": st.ewma}
+
+    def summary(self, int slot, metric, uint32_t n=0):
+        """Summary with quantiles and median/MAD over the newest n samples (0: the window)."""
+        cdef rtk_summary out
+        rtk_rolling_summary(&self._slot(slot).rate[_metric_index(metric)], n, self.scratch, &out)
+        return _summary_dict(&out)
+
+    def series(self, int slot, metric):
+        """Every retained rate sample of one series, oldest first, as array('d')."""
+        cdef rtk_rolling *st = &self._slot(slot).rate[_metric_index(metric)]
+        cdef uint32_t n = rtk_ring_count(&st.ring)
+        cdef array out = clone(_DOUBLES, n, False)
+        rtk_ring_copy_last(&st.ring, n, out.data.as_doubles)
+        return out
+
+    def sum_series(self, slots, metric, uint64_t start, uint32_t n):
+        """Per tick from `start`, the sum of the given slots' rates (array('d') of n)."""
+        cdef int m = _metric_index(metric), i, count = len(slots)
+        cdef int *ids = <int *>PyMem_Malloc(max(count, 1) * sizeof(int))
+        cdef array out = clone(_DOUBLES, n, False)
+        if ids == NULL:
+            raise MemoryError()
+        try:
+            for i in range(count):
+                self._slot(slots[i])
+                ids[i] = slots[i]
+            rtk_sampler_sum_series(&self.s, ids, count, m, start, n, out.data.as_doubles)
+        finally:
+            PyMem_Free(ids)
+        return out
+
+    def tick_times(self):
+        """Monotonic time of every retained tick, oldest first, and the tick number of the first."""
+        cdef uint32_t n = rtk_ring_count(&self.s.times)
+        cdef array out = clone(_DOUBLES, n, False)
+        rtk_ring_copy_last(&self.s.times, n, out.data.as_doubles)
+        return self.s.ticks - n, out
+
+
+cdef class Rolling:
+    """One rolling series on its own (probes, tests): the same C code the sampler runs."""
+    cdef rtk_rolling s
+    cdef double *ring
+    cdef double *scratch
+    cdef uint64_t *deques
+
+    def __cinit__(self, uint32_t window, uint32_t history=0, double ewma_alpha=0.1):
+        if window < 1:
+            raise ValueError("window must be >= 1")
+        cdef uint32_t cap = rtk_ring_capacity(max(history, window))
+        self.ring = <double *>PyMem_Malloc(cap * sizeof(double))
+        self.scratch = <double *>PyMem_Malloc(cap * sizeof(double))
+        self.deques = <uint64_t *>PyMem_Malloc(2 * (window + 1) * sizeof(uint64_t))
+        if self.ring == NULL or self.scratch == NULL or self.deques == NULL:
+            raise MemoryError()
+        rtk_rolling_init(&self.s, self.ring, cap, self.deques, window, ewma_alpha)
+
+    def __dealloc__(self):
+        PyMem_Free(self.ring)
+        PyMem_Free(self.scratch)
+        PyMem_Free(self.deques)
+
+    def push(self, double x):
+        """Add x; returns its z-score against the window before it."""
+        return rtk_rolling_push(&self.s, x)
+
+    def extend(self, values):
+        cdef double x
+        for x in values:
+            rtk_rolling_push(&self.s, x)
+
+    @property
+    def n(self):
+        return self.s.n
+
+    @property
+    def mean(self):
+        return self.s.mean
+
+    @property
+    def var(self):
+        return rtk_rolling_var(&self.s)
+
+    @property
+    def std(self):
+        return rtk_rolling_std(&self.s)
+
+    @property
+    def min(self):
+        return rtk_rolling_min(&self.s)
+
+    @property
+    def max(self):
+        return rtk_rolling_max(&self.s)
+
+    @property
+    def ewma(self):
+        return self.s.ewma
+
+    @property
+    def last_z(self):
+        return self.s.last_z
+
+    def summary(self, uint32_t n=0):
+        cdef rtk_summary out
+        rtk_rolling_summary(&self.s, n, self.scratch, &out)
+        return _summary_dict(&out)
+
+    def values(self):
+        cdef uint32_t n = rtk_ring_count(&self.s.ring)
+        cdef array out = clone(_DOUBLES, n, False)
+        rtk_ring_copy_last(&self.s.ring, n, out.data.as_doubles)
+        return out
+
+    def bench_push(self, uint64_t count, double x0=1.0):
+        """Push `count` values in a C loop (benchmarks: no Python call per value)."""
+        cdef uint64_t i
+        cdef double x = x0
+        with nogil:
+            for i in range(count):
+                # A cheap deterministic wobble so min/max deques do real work.
+                x = x * 1.0000001 + (<double>(i & 7) - 3.5)
+                rtk_rolling_push(&self.s, x)
+
+
+cdef class Jitter:
+    """RFC 3550 interarrival jitter and consecutive delay variation, fed delays in arrival order."""
+    cdef rtk_jitter j
+
+    def __cinit__(self):
+        rtk_jitter_init(&self.j)
+
+    def update(self, double delay):
+        rtk_jitter_update(&self.j, delay)
+
+    def extend(self, delays):
+        cdef double d
+        for d in delays:
+            rtk_jitter_update(&self.j, d)
+
+    @property
+    def jitter(self):
+        return self.j.jitter
+
+    @property
+    def ipdv_mean(self):
+        return rtk_jitter_ipdv_mean(&self.j)
+
+    @property
+    def ipdv_max(self):
+        return self.j.ipdv_max
+
+    @property
+    def n(self):
+        return self.j.n
+
+
+cdef array _as_doubles(values):
+    return array("d", values)
+
+
+def quantile(values, double q):
+    """Quantile with linear interpolation (numpy's default); 0.0 for no values."""
+    cdef array v = _as_doubles(values)
+    return rtk_quantile(v.data.as_doubles, len(v), q)
+
+
+def median_mad(values):
+    """(median, median absolute deviation); (0.0, 0.0) for no values."""
+    cdef array v = _as_doubles(values)
+    cdef double med, mad
+    rtk_median_mad(v.data.as_doubles, len(v), &med, &mad)
+    return med, mad
+
+
+def counter_delta(uint64_t prev, uint64_t cur):
+    """(delta, kind) of one counter reading; kind is ok, wrap32 or reset."""
+    cdef int kind
+    cdef uint64_t d = rtk_counter_delta(prev, cur, &kind)
+    return d, DELTA_KINDS[kind]
+
+
+def link_deltas(prev, cur):
+    """(deltas, kind) for the 8 counters of one link, with the link-level reset rule."""
+    cdef uint64_t p[8], c[8], out[8]
+    cdef int i
+    if len(prev) != RTK_NCOUNTERS or len(cur) != RTK_NCOUNTERS:
+        raise ValueError(f"a link has {RTK_NCOUNTERS} counters")
+    for i in range(RTK_NCOUNTERS):
+        p[i] = prev[i]
+        c[i] = cur[i]
+    kind = rtk_link_deltas(p, c, out)
+    return [out[i] for i in range(RTK_NCOUNTERS)], DELTA_KINDS[kind]
+
+
+def parse_proc_net_dev(text):
+    """Parse /proc/net/dev text into CounterReader.read() tuples (ifindex 0: not resolved)."""
+    cdef bytes raw = text.encode() if isinstance(text, str) else bytes(text)
+    cdef rtk_link *links = <rtk_link *>PyMem_Malloc(RTK_MAX_LINKS * sizeof(rtk_link))
+    if links == NULL:
+        raise MemoryError()
+    try:
+        n = rtk_parse_proc_net_dev(raw, len(raw), links, RTK_MAX_LINKS, NULL, NULL)
+        return [_link_tuple(&links[i]) for i in range(n)]
+    finally:
+        PyMem_Free(links)
