@@ -126,6 +126,11 @@ cdef class Sampler:
         PyMem_Free(self.arena)
         PyMem_Free(self.scratch)
 
+    @staticmethod
+    def arena_bytes(int capacity, uint32_t history, uint32_t window):
+        """Memory a Sampler of this shape allocates for its slots and series."""
+        return rtk_sampler_arena_size(capacity, history, window)
+
     @property
     def source(self):
         return self.reader.source if self.reader is not None else None
@@ -141,6 +146,11 @@ cdef class Sampler:
     @property
     def window(self):
         return self.s.window
+
+    @property
+    def last_time(self):
+        """Monotonic time of the latest tick (0.0 before the first)."""
+        return rtk_ring_at(&self.s.times, self.s.ticks - 1) if self.s.ticks else 0.0
 
     @property
     def appeared(self):
@@ -212,6 +222,17 @@ cdef class Sampler:
                         "totals": dict(zip(COUNTERS, [sl.total[k] for k in range(RTK_NCOUNTERS)])),
                         "wraps": sl.wraps, "resets": sl.resets})
         return out
+
+    def active_slots(self):
+        """[(slot, name)] of the links present at the last tick."""
+        cdef int i
+        return [(i, _name(self.s.slots[i].name)) for i in range(self.s.nslots)
+                if self.s.slots[i].state == RTK_SLOT_ACTIVE]
+
+    def last_rates(self, int slot):
+        """The latest rate of every metric of one slot, in METRICS order."""
+        cdef rtk_slot *sl = self._slot(slot)
+        return tuple(sl.rate[m].last for m in range(RTK_NMETRICS))
 
     def last(self, int slot, metric):
         """(latest rate, its z-score against the window before it) of one series."""

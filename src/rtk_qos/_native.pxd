@@ -27,6 +27,7 @@ cdef extern from "ring.h" nogil:
         uint64_t pushed
     uint32_t rtk_ring_capacity(uint32_t wanted)
     uint32_t rtk_ring_count(const rtk_ring *r)
+    double rtk_ring_at(const rtk_ring *r, uint64_t seq)
     uint32_t rtk_ring_copy_last(const rtk_ring *r, uint32_t n, double *out)
 
 cdef extern from "stats.h" nogil:

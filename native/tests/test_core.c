@@ -1,0 +1,243 @@
+/* The native core's own tests: the same cases the Python suite checks, runnable
+ * without Python (and under qemu-user for cross targets). Exit status 0 = pass. */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "counters.h"
+#include "delta.h"
+#include "jitter.h"
+#include "sampler.h"
+#include "stats.h"
+
+static int failures, checks, tests_passed, tests_failed;
+
+#define CHECK(cond)                                                                   \
+    do {                                                                              \
+        checks++;                                                                     \
+        if (!(cond)) {                                                                \
+            failures++;                                                               \
+            fprintf(stderr, "%s:%d: %s: check failed: %s\n", __FILE__, __LINE__,      \
+                    __func__, #cond);                                                 \
+        }                                                                             \
+    } while (0)
+
+static int near(double a, double b, double tol) { return fabs(a - b) <= tol * (1.0 + fabs(b)); }
+
+/* Deterministic values, the same on every target. */
+static uint64_t lcg_state = 12345;
+static double lcg(void)
+{
+    lcg_state = lcg_state * 6364136223846793005ull + 1442695040888963407ull;
+    return (double)(lcg_state >> 11) / (double)(1ull << 53) * 2000.0 - 1000.0;
+}
+
+static int cmp_double(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+static double sorted_quantile(const double *v, uint32_t n, double q)
+{
+    double tmp[512];
+    memcpy(tmp, v, n * sizeof *tmp);
+    qsort(tmp, n, sizeof *tmp, cmp_double);
+    double pos = q * (n - 1);
+    uint32_t k = (uint32_t)pos;
+    double frac = pos - k;
+    return k + 1 < n ? tmp[k] + frac * (tmp[k + 1] - tmp[k]) : tmp[k];
+}
+
+static void test_rolling_matches_naive(void)
+{
+    static double ring[512], values[2000], scratch[512];
+    static uint64_t deques[2 * 65];
+    for (uint32_t window = 1; window <= 64; window += 7) {
+        rtk_rolling r;
+        rtk_rolling_init(&r, ring, 512, deques, window, 0.1);
+        for (int i = 0; i < 2000; i++) {
+            values[i] = (i % 100 == 0) ? 1e5 : lcg();
+            uint32_t n = (uint32_t)(i < (int)window ? i : (int)window);
+            double mean = 0, var = 0;
+            for (uint32_t k = 0; k < n; k++)
+                mean += values[i - 1 - k];
+            mean = n ? mean / n : 0;
+            for (uint32_t k = 0; k < n; k++)
+                var += (values[i - 1 - k] - mean) * (values[i - 1 - k] - mean);
+            var = n > 1 ? var / (n - 1) : 0;
+            double want_z = var > 0 ? (values[i] - mean) / sqrt(var) : 0.0;
+            double z = rtk_rolling_push(&r, values[i]);
+            CHECK(!isnan(z));
+            if (var > 1e-6)
+                CHECK(near(z, want_z, 1e-6));
+        }
+        uint32_t n = window;
+        double mn = values[1999], mx = values[1999];
+        for (uint32_t k = 0; k < n; k++) {
+            double x = values[1999 - k];
+            mn = x < mn ? x : mn;
+            mx = x > mx ? x : mx;
+        }
+        CHECK(rtk_rolling_min(&r) == mn);
+        CHECK(rtk_rolling_max(&r) == mx);
+        rtk_summary s;
+        rtk_rolling_summary(&r, 0, scratch, &s);
+        CHECK(s.n == n);
+        CHECK(near(s.p50, sorted_quantile(values + 2000 - n, n, 0.5), 1e-12));
+        CHECK(near(s.p95, sorted_quantile(values + 2000 - n, n, 0.95), 1e-12));
+        CHECK(near(s.p99, sorted_quantile(values + 2000 - n, n, 0.99), 1e-12));
+    }
+}
+
+static void test_empty_window_is_nan_free(void)
+{
+    double ring[8], scratch[8];
+    uint64_t deques[2 * 5];
+    rtk_rolling r;
+    rtk_rolling_init(&r, ring, 8, deques, 4, 0.5);
+    rtk_summary s;
+    rtk_rolling_summary(&r, 0, scratch, &s);
+    CHECK(s.n == 0 && s.mean == 0 && s.std == 0 && s.p99 == 0 && s.mad == 0);
+    CHECK(rtk_rolling_push(&r, 3.0) == 0.0);
+    CHECK(rtk_rolling_push(&r, 3.0) == 0.0);
+    CHECK(rtk_rolling_std(&r) == 0.0);
+}
+
+static void test_median_mad(void)
+{
+    double v[] = {1, 2, 3, 4, 100};
+    double med, mad;
+    rtk_median_mad(v, 5, &med, &mad);
+    CHECK(med == 3.0 && mad == 1.0);
+}
+
+static void test_counter_deltas(void)
+{
+    int kind;
+    CHECK(rtk_counter_delta(100, 250, &kind) == 150 && kind == RTK_DELTA_OK);
+    CHECK(rtk_counter_delta(0xffffffffull - 9, 5, &kind) == 15 && kind == RTK_DELTA_WRAP32);
+    CHECK(rtk_counter_delta(10ull << 32, 5000, &kind) == 5000 && kind == RTK_DELTA_RESET);
+    CHECK(rtk_counter_delta(3000000000ull, 2000000000ull, &kind) == 2000000000ull && kind == RTK_DELTA_RESET);
+    uint64_t prev[8] = {3000000000ull, 0, 2000000, 0, 0, 0, 0, 0};
+    uint64_t cur[8] = {1000, 0, 10, 0, 0, 0, 0, 0};
+    uint64_t out[8];
+    CHECK(rtk_link_deltas(prev, cur, out) == RTK_DELTA_RESET);
+    CHECK(out[0] == 1000 && out[2] == 10);
+}
+
+static void test_jitter(void)
+{
+    rtk_jitter j;
+    rtk_jitter_init(&j);
+    double delays[] = {10, 12, 11, 15, 15};
+    double want = 0, sum = 0;
+    for (int i = 0; i < 5; i++) {
+        rtk_jitter_update(&j, delays[i]);
+        if (i) {
+            double d = fabs(delays[i] - delays[i - 1]);
+            want += (d - want) / 16;
+            sum += d;
+        }
+    }
+    CHECK(near(j.jitter, want, 1e-12));
+    CHECK(near(rtk_jitter_ipdv_mean(&j), sum / 4, 1e-12));
+    CHECK(j.ipdv_max == 4.0);
+}
+
+static void test_proc_net_dev_parser(void)
+{
+    const char *text =
+        "Inter-|   Receive                            |  Transmit\n"
+        " face |bytes packets errs drop fifo frame compressed multicast|bytes packets errs drop fifo colls carrier compressed\n"
+        "    lo: 100 2 0 0 0 0 0 0 100 2 0 0 0 0 0 0\n"
+        "  eth0: 18446744073709551615 7 1 2 0 0 0 0 300 8 3 4 0 0 0 0\n";
+    rtk_link links[4];
+    int n = rtk_parse_proc_net_dev(text, strlen(text), links, 4, NULL, NULL);
+    CHECK(n == 2);
+    CHECK(strcmp(links[1].name, "eth0") == 0);
+    CHECK(links[1].c[RTK_RX_BYTES] == 18446744073709551615ull);
+    CHECK(links[1].c[RTK_RX_PACKETS] == 7 && links[1].c[RTK_TX_BYTES] == 300);
+    CHECK(links[1].c[RTK_RX_ERRORS] == 1 && links[1].c[RTK_RX_DROPPED] == 2);
+    CHECK(links[1].c[RTK_TX_ERRORS] == 3 && links[1].c[RTK_TX_DROPPED] == 4);
+}
+
+static void test_sampler_wraps_and_lifetimes(void)
+{
+    size_t bytes = rtk_sampler_arena_size(4, 256, 8);
+    void *arena = malloc(bytes);
+    CHECK(arena != NULL);
+    if (!arena)
+        return;
+    rtk_sampler s;
+    rtk_sampler_init(&s, arena, 4, 256, 8, 0.1);
+    rtk_link l;
+    memset(&l, 0, sizeof l);
+    l.ifindex = 3;
+    strcpy(l.name, "wan");
+    uint64_t counter = 0xffffffffull - 5000, truth = 0;
+    for (int t = 0; t < 100; t++) {
+        l.c[RTK_RX_BYTES] = counter;
+        rtk_sampler_ingest(&s, &l, 1, (double)t);
+        if (t)
+            truth += 700000000ull;
+        counter = (counter + 700000000ull) & 0xffffffffull;
+    }
+    CHECK(s.slots[0].total[RTK_RX_BYTES] == truth);
+    CHECK(s.slots[0].wraps > 10 && s.slots[0].resets == 0);
+    double v;
+    CHECK(rtk_sampler_value_at(&s, 0, RTK_RX_BYTES, 99, &v) && v == 700000000.0);
+    rtk_sampler_ingest(&s, &l, 0, 100.0);
+    CHECK(s.slots[0].state == RTK_SLOT_GONE && s.vanished == 1);
+    l.ifindex = 9;
+    rtk_sampler_ingest(&s, &l, 1, 101.0);
+    CHECK(s.nslots == 2 && s.appeared == 1);
+    free(arena);
+}
+
+static void test_live_counters_both_paths(void)
+{
+    static rtk_reader r, p;
+    static rtk_link a[RTK_MAX_LINKS], b[RTK_MAX_LINKS];
+    int rn = rtk_reader_open(&r, 0), pn = rtk_reader_open(&p, RTK_FORCE_PROCFS);
+    CHECK(rn == 0 && pn == 0);
+    if (rn || pn)
+        return;
+    int n1 = rtk_reader_read(&r, a, RTK_MAX_LINKS), n2 = rtk_reader_read(&p, b, RTK_MAX_LINKS);
+    CHECK(n1 > 0 && n1 == n2);
+    int matched = 0;
+    for (int i = 0; i < n1; i++)
+        for (int k = 0; k < n2; k++)
+            if (a[i].ifindex == b[k].ifindex && strcmp(a[i].name, b[k].name) == 0)
+                matched++;
+    CHECK(matched == n1);
+    printf("counters: %d links via %s and procfs\n", n1, r.source == RTK_SRC_NETLINK ? "netlink" : "procfs");
+    rtk_reader_close(&r);
+    rtk_reader_close(&p);
+}
+
+#define RUN_TEST(fn)                                   \
+    do {                                               \
+        int before = failures;                         \
+        fn();                                          \
+        if (failures == before)                        \
+            tests_passed++;                            \
+        else                                           \
+            tests_failed++;                            \
+    } while (0)
+
+int main(void)
+{
+    RUN_TEST(test_rolling_matches_naive);
+    RUN_TEST(test_empty_window_is_nan_free);
+    RUN_TEST(test_median_mad);
+    RUN_TEST(test_counter_deltas);
+    RUN_TEST(test_jitter);
+    RUN_TEST(test_proc_net_dev_parser);
+    RUN_TEST(test_sampler_wraps_and_lifetimes);
+    RUN_TEST(test_live_counters_both_paths);
+    printf("native core: %d checks\n", checks);
+    printf("%d passed, %d failed\n", tests_passed, tests_failed);
+    return tests_failed ? 1 : 0;
+}
