@@ -7,12 +7,9 @@
 
 static size_t align8(size_t n) { return (n + 7) & ~(size_t)7; }
 
-static size_t slot_series_bytes(uint32_t ring_cap, uint32_t window)
-{
-    return RTK_NMETRICS * (ring_cap * sizeof(double) + 2 * ((size_t)window + 1) * sizeof(uint64_t));
-}
 
-/* Arena layout: slots | snapshot | position cache | track names | tick times | series. */
+/* Arena layout: slots | snapshot | position cache | track names | tick times | series.
+   The series block is time-major: row k holds sample k of every slot and metric. */
 static size_t fixed_bytes(int cap, uint32_t ring_cap)
 {
     return align8((size_t)cap * sizeof(rtk_slot)) + align8(RTK_MAX_LINKS * sizeof(rtk_link)) +
@@ -20,12 +17,10 @@ static size_t fixed_bytes(int cap, uint32_t ring_cap)
            align8(ring_cap * sizeof(double));
 }
 
-size_t rtk_sampler_arena_size(int cap, uint32_t history, uint32_t window)
+size_t rtk_sampler_arena_size(int cap, uint32_t history)
 {
     uint32_t ring_cap = rtk_ring_capacity(history);
-    if (window > ring_cap)
-        window = ring_cap;
-    return fixed_bytes(cap, ring_cap) + (size_t)cap * slot_series_bytes(ring_cap, window);
+    return fixed_bytes(cap, ring_cap) + (size_t)ring_cap * cap * RTK_NMETRICS * sizeof(double);
 }
 
 static char *series_base(const rtk_sampler *s)
@@ -36,19 +31,15 @@ static char *series_base(const rtk_sampler *s)
 static void slot_open(rtk_sampler *s, int idx, const rtk_link *l)
 {
     rtk_slot *slot = &s->slots[idx];
-    char *base = series_base(s) + (size_t)idx * slot_series_bytes(s->history, s->window);
+    double *column = (double *)series_base(s) + (size_t)idx * RTK_NMETRICS;
+    uint32_t row = (uint32_t)s->cap * RTK_NMETRICS;
     memset(slot, 0, sizeof *slot);
     slot->ifindex = l->ifindex;
     memcpy(slot->name, l->name, RTK_IFNAMSIZ);
     slot->state = RTK_SLOT_ACTIVE;
     slot->first_tick = slot->last_tick = s->ticks;
     memcpy(slot->prev, l->c, sizeof slot->prev);
-    for (int m = 0; m < RTK_NMETRICS; m++) {
-        double *ring = (double *)base;
-        uint64_t *deques = (uint64_t *)(base + s->history * sizeof(double));
-        rtk_rolling_init(&slot->rate[m], ring, s->history, deques, s->window, s->alpha);
-        base += s->history * sizeof(double) + 2 * ((size_t)s->window + 1) * sizeof(uint64_t);
-    }
+    rtk_rolling_init(&slot->rate, column, s->history, row, RTK_NMETRICS, s->window, s->alpha);
 }
 
 void rtk_sampler_init(rtk_sampler *s, void *arena, int cap, uint32_t history, uint32_t window,
@@ -69,7 +60,7 @@ void rtk_sampler_init(rtk_sampler *s, void *arena, int cap, uint32_t history, ui
     p += align8(RTK_MAX_LINKS * sizeof(int32_t));
     s->track = (rtk_name *)p;
     p += align8((size_t)cap * sizeof(rtk_name));
-    rtk_ring_init(&s->times, (double *)p, s->history);
+    rtk_ring_init(&s->times, (double *)p, s->history, 1);
     s->ntrack = 0;
     for (int i = 0; i < RTK_MAX_LINKS; i++)
         s->pos_ifindex[i] = 0; /* no link has ifindex 0: every position starts unknown */
@@ -162,11 +153,12 @@ void rtk_sampler_ingest(rtk_sampler *s, const rtk_link *links, int n, double t)
         int kind = rtk_link_deltas(slot->prev, l->c, d);
         slot->resets += kind == RTK_DELTA_RESET;
         slot->wraps += kind == RTK_DELTA_WRAP32;
-        double inv_dt = 1.0 / dt;
+        double inv_dt = 1.0 / dt, rates[RTK_NMETRICS];
         for (int m = 0; m < RTK_NMETRICS; m++) {
             slot->total[m] += d[m];
-            rtk_rolling_push(&slot->rate[m], (double)d[m] * inv_dt);
+            rates[m] = (double)d[m] * inv_dt;
         }
+        rtk_rolling_push(&slot->rate, rates);
         memcpy(slot->prev, l->c, sizeof slot->prev);
     }
     for (int i = 0; i < s->nslots; i++) {
@@ -176,7 +168,7 @@ void rtk_sampler_ingest(rtk_sampler *s, const rtk_link *links, int n, double t)
             s->vanished++;
         }
     }
-    rtk_ring_push(&s->times, t);
+    rtk_ring_push_value(&s->times, t);
     s->prev_t = t;
     s->ticks++;
 }
@@ -200,7 +192,7 @@ int rtk_sampler_tick(rtk_sampler *s, rtk_reader *r)
 int rtk_sampler_value_at(const rtk_sampler *s, int slot, int metric, uint64_t tick, double *v)
 {
     const rtk_slot *sl = &s->slots[slot];
-    const rtk_rolling *st = &sl->rate[metric];
+    const rtk_rolling *st = &sl->rate;
     /* The k-th rate sample of a slot (0-based) belongs to tick first_tick + 1 + k. */
     if (tick <= sl->first_tick)
         return 0;
@@ -208,7 +200,7 @@ int rtk_sampler_value_at(const rtk_sampler *s, int slot, int metric, uint64_t ti
     uint64_t pushed = st->ring.pushed;
     if (k >= pushed || pushed - k > rtk_ring_cap(&st->ring))
         return 0;
-    *v = rtk_ring_at(&st->ring, k);
+    *v = rtk_ring_at(&st->ring, k, (uint32_t)metric);
     return 1;
 }
 

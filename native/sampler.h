@@ -26,7 +26,7 @@ typedef struct {
     uint64_t prev[RTK_NCOUNTERS];
     uint64_t total[RTK_NCOUNTERS]; /* sum of deltas since first seen */
     uint32_t wraps, resets;
-    rtk_rolling rate[RTK_NMETRICS];
+    rtk_rolling rate; /* one series per metric, in METRICS order */
 } rtk_slot;
 
 typedef struct {
@@ -50,7 +50,7 @@ typedef struct {
 } rtk_sampler;
 
 /* Bytes of arena rtk_sampler_init needs (suitably aligned, e.g. from malloc). */
-size_t rtk_sampler_arena_size(int cap, uint32_t history, uint32_t window);
+size_t rtk_sampler_arena_size(int cap, uint32_t history);
 
 void rtk_sampler_init(rtk_sampler *s, void *arena, int cap, uint32_t history, uint32_t window,
                       double ewma_alpha);

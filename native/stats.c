@@ -2,119 +2,118 @@
 
 #include <math.h>
 
-void rtk_rolling_init(rtk_rolling *s, double *ring_buf, uint32_t ring_cap,
-                      uint64_t *deque_buf, uint32_t window, double ewma_alpha)
+void rtk_rolling_init(rtk_rolling *s, double *buf, uint32_t ring_cap, uint32_t stride, uint32_t k,
+                      uint32_t window, double ewma_alpha)
 {
-    rtk_ring_init(&s->ring, ring_buf, ring_cap);
+    rtk_ring_init(&s->ring, buf, ring_cap, stride);
+    s->k = k > RTK_ROLLING_MAX_SERIES ? RTK_ROLLING_MAX_SERIES : k;
     s->window = window < 1 ? 1 : (window > ring_cap ? ring_cap : window);
+    s->inv_window = 1.0 / s->window;
     s->n = 0;
     s->since_exact = 0;
-    s->mean = s->m2 = 0.0;
-    s->ewma = 0.0;
     s->alpha = ewma_alpha;
-    s->last = s->last_z = 0.0;
-    s->qcap = s->window + 1;
-    s->minq = deque_buf;
-    s->maxq = deque_buf + s->qcap;
-    s->min_head = s->min_len = s->max_head = s->max_len = 0;
-}
-
-/* Deques hold sequence numbers in a circular array of qcap slots. */
-static inline uint64_t dq_get(const uint64_t *q, uint32_t qcap, uint32_t head, uint32_t i)
-{
-    uint32_t pos = head + i;
-    return q[pos >= qcap ? pos - qcap : pos];
-}
-
-static inline void dq_push(uint64_t *q, uint32_t qcap, uint32_t head, uint32_t *len, uint64_t v)
-{
-    uint32_t pos = head + *len;
-    q[pos >= qcap ? pos - qcap : pos] = v;
-    (*len)++;
+    for (uint32_t j = 0; j < RTK_ROLLING_MAX_SERIES; j++) {
+        s->mean[j] = s->m2[j] = s->ewma[j] = s->last[j] = s->z[j] = 0.0;
+        s->run[j] = 0;
+    }
 }
 
 static void exact_moments(rtk_rolling *s)
 {
-    double sum = 0.0;
     uint64_t first = s->ring.pushed - s->n;
-    for (uint64_t q = first; q < s->ring.pushed; q++)
-        sum += rtk_ring_at(&s->ring, q);
-    double mean = sum / s->n, m2 = 0.0;
-    for (uint64_t q = first; q < s->ring.pushed; q++) {
-        double d = rtk_ring_at(&s->ring, q) - mean;
-        m2 += d * d;
+    for (uint32_t j = 0; j < s->k; j++) {
+        double sum = 0.0, m2 = 0.0;
+        for (uint64_t q = first; q < s->ring.pushed; q++)
+            sum += rtk_ring_at(&s->ring, q, j);
+        double mean = sum / s->n;
+        for (uint64_t q = first; q < s->ring.pushed; q++) {
+            double d = rtk_ring_at(&s->ring, q, j) - mean;
+            m2 += d * d;
+        }
+        s->mean[j] = mean;
+        s->m2[j] = m2;
     }
-    s->mean = mean;
-    s->m2 = m2;
 }
 
-double rtk_rolling_push(rtk_rolling *s, double x)
+void rtk_rolling_push(rtk_rolling *s, const double *x)
 {
-    double sd = rtk_rolling_std(s);
-    double z = sd > 0.0 ? (x - s->mean) / sd : 0.0;
+    const uint32_t k = s->k;
+    const double inv_prev = s->n < 2 ? 0.0 : 1.0 / (s->n - 1);
+    for (uint32_t j = 0; j < k; j++) {
+        double var = s->m2[j] * inv_prev;
+        s->z[j] = var > 0.0 ? (x[j] - s->mean[j]) / sqrt(var) : 0.0;
+    }
 
-    uint64_t seq = s->ring.pushed;
+    double *row = rtk_ring_next_row(&s->ring);
+    int first = s->ring.pushed == 0;
     if (s->n < s->window) {
         s->n++;
-        double d = x - s->mean;
-        s->mean += d / s->n;
-        s->m2 += d * (x - s->mean);
-        rtk_ring_push(&s->ring, x);
+        const double inv_n = 1.0 / s->n;
+        for (uint32_t j = 0; j < k; j++) {
+            double d = x[j] - s->mean[j];
+            s->mean[j] += d * inv_n;
+            s->m2[j] += d * (x[j] - s->mean[j]);
+        }
     } else {
-        double old = rtk_ring_at(&s->ring, seq - s->window);
-        double old_mean = s->mean;
-        s->mean += (x - old) / s->window;
-        s->m2 += (x - old) * (x - s->mean + old - old_mean);
-        if (s->m2 < 0.0)
-            s->m2 = 0.0;
-        rtk_ring_push(&s->ring, x);
-        if (++s->since_exact >= s->window) {
-            s->since_exact = 0;
-            exact_moments(s);
+        const uint64_t oldest = s->ring.pushed - s->window;
+        for (uint32_t j = 0; j < k; j++) {
+            double old = rtk_ring_at(&s->ring, oldest, j);
+            double old_mean = s->mean[j];
+            s->mean[j] += (x[j] - old) * s->inv_window;
+            double m2 = s->m2[j] + (x[j] - old) * (x[j] - s->mean[j] + old - old_mean);
+            s->m2[j] = m2 > 0.0 ? m2 : 0.0;
         }
     }
-
-    uint64_t oldest = seq + 1 - s->n;
-    if (s->min_len && dq_get(s->minq, s->qcap, s->min_head, 0) < oldest) {
-        s->min_head = s->min_head + 1 == s->qcap ? 0 : s->min_head + 1;
-        s->min_len--;
+    for (uint32_t j = 0; j < k; j++)
+        row[j] = x[j];
+    s->ring.pushed++;
+    if (s->n == s->window && ++s->since_exact >= s->window) {
+        s->since_exact = 0;
+        exact_moments(s);
     }
-    while (s->min_len && rtk_ring_at(&s->ring, dq_get(s->minq, s->qcap, s->min_head, s->min_len - 1)) >= x)
-        s->min_len--;
-    dq_push(s->minq, s->qcap, s->min_head, &s->min_len, seq);
-
-    if (s->max_len && dq_get(s->maxq, s->qcap, s->max_head, 0) < oldest) {
-        s->max_head = s->max_head + 1 == s->qcap ? 0 : s->max_head + 1;
-        s->max_len--;
+    for (uint32_t j = 0; j < k; j++) {
+        s->run[j] = (!first && x[j] == s->last[j]) ? s->run[j] + 1 : 1;
+        if (s->run[j] >= s->n) {
+            s->mean[j] = x[j];
+            s->m2[j] = 0.0;
+        }
+        s->ewma[j] = first ? x[j] : s->ewma[j] + s->alpha * (x[j] - s->ewma[j]);
+        s->last[j] = x[j];
     }
-    while (s->max_len && rtk_ring_at(&s->ring, dq_get(s->maxq, s->qcap, s->max_head, s->max_len - 1)) <= x)
-        s->max_len--;
-    dq_push(s->maxq, s->qcap, s->max_head, &s->max_len, seq);
-
-    s->ewma = seq == 0 ? x : s->ewma + s->alpha * (x - s->ewma);
-    s->last = x;
-    s->last_z = z;
-    return z;
 }
 
-double rtk_rolling_var(const rtk_rolling *s)
+double rtk_rolling_var(const rtk_rolling *s, uint32_t j)
 {
-    return s->n < 2 ? 0.0 : s->m2 / (s->n - 1);
+    return s->n < 2 ? 0.0 : s->m2[j] / (s->n - 1);
 }
 
-double rtk_rolling_std(const rtk_rolling *s)
+double rtk_rolling_std(const rtk_rolling *s, uint32_t j)
 {
-    return sqrt(rtk_rolling_var(s));
+    return sqrt(rtk_rolling_var(s, j));
 }
 
-double rtk_rolling_min(const rtk_rolling *s)
+double rtk_rolling_min(const rtk_rolling *s, uint32_t j)
 {
-    return s->min_len ? rtk_ring_at(&s->ring, dq_get(s->minq, s->qcap, s->min_head, 0)) : 0.0;
+    if (s->n == 0)
+        return 0.0;
+    double m = s->last[j];
+    for (uint64_t q = s->ring.pushed - s->n; q < s->ring.pushed; q++) {
+        double x = rtk_ring_at(&s->ring, q, j);
+        m = x < m ? x : m;
+    }
+    return m;
 }
 
-double rtk_rolling_max(const rtk_rolling *s)
+double rtk_rolling_max(const rtk_rolling *s, uint32_t j)
 {
-    return s->max_len ? rtk_ring_at(&s->ring, dq_get(s->maxq, s->qcap, s->max_head, 0)) : 0.0;
+    if (s->n == 0)
+        return 0.0;
+    double m = s->last[j];
+    for (uint64_t q = s->ring.pushed - s->n; q < s->ring.pushed; q++) {
+        double x = rtk_ring_at(&s->ring, q, j);
+        m = x > m ? x : m;
+    }
+    return m;
 }
 
 /* Hoare-style quickselect: puts the k-th smallest at v[k]. Median-of-three
@@ -187,19 +186,19 @@ void rtk_median_mad(double *v, uint32_t n, double *median, double *mad)
     *mad = rtk_quantile(v, n, 0.5);
 }
 
-void rtk_rolling_summary(const rtk_rolling *s, uint32_t n, double *scratch, rtk_summary *out)
+void rtk_rolling_summary(const rtk_rolling *s, uint32_t j, uint32_t n, double *scratch, rtk_summary *out)
 {
     uint32_t avail = rtk_ring_count(&s->ring);
     if (n == 0 || n > avail)
         n = n == 0 ? s->n : avail;
     out->n = n;
-    out->ewma = s->ewma;
+    out->ewma = s->ewma[j];
     if (n == 0) {
         out->mean = out->std = out->min = out->max = 0.0;
         out->p50 = out->p95 = out->p99 = out->median = out->mad = 0.0;
         return;
     }
-    rtk_ring_copy_last(&s->ring, n, scratch);
+    rtk_ring_copy_last(&s->ring, j, n, scratch);
     double sum = 0.0, mn = scratch[0], mx = scratch[0];
     for (uint32_t i = 0; i < n; i++) {
         double x = scratch[i];

@@ -53,10 +53,9 @@ static double sorted_quantile(const double *v, uint32_t n, double q)
 static void test_rolling_matches_naive(void)
 {
     static double ring[512], values[2000], scratch[512];
-    static uint64_t deques[2 * 65];
     for (uint32_t window = 1; window <= 64; window += 7) {
         rtk_rolling r;
-        rtk_rolling_init(&r, ring, 512, deques, window, 0.1);
+        rtk_rolling_init(&r, ring, 512, 1, 1, window, 0.1);
         for (int i = 0; i < 2000; i++) {
             values[i] = (i % 100 == 0) ? 1e5 : lcg();
             uint32_t n = (uint32_t)(i < (int)window ? i : (int)window);
@@ -68,7 +67,8 @@ static void test_rolling_matches_naive(void)
                 var += (values[i - 1 - k] - mean) * (values[i - 1 - k] - mean);
             var = n > 1 ? var / (n - 1) : 0;
             double want_z = var > 0 ? (values[i] - mean) / sqrt(var) : 0.0;
-            double z = rtk_rolling_push(&r, values[i]);
+            rtk_rolling_push(&r, &values[i]);
+            double z = r.z[0];
             CHECK(!isnan(z));
             if (var > 1e-6)
                 CHECK(near(z, want_z, 1e-6));
@@ -80,10 +80,10 @@ static void test_rolling_matches_naive(void)
             mn = x < mn ? x : mn;
             mx = x > mx ? x : mx;
         }
-        CHECK(rtk_rolling_min(&r) == mn);
-        CHECK(rtk_rolling_max(&r) == mx);
+        CHECK(rtk_rolling_min(&r, 0) == mn);
+        CHECK(rtk_rolling_max(&r, 0) == mx);
         rtk_summary s;
-        rtk_rolling_summary(&r, 0, scratch, &s);
+        rtk_rolling_summary(&r, 0, 0, scratch, &s);
         CHECK(s.n == n);
         CHECK(near(s.p50, sorted_quantile(values + 2000 - n, n, 0.5), 1e-12));
         CHECK(near(s.p95, sorted_quantile(values + 2000 - n, n, 0.95), 1e-12));
@@ -94,15 +94,16 @@ static void test_rolling_matches_naive(void)
 static void test_empty_window_is_nan_free(void)
 {
     double ring[8], scratch[8];
-    uint64_t deques[2 * 5];
     rtk_rolling r;
-    rtk_rolling_init(&r, ring, 8, deques, 4, 0.5);
+    rtk_rolling_init(&r, ring, 8, 1, 1, 4, 0.5);
     rtk_summary s;
-    rtk_rolling_summary(&r, 0, scratch, &s);
+    rtk_rolling_summary(&r, 0, 0, scratch, &s);
     CHECK(s.n == 0 && s.mean == 0 && s.std == 0 && s.p99 == 0 && s.mad == 0);
-    CHECK(rtk_rolling_push(&r, 3.0) == 0.0);
-    CHECK(rtk_rolling_push(&r, 3.0) == 0.0);
-    CHECK(rtk_rolling_std(&r) == 0.0);
+    double three = 3.0;
+    rtk_rolling_push(&r, &three);
+    CHECK(r.z[0] == 0.0);
+    rtk_rolling_push(&r, &three);
+    CHECK(r.z[0] == 0.0 && rtk_rolling_std(&r, 0) == 0.0);
 }
 
 static void test_median_mad(void)
@@ -165,7 +166,7 @@ static void test_proc_net_dev_parser(void)
 
 static void test_sampler_wraps_and_lifetimes(void)
 {
-    size_t bytes = rtk_sampler_arena_size(4, 256, 8);
+    size_t bytes = rtk_sampler_arena_size(4, 256);
     void *arena = malloc(bytes);
     CHECK(arena != NULL);
     if (!arena)

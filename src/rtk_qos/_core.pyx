@@ -112,7 +112,7 @@ cdef class Sampler:
             raise ValueError(f"capacity {capacity} is not within 1-{RTK_MAX_LINKS}")
         if history < 2 or window < 1:
             raise ValueError("history must be >= 2 and window >= 1")
-        self.arena = PyMem_Malloc(rtk_sampler_arena_size(capacity, history, window))
+        self.arena = PyMem_Malloc(rtk_sampler_arena_size(capacity, history))
         if self.arena == NULL:
             raise MemoryError()
         rtk_sampler_init(&self.s, self.arena, capacity, history, window, ewma_alpha)
@@ -127,9 +127,9 @@ cdef class Sampler:
         PyMem_Free(self.scratch)
 
     @staticmethod
-    def arena_bytes(int capacity, uint32_t history, uint32_t window):
+    def arena_bytes(int capacity, uint32_t history):
         """Memory a Sampler of this shape allocates for its slots and series."""
-        return rtk_sampler_arena_size(capacity, history, window)
+        return rtk_sampler_arena_size(capacity, history)
 
     @property
     def source(self):
@@ -150,7 +150,7 @@ cdef class Sampler:
     @property
     def last_time(self):
         """Monotonic time of the latest tick (0.0 before the first)."""
-        return rtk_ring_at(&self.s.times, self.s.ticks - 1) if self.s.ticks else 0.0
+        return rtk_ring_at(&self.s.times, self.s.ticks - 1, 0) if self.s.ticks else 0.0
 
     @property
     def appeared(self):
@@ -218,7 +218,7 @@ cdef class Sampler:
             sl = &self.s.slots[i]
             out.append({"slot": i, "ifindex": sl.ifindex, "name": _name(sl.name),
                         "state": SLOT_STATES[sl.state], "first_tick": sl.first_tick,
-                        "last_tick": sl.last_tick, "samples": sl.rate[0].ring.pushed,
+                        "last_tick": sl.last_tick, "samples": sl.rate.ring.pushed,
                         "totals": dict(zip(COUNTERS, [sl.total[k] for k in range(RTK_NCOUNTERS)])),
                         "wraps": sl.wraps, "resets": sl.resets})
         return out
@@ -232,31 +232,34 @@ cdef class Sampler:
     def last_rates(self, int slot):
         """The latest rate of every metric of one slot, in METRICS order."""
         cdef rtk_slot *sl = self._slot(slot)
-        return tuple(sl.rate[m].last for m in range(RTK_NMETRICS))
+        return tuple(sl.rate.last[m] for m in range(RTK_NMETRICS))
 
     def last(self, int slot, metric):
         """(latest rate, its z-score against the window before it) of one series."""
-        cdef rtk_rolling *st = &self._slot(slot).rate[_metric_index(metric)]
-        return st.last, st.last_z
+        cdef int m = _metric_index(metric)
+        cdef rtk_rolling *st = &self._slot(slot).rate
+        return st.last[m], st.z[m]
 
     def rolling(self, int slot, metric):
         """The O(1) rolling state of one series: n, mean, std, min, max, ewma."""
-        cdef rtk_rolling *st = &self._slot(slot).rate[_metric_index(metric)]
-        return {"n": st.n, "mean": st.mean, "std": rtk_rolling_std(st), "min": rtk_rolling_min(st),
-                "max": rtk_rolling_max(st), "ewma": st.ewma}
+        cdef int m = _metric_index(metric)
+        cdef rtk_rolling *st = &self._slot(slot).rate
+        return {"n": st.n, "mean": st.mean[m], "std": rtk_rolling_std(st, m),
+                "min": rtk_rolling_min(st, m), "max": rtk_rolling_max(st, m), "ewma": st.ewma[m]}
 
     def summary(self, int slot, metric, uint32_t n=0):
         """Summary with quantiles and median/MAD over the newest n samples (0: the window)."""
         cdef rtk_summary out
-        rtk_rolling_summary(&self._slot(slot).rate[_metric_index(metric)], n, self.scratch, &out)
+        rtk_rolling_summary(&self._slot(slot).rate, _metric_index(metric), n, self.scratch, &out)
         return _summary_dict(&out)
 
     def series(self, int slot, metric):
         """Every retained rate sample of one series, oldest first, as array('d')."""
-        cdef rtk_rolling *st = &self._slot(slot).rate[_metric_index(metric)]
+        cdef int m = _metric_index(metric)
+        cdef rtk_rolling *st = &self._slot(slot).rate
         cdef uint32_t n = rtk_ring_count(&st.ring)
         cdef array out = clone(_DOUBLES, n, False)
-        rtk_ring_copy_last(&st.ring, n, out.data.as_doubles)
+        rtk_ring_copy_last(&st.ring, m, n, out.data.as_doubles)
         return out
 
     def sum_series(self, slots, metric, uint64_t start, uint32_t n):
@@ -279,7 +282,7 @@ cdef class Sampler:
         """Monotonic time of every retained tick, oldest first, and the tick number of the first."""
         cdef uint32_t n = rtk_ring_count(&self.s.times)
         cdef array out = clone(_DOUBLES, n, False)
-        rtk_ring_copy_last(&self.s.times, n, out.data.as_doubles)
+        rtk_ring_copy_last(&self.s.times, 0, n, out.data.as_doubles)
         return self.s.ticks - n, out
 
 
@@ -288,7 +291,6 @@ cdef class Rolling:
     cdef rtk_rolling s
     cdef double *ring
     cdef double *scratch
-    cdef uint64_t *deques
 
     def __cinit__(self, uint32_t window, uint32_t history=0, double ewma_alpha=0.1):
         if window < 1:
@@ -296,24 +298,23 @@ cdef class Rolling:
         cdef uint32_t cap = rtk_ring_capacity(max(history, window))
         self.ring = <double *>PyMem_Malloc(cap * sizeof(double))
         self.scratch = <double *>PyMem_Malloc(cap * sizeof(double))
-        self.deques = <uint64_t *>PyMem_Malloc(2 * (window + 1) * sizeof(uint64_t))
-        if self.ring == NULL or self.scratch == NULL or self.deques == NULL:
+        if self.ring == NULL or self.scratch == NULL:
             raise MemoryError()
-        rtk_rolling_init(&self.s, self.ring, cap, self.deques, window, ewma_alpha)
+        rtk_rolling_init(&self.s, self.ring, cap, 1, 1, window, ewma_alpha)
 
     def __dealloc__(self):
         PyMem_Free(self.ring)
         PyMem_Free(self.scratch)
-        PyMem_Free(self.deques)
 
     def push(self, double x):
         """Add x; returns its z-score against the window before it."""
-        return rtk_rolling_push(&self.s, x)
+        rtk_rolling_push(&self.s, &x)
+        return self.s.z[0]
 
     def extend(self, values):
         cdef double x
         for x in values:
-            rtk_rolling_push(&self.s, x)
+            rtk_rolling_push(&self.s, &x)
 
     @property
     def n(self):
@@ -321,41 +322,41 @@ cdef class Rolling:
 
     @property
     def mean(self):
-        return self.s.mean
+        return self.s.mean[0]
 
     @property
     def var(self):
-        return rtk_rolling_var(&self.s)
+        return rtk_rolling_var(&self.s, 0)
 
     @property
     def std(self):
-        return rtk_rolling_std(&self.s)
+        return rtk_rolling_std(&self.s, 0)
 
     @property
     def min(self):
-        return rtk_rolling_min(&self.s)
+        return rtk_rolling_min(&self.s, 0)
 
     @property
     def max(self):
-        return rtk_rolling_max(&self.s)
+        return rtk_rolling_max(&self.s, 0)
 
     @property
     def ewma(self):
-        return self.s.ewma
+        return self.s.ewma[0]
 
     @property
     def last_z(self):
-        return self.s.last_z
+        return self.s.z[0]
 
     def summary(self, uint32_t n=0):
         cdef rtk_summary out
-        rtk_rolling_summary(&self.s, n, self.scratch, &out)
+        rtk_rolling_summary(&self.s, 0, n, self.scratch, &out)
         return _summary_dict(&out)
 
     def values(self):
         cdef uint32_t n = rtk_ring_count(&self.s.ring)
         cdef array out = clone(_DOUBLES, n, False)
-        rtk_ring_copy_last(&self.s.ring, n, out.data.as_doubles)
+        rtk_ring_copy_last(&self.s.ring, 0, n, out.data.as_doubles)
         return out
 
     def bench_push(self, uint64_t count, double x0=1.0):
@@ -364,9 +365,9 @@ cdef class Rolling:
         cdef double x = x0
         with nogil:
             for i in range(count):
-                # A cheap deterministic wobble so min/max deques do real work.
+                # A cheap deterministic wobble: varying values, no constant-folding.
                 x = x * 1.0000001 + (<double>(i & 7) - 3.5)
-                rtk_rolling_push(&self.s, x)
+                rtk_rolling_push(&self.s, &x)
 
 
 cdef class Jitter:

@@ -27,30 +27,32 @@ cdef extern from "ring.h" nogil:
         uint64_t pushed
     uint32_t rtk_ring_capacity(uint32_t wanted)
     uint32_t rtk_ring_count(const rtk_ring *r)
-    double rtk_ring_at(const rtk_ring *r, uint64_t seq)
-    uint32_t rtk_ring_copy_last(const rtk_ring *r, uint32_t n, double *out)
+    double rtk_ring_at(const rtk_ring *r, uint64_t seq, uint32_t col)
+    uint32_t rtk_ring_copy_last(const rtk_ring *r, uint32_t col, uint32_t n, double *out)
 
 cdef extern from "stats.h" nogil:
     ctypedef struct rtk_rolling:
         rtk_ring ring
+        uint32_t k
         uint32_t window
         uint32_t n
-        double mean
-        double ewma
-        double last
-        double last_z
+        double mean[8]
+        double ewma[8]
+        double last[8]
+        double z[8]
     ctypedef struct rtk_summary:
         uint32_t n
         double mean, std, min, max, ewma
         double p50, p95, p99, median, mad
-    void rtk_rolling_init(rtk_rolling *s, double *ring_buf, uint32_t ring_cap,
-                          uint64_t *deque_buf, uint32_t window, double ewma_alpha)
-    double rtk_rolling_push(rtk_rolling *s, double x)
-    double rtk_rolling_var(const rtk_rolling *s)
-    double rtk_rolling_std(const rtk_rolling *s)
-    double rtk_rolling_min(const rtk_rolling *s)
-    double rtk_rolling_max(const rtk_rolling *s)
-    void rtk_rolling_summary(const rtk_rolling *s, uint32_t n, double *scratch, rtk_summary *out)
+    void rtk_rolling_init(rtk_rolling *s, double *buf, uint32_t ring_cap, uint32_t stride, uint32_t k,
+                          uint32_t window, double ewma_alpha)
+    void rtk_rolling_push(rtk_rolling *s, const double *x)
+    double rtk_rolling_var(const rtk_rolling *s, uint32_t j)
+    double rtk_rolling_std(const rtk_rolling *s, uint32_t j)
+    double rtk_rolling_min(const rtk_rolling *s, uint32_t j)
+    double rtk_rolling_max(const rtk_rolling *s, uint32_t j)
+    void rtk_rolling_summary(const rtk_rolling *s, uint32_t j, uint32_t n, double *scratch,
+                             rtk_summary *out)
     double rtk_quantile(double *v, uint32_t n, double q)
     void rtk_median_mad(double *v, uint32_t n, double *median, double *mad)
 
@@ -82,7 +84,7 @@ cdef extern from "sampler.h" nogil:
         uint64_t total[8]
         uint32_t wraps
         uint32_t resets
-        rtk_rolling rate[8]
+        rtk_rolling rate
     ctypedef struct rtk_sampler:
         int cap
         int nslots
@@ -94,7 +96,7 @@ cdef extern from "sampler.h" nogil:
         int overflow
         int appeared
         int vanished
-    size_t rtk_sampler_arena_size(int cap, uint32_t history, uint32_t window)
+    size_t rtk_sampler_arena_size(int cap, uint32_t history)
     void rtk_sampler_init(rtk_sampler *s, void *arena, int cap, uint32_t history, uint32_t window,
                           double ewma_alpha)
     void rtk_sampler_track(rtk_sampler *s, const char *names, int n)

@@ -118,7 +118,7 @@ def run(args: dict, ctx: Context) -> dict:
     capacity = len(selected) + min(len(selected), 8)  # room for links re-created mid-run
     history = samples_wanted + 1
     window = min(ROLLING_WINDOW, max(samples_wanted, 1))
-    needed = _core.Sampler.arena_bytes(capacity, history, window)
+    needed = _core.Sampler.arena_bytes(capacity, history)
     if needed > SAMPLE_MEMORY_BUDGET:
         raise CommandError(
             "E_RESOURCE_UNAVAILABLE",
