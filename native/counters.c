@@ -65,9 +65,41 @@ static int nl_request(rtk_reader *r, uint16_t type, const void *body, size_t bod
     return 0;
 }
 
-/* Receives one datagram of a dump. Returns its length, 0 at NLMSG_DONE, or -errno. */
 typedef int (*nl_visit)(rtk_reader *r, const struct nlmsghdr *nh, void *ctx);
 
+/* Walks the netlink messages in buf[0..len). Returns 1 at NLMSG_DONE, 0 when
+   more datagrams follow, or -errno. Messages of other sequence numbers (a
+   stale reply) are skipped; seq 0 accepts any. */
+static int nl_walk(rtk_reader *r, const unsigned char *buf, size_t len, uint32_t seq,
+                   nl_visit visit, void *ctx)
+{
+    size_t off = 0;
+    while (off + sizeof(struct nlmsghdr) <= len) {
+        struct nlmsghdr nh;
+        memcpy(&nh, buf + off, sizeof nh);
+        if (nh.nlmsg_len < sizeof nh || off + nh.nlmsg_len > len)
+            return -EBADMSG;
+        if (seq == 0 || nh.nlmsg_seq == seq) {
+            if (nh.nlmsg_type == NLMSG_DONE)
+                return 1;
+            if (nh.nlmsg_type == NLMSG_ERROR) {
+                int32_t err = -EBADMSG;
+                if (nh.nlmsg_len >= NLMSG_LENGTH(sizeof err))
+                    memcpy(&err, buf + off + NLMSG_HDRLEN, sizeof err);
+                return err ? err : -EBADMSG;
+            }
+            if (visit) {
+                int rc = visit(r, (const struct nlmsghdr *)(const void *)(buf + off), ctx);
+                if (rc < 0)
+                    return rc;
+            }
+        }
+        off += NLMSG_ALIGN(nh.nlmsg_len);
+    }
+    return 0;
+}
+
+/* Receives the datagrams of a dump until NLMSG_DONE. Returns bytes received or -errno. */
 static long nl_dump(rtk_reader *r, nl_visit visit, void *ctx)
 {
     long total = 0;
@@ -79,30 +111,11 @@ static long nl_dump(rtk_reader *r, nl_visit visit, void *ctx)
             return -errno;
         }
         total += n;
-        /* NLMSG_OK and friends compare signed with unsigned; walk by hand. */
-        size_t off = 0;
-        while (off + sizeof(struct nlmsghdr) <= (size_t)n) {
-            struct nlmsghdr nh;
-            memcpy(&nh, r->buf.bytes + off, sizeof nh);
-            if (nh.nlmsg_len < sizeof nh || off + nh.nlmsg_len > (size_t)n)
-                return -EBADMSG;
-            if (nh.nlmsg_seq == r->seq) {
-                if (nh.nlmsg_type == NLMSG_DONE)
-                    return total;
-                if (nh.nlmsg_type == NLMSG_ERROR) {
-                    int32_t err = -EBADMSG;
-                    if (nh.nlmsg_len >= NLMSG_LENGTH(sizeof err))
-                        memcpy(&err, r->buf.bytes + off + NLMSG_HDRLEN, sizeof err);
-                    return err ? err : -EBADMSG;
-                }
-                if (visit) {
-                    int rc = visit(r, (const struct nlmsghdr *)(const void *)(r->buf.bytes + off), ctx);
-                    if (rc < 0)
-                        return rc;
-                }
-            }
-            off += NLMSG_ALIGN(nh.nlmsg_len);
-        }
+        int rc = nl_walk(r, r->buf.bytes, (size_t)n, r->seq, visit, ctx);
+        if (rc < 0)
+            return rc;
+        if (rc == 1)
+            return total;
     }
 }
 
@@ -124,13 +137,23 @@ static const unsigned char *find_attr(const unsigned char *p, const unsigned cha
     return NULL;
 }
 
-static int visit_name(rtk_reader *r, const struct nlmsghdr *nh, void *ctx)
+/* Visitors get a pointer into the receive buffer that may not be aligned for
+   struct nlmsghdr (a test feeds misaligned dumps on purpose): copy the header. */
+static struct nlmsghdr header_of(const struct nlmsghdr *p)
+{
+    struct nlmsghdr nh;
+    memcpy(&nh, p, sizeof nh);
+    return nh;
+}
+
+static int visit_name(rtk_reader *r, const struct nlmsghdr *p, void *ctx)
 {
     (void)ctx;
-    if (nh->nlmsg_type != RTM_NEWLINK || r->nnames >= RTK_MAX_LINKS)
+    struct nlmsghdr nh = header_of(p);
+    if (nh.nlmsg_type != RTM_NEWLINK || r->nnames >= RTK_MAX_LINKS)
         return 0;
-    const unsigned char *msg = (const unsigned char *)nh;
-    const unsigned char *end = msg + nh->nlmsg_len;
+    const unsigned char *msg = (const unsigned char *)p;
+    const unsigned char *end = msg + nh.nlmsg_len;
     const unsigned char *attrs = msg + NLMSG_HDRLEN + NLMSG_ALIGN(sizeof(struct ifinfomsg));
     if (attrs > end)
         return -EBADMSG;
@@ -196,13 +219,14 @@ struct stats_ctx {
     int cap, n, missing_name;
 };
 
-static int visit_stats(rtk_reader *r, const struct nlmsghdr *nh, void *vctx)
+static int visit_stats(rtk_reader *r, const struct nlmsghdr *p, void *vctx)
 {
     struct stats_ctx *ctx = vctx;
-    if (nh->nlmsg_type != RTK_RTM_NEWSTATS || ctx->n >= ctx->cap)
+    struct nlmsghdr nh = header_of(p);
+    if (nh.nlmsg_type != RTK_RTM_NEWSTATS || ctx->n >= ctx->cap)
         return 0;
-    const unsigned char *msg = (const unsigned char *)nh;
-    const unsigned char *end = msg + nh->nlmsg_len;
+    const unsigned char *msg = (const unsigned char *)p;
+    const unsigned char *end = msg + nh.nlmsg_len;
     const unsigned char *attrs = msg + NLMSG_HDRLEN + NLMSG_ALIGN(sizeof(struct rtk_if_stats_msg));
     if (attrs > end)
         return -EBADMSG;
@@ -216,7 +240,7 @@ static int visit_stats(rtk_reader *r, const struct nlmsghdr *nh, void *vctx)
     l->ifindex = (int32_t)ifsm.ifindex;
     for (int i = 0; i < RTK_NCOUNTERS; i++)
         memcpy(&l->c[i], st + stats64_offset[i], sizeof l->c[i]);
-    const char *name = name_of(r, l->ifindex, ctx->n);
+    const char *name = r ? name_of(r, l->ifindex, ctx->n) : NULL;
     if (name)
         memcpy(l->name, name, RTK_IFNAMSIZ);
     else {
@@ -417,6 +441,13 @@ void rtk_reader_close(rtk_reader *r)
 int rtk_reader_read(rtk_reader *r, rtk_link *out, int cap)
 {
     return r->source == RTK_SRC_NETLINK ? read_netlink(r, out, cap) : read_procfs(r, out, cap);
+}
+
+int rtk_parse_stats_dump(const void *buf, size_t len, rtk_link *out, int cap)
+{
+    struct stats_ctx ctx = {out, cap, 0, 0};
+    int rc = nl_walk(NULL, buf, len, 0, visit_stats, &ctx);
+    return rc < 0 ? rc : ctx.n;
 }
 
 long rtk_reader_raw_dump(rtk_reader *r)

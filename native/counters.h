@@ -63,6 +63,11 @@ int rtk_reader_read(rtk_reader *r, rtk_link *out, int cap);
    every receive, with no parsing. Returns bytes received or -errno. */
 long rtk_reader_raw_dump(rtk_reader *r);
 
+/* Parses the RTM_NEWSTATS messages of a dump (host byte order, any alignment)
+   into links without names; exposed so tests can feed synthetic dumps on every
+   target. Returns links parsed or -errno. */
+int rtk_parse_stats_dump(const void *buf, size_t len, rtk_link *out, int cap);
+
 /* Parses /proc/net/dev text (exposed for tests and the procfs path).
    `resolve` maps a name to an ifindex (0 when unknown). Returns links parsed. */
 int rtk_parse_proc_net_dev(const char *text, size_t len, rtk_link *out, int cap,

@@ -1,5 +1,6 @@
 /* The native core's own tests: the same cases the Python suite checks, runnable
  * without Python (and under qemu-user for cross targets). Exit status 0 = pass. */
+#include <errno.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -164,6 +165,67 @@ static void test_proc_net_dev_parser(void)
     CHECK(links[1].c[RTK_TX_ERRORS] == 3 && links[1].c[RTK_TX_DROPPED] == 4);
 }
 
+/* Appends bytes in host order: netlink is host-endian on every target. */
+static size_t put(unsigned char *buf, size_t off, const void *src, size_t len)
+{
+    memcpy(buf + off, src, len);
+    return off + len;
+}
+
+static size_t put_stats_msg(unsigned char *buf, size_t off, uint32_t ifindex, uint64_t base)
+{
+    size_t start = off;
+    uint32_t len32 = 0;
+    uint16_t type = 92 /* RTM_NEWSTATS */, flags = 2 /* NLM_F_MULTI */;
+    uint32_t seq = 7, pid = 0;
+    off = put(buf, off, &len32, 4); /* patched below */
+    off = put(buf, off, &type, 2);
+    off = put(buf, off, &flags, 2);
+    off = put(buf, off, &seq, 4);
+    off = put(buf, off, &pid, 4);
+    uint8_t family = 0, pad1 = 0;
+    uint16_t pad2 = 0;
+    uint32_t filter = 1;
+    off = put(buf, off, &family, 1);
+    off = put(buf, off, &pad1, 1);
+    off = put(buf, off, &pad2, 2);
+    off = put(buf, off, &ifindex, 4);
+    off = put(buf, off, &filter, 4);
+    /* A padding attribute first, as the kernel adds to align 64-bit payloads. */
+    uint16_t pad_len = 4, pad_type = 6 /* IFLA_STATS_AF_SPEC+1: not one we read */;
+    off = put(buf, off, &pad_len, 2);
+    off = put(buf, off, &pad_type, 2);
+    uint16_t alen = 4 + 24 * 8, atype = 1 /* IFLA_STATS_LINK_64 */;
+    off = put(buf, off, &alen, 2);
+    off = put(buf, off, &atype, 2);
+    for (uint64_t i = 0; i < 24; i++) {
+        uint64_t v = base + i; /* rx_packets, tx_packets, rx_bytes, tx_bytes, ... */
+        off = put(buf, off, &v, 8);
+    }
+    len32 = (uint32_t)(off - start);
+    put(buf, start, &len32, 4);
+    return off;
+}
+
+static void test_netlink_stats_dump_parser_host_order_and_misaligned(void)
+{
+    static unsigned char storage[1024 + 8];
+    unsigned char *buf = storage + 4; /* 4 past an 8-aligned start: u64 fields land misaligned */
+    size_t off = put_stats_msg(buf, 0, 2, 1000);
+    off = put_stats_msg(buf, off, 7, 5000000000ull);
+    struct { uint32_t len; uint16_t type, flags; uint32_t seq, pid; int32_t status; } done = {20, 3, 2, 7, 0, 0};
+    off = put(buf, off, &done, sizeof done);
+    rtk_link links[4];
+    int n = rtk_parse_stats_dump(buf, off, links, 4);
+    CHECK(n == 2);
+    CHECK(links[0].ifindex == 2 && links[1].ifindex == 7);
+    CHECK(links[0].c[RTK_RX_PACKETS] == 1000 && links[0].c[RTK_TX_PACKETS] == 1001);
+    CHECK(links[0].c[RTK_RX_BYTES] == 1002 && links[0].c[RTK_TX_BYTES] == 1003);
+    CHECK(links[0].c[RTK_RX_ERRORS] == 1004 && links[0].c[RTK_TX_DROPPED] == 1007);
+    CHECK(links[1].c[RTK_RX_BYTES] == 5000000002ull);
+    CHECK(rtk_parse_stats_dump(buf, off - 3, links, 4) == -EBADMSG); /* truncated */
+}
+
 static void test_sampler_wraps_and_lifetimes(void)
 {
     size_t bytes = rtk_sampler_arena_size(4, 256);
@@ -236,6 +298,7 @@ int main(void)
     RUN_TEST(test_counter_deltas);
     RUN_TEST(test_jitter);
     RUN_TEST(test_proc_net_dev_parser);
+    RUN_TEST(test_netlink_stats_dump_parser_host_order_and_misaligned);
     RUN_TEST(test_sampler_wraps_and_lifetimes);
     RUN_TEST(test_live_counters_both_paths);
     printf("native core: %d checks\n", checks);
