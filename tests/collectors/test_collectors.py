@@ -1,0 +1,148 @@
+"""Collectors against a live kernel, inside namespaces the tests build."""
+import json
+import subprocess
+import sys
+
+import pytest
+
+RUN = """
+import json, sys
+from rtk_qos.collectors import flows, links, probe, snmp
+print(json.dumps(eval(sys.argv[1])))
+"""
+
+
+def call(ns, expression, timeout=60):
+    return json.loads(ns.run(sys.executable, "-c", RUN, expression, timeout=timeout).stdout)
+
+
+def test_links_routes_and_speed(netns_pair):
+    ns = netns_pair.a
+    info = call(ns, f"links.link({netns_pair.a_if!r}).__dict__")
+    assert info["kind"] == "virtual" and info["up"] and not info["loopback"] and info["mac"]
+    assert info["speed_mbps"] is None and "nominal" in info["speed_reason"]  # veth claims 10000
+    assert call(ns, "links.link('lo').__dict__")["loopback"]
+    assert call(ns, "links.link('nosuch0')") is None
+    gateway = call(ns, "links.default_gateway(4).__dict__")
+    assert gateway == {"family": 4, "gateway": netns_pair.b_addr, "ifname": netns_pair.a_if, "metric": 0}
+    assert call(ns, "links.primary_interface().name") == netns_pair.a_if
+    assert call(netns_pair.b, "links.default_gateway(4)") is None  # B has no default route
+    ns.run("ip", "-6", "addr", "add", "fd00:77::1/64", "dev", netns_pair.a_if, "nodad")
+    ns.run("ip", "-6", "route", "add", "default", "via", "fd00:77::2", "metric", "5")
+    assert call(ns, "links.default_gateway(6).gateway") == "fd00:77::2"
+    assert call(ns, f"links.active_interfaces({{'lo': 10, {netns_pair.a_if!r}: 5, 'gone': 9}})") == [netns_pair.a_if]
+
+
+def test_echo_probe_counts_loss_bursts_from_replies_switched_off(netns_pair):
+    # B answers the first probes, then ignores echo for a stretch, then answers again.
+    script = f"""
+import json, subprocess
+from rtk_qos.collectors.probe import EchoProber
+def toggle(value):
+    subprocess.run(["ip", "netns", "exec", {netns_pair.b.name!r}, "sysctl", "-qw",
+                    f"net.ipv4.icmp_echo_ignore_all={{value}}"], check=True)
+def on_reply(seq, rtt):
+    if seq == 3:
+        toggle(1)
+        import threading
+        threading.Timer(0.45, toggle, args=(0,)).start()
+report = EchoProber({netns_pair.b_addr!r}, interval=0.1, timeout=0.5).run(2.0, on_reply=on_reply)
+print(json.dumps(dict(sent=report.sent, received=report.received, lost=report.lost,
+                      bursts=report.loss_bursts, rtts=report.rtts_ms, method=report.method,
+                      dup=report.duplicates, reordered=report.reordered, pct=report.loss_percent)))
+"""
+    out = json.loads(netns_pair.a.run(sys.executable, "-c", script).stdout)
+    assert out["sent"] == 20 and out["method"] == "icmp-raw"
+    assert out["received"] + out["lost"] == 20
+    # About 4 probes fall in the 0.45 s without replies: one burst, nothing else lost.
+    assert len(out["bursts"]) == 1 and 3 <= out["bursts"][0] <= 6, out
+    assert out["pct"] == pytest.approx(100 * out["lost"] / 20)
+    assert out["dup"] == 0 and out["reordered"] == 0
+    assert all(0 < rtt < 20 for rtt in out["rtts"])
+
+
+def test_gateway_probe_without_a_default_route_says_why(netns_pair):
+    assert call(netns_pair.b, "probe.probe_gateway(1.0)") == [None, "no default gateway to probe"]
+
+
+def test_socket_flows_see_a_tcp_connection_and_its_rtt(netns_pair):
+    server = netns_pair.b.popen(sys.executable, "-c", """
+import socket
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("0.0.0.0", 7001)); s.listen()
+c, _ = s.accept()
+while c.recv(65536):
+    pass
+""")
+    try:
+        script = f"""
+import json, socket, time
+from rtk_qos.collectors import flows
+c = socket.create_connection(({netns_pair.b_addr!r}, 7001), timeout=5)
+for _ in range(20):
+    c.sendall(b"x" * 1000); time.sleep(0.01)
+u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); u.connect(({netns_pair.b_addr!r}, 9))
+loop = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); loop.connect(("127.0.0.1", 9))
+print(json.dumps([flows.socket_flows(), flows.flow_count()]))
+"""
+        sockets, count = json.loads(netns_pair.a.run(sys.executable, "-c", script).stdout)
+    finally:
+        server.kill()
+        server.wait()
+    assert sockets["tcp"] == 1 and sockets["udp"] == 1 and sockets["source"] == "sock_diag"
+    assert sockets["tcp_rtt_ms"]["count"] == 1 and 0 < sockets["tcp_rtt_ms"]["mean"] < 50
+    assert count[0] == 2 and count[1].startswith("sock_diag")
+
+
+IPV6_BACKGROUND = 6
+UDP_BURST = """
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+for _ in range(int(sys.argv[3])):
+    s.sendto(b"y" * 200, (sys.argv[1], int(sys.argv[2])))
+"""
+
+
+def test_protocol_counters_split_local_and_forwarded_traffic(netns_chain):
+    chain = netns_chain
+    sink = chain.c.popen(sys.executable, "-c", "import socket, time; s = socket.socket(2, 2); "
+                         "s.bind(('0.0.0.0', 5005)); print(flush=True); time.sleep(60)", stdout=subprocess.PIPE)
+    sink.stdout.readline()  # bound: no port-unreachable replies to skew the count
+    # Conntrack only tracks where a netfilter hook asks for it, as NAT does on a router.
+    chain.b.run("nft", "-f", "-", input="table inet rtkq { chain track { type filter hook forward priority 0; "
+                                        "ct state new,established counter; }; }")
+    chain.b.sysctl("net.netfilter.nf_conntrack_acct", "1")
+    before = call(chain.b, "snmp.read_snmp()")
+    chain.a.run(sys.executable, "-c", UDP_BURST, chain.c_addr, "5005", "300")
+    chain.a.run("ping", "-c", "20", "-i", "0.01", "-q", chain.c_addr)
+    chain.b.run("ping", "-c", "10", "-i", "0.01", "-q", chain.a_addr)
+    after = call(chain.b, "snmp.read_snmp()")
+    sink.kill()
+    sink.wait()
+    dist = call(chain.b, f"snmp.protocol_distribution({before!r}, {after!r})")
+    # B forwarded 300 UDP + 20 requests + 20 replies, and itself pinged A 10 times.
+    assert dist["forwarded_packets"] == 340
+    assert dist["forwarded_by_protocol"] == {"tcp": 0, "udp": 300, "icmp": 40, "other": 0}
+    # B's own IPv6 housekeeping (MLD reports, router solicitations) may add a few ICMPv6 messages.
+    assert 60 <= dist["packets"]["icmp"] <= 60 + IPV6_BACKGROUND and dist["packets"]["udp"] == 300
+    assert 20 <= dist["local_packets"] <= 20 + IPV6_BACKGROUND
+    assert dist["udp"] == pytest.approx(100 * 300 / dist["packets"]["total"], abs=0.01) and "conntrack" in dist["source"]
+
+
+def test_forwarded_traffic_without_conntrack_accounting_says_why(netns_chain):
+    chain = netns_chain
+    before = call(chain.b, "snmp.read_snmp()")
+    chain.a.run("ping", "-c", "5", "-i", "0.01", "-q", chain.c_addr)
+    after = call(chain.b, "snmp.read_snmp()")
+    dist = call(chain.b, f"snmp.protocol_distribution({before!r}, {after!r})")
+    assert dist["forwarded_packets"] == 10 and dist["forwarded_by_protocol"] is None
+    assert "nf_conntrack_acct" in dist["unavailable"]["forwarded_split"]
+
+
+def test_tcp_quality_reports_rates_or_reasons():
+    from rtk_qos.collectors import snmp
+    quiet = snmp.tcp_quality({}, {"TcpExt.TCPOFOQueue": 0})
+    assert quiet["retransmit_percent"] is None and "sent no TCP" in quiet["unavailable"]["retransmit_percent"]
+    busy = snmp.tcp_quality({"Tcp.OutSegs": 100, "Tcp.InSegs": 50, "Tcp.RetransSegs": 1, "TcpExt.TCPOFOQueue": 2},
+                            {"Tcp.OutSegs": 300, "Tcp.InSegs": 150, "Tcp.RetransSegs": 5, "TcpExt.TCPOFOQueue": 3})
+    assert busy["retransmit_percent"] == 2.0 and busy["out_of_order_percent"] == 1.0
