@@ -7,12 +7,14 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # command:debian-package pairs the agent and its tests use.
 SYSTEM_TOOLS := mosquitto:mosquitto ip:iproute2 ping:iputils-ping nft:nftables gcc:gcc
 NATIVE_SRC := $(wildcard native/*.c native/*.h) src/rtk_qos/_core.pyx src/rtk_qos/_native.pxd setup.py
-RUN_ARGS ?= --duration 10
+RUN_ARGS ?=
 
 .PHONY: run test bench native native-test deps clean
 
+# The agent on its embedded defaults: a local mosquitto is started when no broker is configured
+# and none answers on localhost:1883; it prints how to send it a command.
 run: $(VENV)/.built
-	$(VENV)/bin/rtk-qos run qos_traffic_analysis $(RUN_ARGS)
+	$(VENV)/bin/rtk-qos agent --state-dir $(CURDIR)/.state $(RUN_ARGS)
 
 test: $(VENV)/.built native-test
 	$(PY) -m pytest -q tests

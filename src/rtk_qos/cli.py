@@ -1,6 +1,10 @@
-"""rtk-qos command line: `rtk-qos run <op> ...` runs one QoS command once.
+"""rtk-qos command line.
 
-Flags are generated from the protocol's argument table, so `--help`, the
+  rtk-qos run <op> ...    run one QoS command here, once, and print its result message
+  rtk-qos agent ...       run the MQTT agent
+  rtk-qos ctl <op> ...    send a command to an agent through the broker; print ack and result
+
+Op flags are generated from the protocol's argument table, so `--help`, the
 validation and the MQTT path agree. `--args '{json}'` gives the arguments as
 the wire would; flags override its keys.
 """
@@ -10,12 +14,11 @@ import argparse
 import json
 import signal
 import sys
-import time
 
 from .commands import load_all
 from .commands.base import Context
 from .commands.runner import execute, prepare
-from .protocol import argspec
+from .protocol import argspec, messages
 from .protocol.errors import CommandError
 
 
@@ -40,18 +43,46 @@ def _add_flag(parser: argparse.ArgumentParser, name: str, spec: argspec.Spec) ->
     # Nested objects (thresholds, constraints, rules) are given through --args.
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="rtk-qos", description="QoS monitoring agent for routers")
-    commands = parser.add_subparsers(dest="command", required=True)
-    run = commands.add_parser("run", help="run one QoS command once and print its result JSON")
-    ops = run.add_subparsers(dest="op", required=True, metavar="OP")
-    for op, spec in load_all().items():
-        sub = ops.add_parser(op, help=spec.summary, description=spec.summary)
+def add_op_parsers(parser: argparse.ArgumentParser, ops: dict[str, str]) -> None:
+    """One sub-parser per op (name -> summary), with a flag per argument and --args."""
+    sub_parsers = parser.add_subparsers(dest="op", required=True, metavar="OP")
+    for op, summary in ops.items():
+        sub = sub_parsers.add_parser(op, help=summary, description=summary)
         sub.add_argument("--args", dest="args_json", metavar="JSON", default=None,
                          help="the arguments as a JSON object, as sent over MQTT")
-        sub.add_argument("--compact", action="store_true", help="print the result on one line")
+        sub.add_argument("--compact", action="store_true", help="print JSON on one line")
         for name, field_spec in argspec.ARGS[op].fields.items():
             _add_flag(sub, name, field_spec)
+
+
+def op_args(ns: argparse.Namespace) -> dict:
+    """The args object from --args and the op flags; SystemExit(2) with a message when unusable."""
+    raw: dict = {}
+    if ns.args_json is not None:
+        try:
+            raw = json.loads(ns.args_json)
+        except json.JSONDecodeError as exc:
+            print(f"error: --args is not valid JSON: {exc}", file=sys.stderr)
+            raise SystemExit(2)
+        if not isinstance(raw, dict):
+            print("error: --args must be a JSON object", file=sys.stderr)
+            raise SystemExit(2)
+    for name in argspec.ARGS[ns.op].fields:
+        value = getattr(ns, name, None)
+        if value is not None:
+            raw[name] = value
+    return raw
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import ctl
+    from .agent import main as agent_main
+    parser = argparse.ArgumentParser(prog="rtk-qos", description="QoS monitoring agent for routers")
+    commands = parser.add_subparsers(dest="command", required=True)
+    run = commands.add_parser("run", help="run one QoS command here once and print its result JSON")
+    add_op_parsers(run, {op: spec.summary for op, spec in load_all().items()})
+    agent_main.add_parser(commands)
+    ctl.add_parser(commands)
     return parser
 
 
@@ -60,20 +91,7 @@ def _progress(message: dict) -> None:
 
 
 def run_once(ns: argparse.Namespace) -> int:
-    raw: dict = {}
-    if ns.args_json is not None:
-        try:
-            raw = json.loads(ns.args_json)
-        except json.JSONDecodeError as exc:
-            print(f"error: --args is not valid JSON: {exc}", file=sys.stderr)
-            return 2
-        if not isinstance(raw, dict):
-            print("error: --args must be a JSON object", file=sys.stderr)
-            return 2
-    for name in argspec.ARGS[ns.op].fields:
-        value = getattr(ns, name, None)
-        if value is not None:
-            raw[name] = value
+    raw = op_args(ns)
     try:
         spec, args = prepare(ns.op, raw)
     except CommandError as exc:
@@ -83,19 +101,19 @@ def run_once(ns: argparse.Namespace) -> int:
     # Ctrl-C stops the measurement and still prints what was measured.
     signal.signal(signal.SIGINT, lambda *_: ctx.cancel.set())
     outcome = execute(spec, args, ctx)
-    message = {"schema": f"cmd.{ns.op}.result/1.0", "ts": time.time_ns() // 1_000_000,
-               "status": outcome.status, "result": outcome.result or {},
-               "execution": {"duration_ms": outcome.duration_ms},
-               "error": outcome.error.as_payload() if outcome.error else None}
+    # The same flat message the agent would publish for this request.
+    request = messages.Request(id=f"cli-{messages.now_ms()}", op=ns.op)
+    if outcome.error is not None:
+        message = messages.error(request, "", outcome.error, outcome.duration_ms)
+    else:
+        message = messages.result(request, "", ns.op, outcome.status, outcome.result, outcome.duration_ms)
     print(json.dumps(message, indent=None if ns.compact else 2))
     return 0 if outcome.status in ("completed", "cancelled") else 1
 
 
 def main(argv=None) -> int:
     ns = build_parser().parse_args(argv)
-    if ns.command == "run":
-        return run_once(ns)
-    return 2  # pragma: no cover - argparse requires a command
+    return ns.handler(ns) if hasattr(ns, "handler") else run_once(ns)
 
 
 if __name__ == "__main__":  # pragma: no cover

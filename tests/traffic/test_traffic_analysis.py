@@ -150,10 +150,10 @@ def test_an_interface_that_does_not_exist_is_named_in_the_error(netns_pair):
     proc = netns_pair.a.run(sys.executable, "-m", "rtk_qos", "run", "qos_traffic_analysis", "--compact",
                             "--duration", "1", "--interfaces", netns_pair.a_if, "nosuch0", check=False)
     assert proc.returncode == 1
-    message = json.loads(proc.stdout)
-    assert message["status"] == "failed"
-    assert message["error"]["code"] == 1006
-    assert "'nosuch0'" in message["error"]["message"] and netns_pair.a_if in message["error"]["details"]
+    message = json.loads(proc.stdout)  # the flat cmd.error/1.0 the agent would publish
+    assert message["schema"] == "cmd.error/1.0" and message["status"] == "failed"
+    assert message["error_code"] == 1006
+    assert "'nosuch0'" in message["error"] and netns_pair.a_if in message["error_details"]
 
 
 def test_an_interface_that_vanishes_mid_run_is_reported_not_a_crash(hosts):
@@ -199,4 +199,4 @@ def test_sampling_interval_above_duration_is_refused():
     proc = subprocess.run([sys.executable, "-m", "rtk_qos", "run", "qos_traffic_analysis", "--compact",
                            "--duration", "2", "--sampling-interval", "5"], capture_output=True, text=True, timeout=30)
     message = json.loads(proc.stdout)
-    assert message["error"]["message"].endswith("args.sampling_interval: 5 is above args.duration 2")
+    assert message["error"].endswith("args.sampling_interval: 5 is above args.duration 2")

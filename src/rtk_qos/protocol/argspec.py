@@ -284,6 +284,10 @@ ARGS: dict[str, Obj] = {
         }), max_items=128),
         "enable": Bool(default=True),
     }),
+    # Not in the published schemas: the agent's own control op (issue 3).
+    "qos_cancel": Obj(fields={
+        "id": Str(max_len=128, required=True, doc="The id of the running or queued command to cancel."),
+    }),
 }
 
 

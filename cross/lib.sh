@@ -1,0 +1,53 @@
+# Shared helpers for the cross/ scripts (sourced, not executed).
+CROSS_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+REPO_DIR=$(cd "$CROSS_DIR/.." && pwd)
+export CROSS_CACHE=${CROSS_CACHE:-$CROSS_DIR/.cache}
+mkdir -p "$CROSS_CACHE"
+
+log() { printf '[cross] %s\n' "$*" >&2; }
+
+# apt-get install only what is missing, so repeated runs stay offline and fast.
+need_pkg() {  # need_pkg <command> <debian-package>
+  command -v "$1" >/dev/null 2>&1 && return 0
+  log "installing $2 (for $1)"
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$2" >/dev/null 2>&1 || {
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$2"; }
+}
+
+# zig comes from the PyPI wheel `ziglang`, kept in a venv the Makefile controls.
+need_zig() {
+  if [ ! -x "$CROSS_CACHE/zig/bin/python" ] || ! "$CROSS_CACHE/zig/bin/python" -c 'import ziglang' 2>/dev/null; then
+    log "creating zig venv in $CROSS_CACHE/zig"
+    python3 -m venv "$CROSS_CACHE/zig"
+    "$CROSS_CACHE/zig/bin/pip" install -q ziglang
+  fi
+}
+
+# Load a target's toolchain file and make sure its compiler and qemu exist.
+load_target() {  # load_target <arch>-<libc>
+  local env="$CROSS_DIR/targets/$1.env"
+  [ -f "$env" ] || { log "unknown target $1 (see cross/targets/)"; exit 2; }
+  # shellcheck disable=SC1090
+  source "$env"
+  need_pkg "$QEMU" qemu-user-static
+  if [ "$LIBC" = musl ]; then need_zig; else need_pkg "$TRIPLE-gcc" "gcc-$TRIPLE"; fi
+}
+
+# Register the qemu-user handlers with the kernel: chroot into a foreign rootfs
+# execs foreign binaries (dpkg, maintainer scripts, subprocesses), which needs binfmt_misc.
+need_binfmt() {  # need_binfmt <qemu-name e.g. aarch64>
+  local bf=/proc/sys/fs/binfmt_misc
+  [ -e "$bf/register" ] || mount -t binfmt_misc binfmt_misc "$bf"
+  [ -e "$bf/qemu-$1" ] && return 0
+  log "registering binfmt handler qemu-$1"
+  cat "/usr/lib/binfmt.d/qemu-$1.conf" > "$bf/register"
+}
+
+# Elapsed-time recording: appends "<label> <seconds>" to the timings log.
+timed() {  # timed <label> <cmd...>
+  local label=$1; shift
+  local t0; t0=$(date +%s.%N)
+  "$@"
+  local dt; dt=$(echo "$(date +%s.%N) - $t0" | bc)
+  printf '%s %.1f\n' "$label" "$dt" | tee -a "$CROSS_CACHE/timings.log" >&2
+}

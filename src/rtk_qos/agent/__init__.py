@@ -1,0 +1,1 @@
+"""The MQTT agent: session, dispatch, outbox, lifecycle messages (see core.Agent)."""

@@ -1,0 +1,181 @@
+"""Agent configuration: defaults, then one TOML file, then RTK_QOS_* environment, then CLI flags.
+
+Every key has a default that works on a fresh device: the device id is the MAC
+of the primary interface, the broker is localhost:1883.
+"""
+from __future__ import annotations
+
+import copy
+import os
+import tomllib
+from typing import Any, Mapping, Optional
+
+from ..collectors import links
+from ..protocol.topics import DEVICE_ID, NAME
+
+DEFAULTS: dict[str, Any] = {
+    "device_id": "",            # empty: MAC of the primary interface
+    "tenant": "default",
+    "site": "home",
+    "group_ids": [],
+    "subscribe_broadcast": True,
+    "state_dir": "",            # empty: /var/lib/rtk-qos as root, else ~/.local/state/rtk-qos
+    "log_level": "info",
+    "broker": {
+        "host": "localhost",
+        "port": 1883,
+        "protocol": "3.1.1",    # or "5"
+        "keepalive_s": 30,
+        "client_id": "",        # empty: rtk-qos-<device_id>, stable so the session persists
+        "session_expiry_s": 7 * 86400,  # MQTT 5: how long the broker keeps our session offline
+        "username": "",
+        "password": "",
+        "tls": False,
+        "ca_file": "",
+        "cert_file": "",
+        "key_file": "",
+        "reconnect_min_s": 1.0,
+        "reconnect_max_s": 60.0,
+    },
+    "limits": {
+        "max_running": 4,           # commands executing at once
+        "max_queued": 16,           # accepted commands waiting for a worker
+        "max_payload_bytes": 65536,
+        "dedupe_entries": 1024,
+        "dedupe_ttl_s": 3600,
+        "resource_conflict": "reject",  # or "queue": same-resource commands wait their turn
+    },
+    "security": {
+        "allow_router_changes": False,  # qos_config / applying qos_auto_optimization
+    },
+    "telemetry": {
+        "network_period_s": 30,
+        "state_period_s": 60,
+        "sample_period_s": 1.0,
+    },
+    "outbox": {
+        "max_messages": 1000,
+        "max_bytes": 4 * 2**20,
+    },
+    "device": {
+        "device_type": "router",
+        "manufacturer": "",
+        "model": "",
+        "hardware_version": "",
+        "serial_number": "",
+    },
+}
+
+ENV_PREFIX = "RTK_QOS_"
+
+
+class ConfigError(ValueError):
+    pass
+
+
+_TYPE_NAMES = {bool: "boolean", int: "integer", float: "number", str: "string", list: "list"}
+
+
+def _merge(base: dict, override: Mapping, where: str, from_text: bool = False) -> None:
+    for key, value in override.items():
+        if key not in base:
+            raise ConfigError(f"{where}{key}: unknown setting")
+        if isinstance(base[key], dict):
+            if not isinstance(value, Mapping):
+                raise ConfigError(f"{where}{key}: expected a table")
+            _merge(base[key], value, f"{where}{key}.", from_text)
+        else:
+            base[key] = _coerce(base[key], value, f"{where}{key}", from_text)
+
+
+def _coerce(default: Any, value: Any, where: str, from_text: bool) -> Any:
+    """TOML and flags give typed values; the environment gives text, parsed by the default's type."""
+    expected = _TYPE_NAMES.get(type(default), type(default).__name__)
+    if from_text and isinstance(value, str) and not isinstance(default, str):
+        text = value.strip()
+        try:
+            if isinstance(default, bool):
+                if text.lower() not in ("1", "0", "true", "false", "yes", "no"):
+                    raise ValueError
+                return text.lower() in ("1", "true", "yes")
+            if isinstance(default, int):
+                return int(text)
+            if isinstance(default, float):
+                return float(text)
+            if isinstance(default, list):
+                return [part for part in text.split(",") if part]
+        except ValueError:
+            raise ConfigError(f"{where}: {value!r} is not {'an' if expected[0] in 'aeiou' else 'a'} {expected}") from None
+    if (isinstance(default, bool) != isinstance(value, bool) or type(default) in (str, list) and not isinstance(
+            value, type(default)) or isinstance(default, (int, float)) and not isinstance(value, (int, float))):
+        raise ConfigError(f"{where}: expected {expected}, got {_TYPE_NAMES.get(type(value), type(value).__name__)}")
+    if isinstance(default, float):
+        return float(value)
+    return value
+
+
+def _env_overrides(environ: Mapping[str, str]) -> dict:
+    """RTK_QOS_BROKER_HOST=x -> {"broker": {"host": "x"}}; RTK_QOS_TENANT=x -> {"tenant": "x"}."""
+    out: dict = {}
+    for name, value in environ.items():
+        if not name.startswith(ENV_PREFIX) or name == ENV_PREFIX + "CONFIG":
+            continue
+        key = name[len(ENV_PREFIX):].lower()
+        section = next((s for s, v in DEFAULTS.items() if isinstance(v, dict) and key.startswith(s + "_")), None)
+        if section:
+            out.setdefault(section, {})[key[len(section) + 1:]] = value
+        else:
+            out[key] = value
+    return out
+
+
+def load(path: Optional[str] = None, environ: Optional[Mapping[str, str]] = None,
+         flags: Optional[dict] = None) -> dict:
+    environ = os.environ if environ is None else environ
+    config = copy.deepcopy(DEFAULTS)
+    path = path or environ.get(ENV_PREFIX + "CONFIG")
+    config["_broker_configured"] = False
+    if path:
+        try:
+            with open(path, "rb") as f:
+                data = tomllib.load(f)
+        except OSError as exc:
+            raise ConfigError(f"{path}: {exc.strerror}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path}: {exc}") from None
+        _merge(config, data, "")
+        config["_broker_configured"] |= "broker" in data and any(k in data["broker"] for k in ("host", "port"))
+    env = _env_overrides(environ)
+    _merge(config, env, "environment ", from_text=True)
+    config["_broker_configured"] |= "broker" in env
+    if flags:
+        _merge(config, flags, "flag ")
+        config["_broker_configured"] |= bool(flags.get("broker"))
+    return _finish(config)
+
+
+def _finish(config: dict) -> dict:
+    if not config["device_id"]:
+        primary = links.primary_interface()
+        if primary is None or not primary.mac:
+            raise ConfigError("device_id: not set and no interface with a MAC address to derive it from")
+        config["device_id"] = primary.mac.replace(":", "").lower()
+    for key, pattern in (("device_id", DEVICE_ID), ("tenant", NAME), ("site", NAME)):
+        if not pattern.match(config[key]):
+            raise ConfigError(f"{key}: {config[key]!r} does not match {pattern.pattern}")
+    broker = config["broker"]
+    if broker["protocol"] not in ("3.1.1", "5"):
+        raise ConfigError(f"broker.protocol: {broker['protocol']!r} is not 3.1.1 or 5")
+    if not broker["client_id"]:
+        broker["client_id"] = f"rtk-qos-{config['device_id']}"
+    if config["limits"]["resource_conflict"] not in ("reject", "queue"):
+        raise ConfigError("limits.resource_conflict: must be reject or queue")
+    for section, key, low in (("limits", "max_running", 1), ("limits", "max_queued", 0),
+                              ("limits", "max_payload_bytes", 1024), ("telemetry", "network_period_s", 1),
+                              ("telemetry", "state_period_s", 1), ("outbox", "max_messages", 1)):
+        if config[section][key] < low:
+            raise ConfigError(f"{section}.{key}: {config[section][key]} is below {low}")
+    if not config["state_dir"]:
+        config["state_dir"] = ("/var/lib/rtk-qos" if os.geteuid() == 0
+                               else os.path.expanduser("~/.local/state/rtk-qos"))
+    return config

@@ -1,0 +1,212 @@
+"""The agent: wires configuration, session, outbox, dispatcher and the monitor loop together.
+
+Threads: the MQTT network thread (parses, acks, dispatches), the outbox drain,
+the command workers, and one monitor thread that ticks the native sampler once
+a second and publishes state and telemetry on their periods.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from typing import Optional
+
+from .. import _core
+from ..commands import load_all
+from ..protocol import messages
+from ..protocol.topics import Topics
+from . import device
+from .dispatcher import CANCEL_OP, Dispatcher, Replies
+from .outbox import Outbox
+from .session import Session
+
+log = logging.getLogger(__name__)
+SAMPLER_LINKS = 64
+SAMPLER_WINDOW = 60
+HEALTH_EVERY_S = 10.0
+
+
+class Agent(Replies):
+    def __init__(self, config: dict):
+        self.config = config
+        self.device_id = config["device_id"]
+        self.topics = Topics(config["tenant"], config["site"], self.device_id, tuple(config["group_ids"]))
+        self.started = time.monotonic()
+        os.makedirs(config["state_dir"], mode=0o700, exist_ok=True)
+        self.outbox = Outbox(os.path.join(config["state_dir"], "outbox"), config["outbox"]["max_messages"],
+                             config["outbox"]["max_bytes"])
+        self.dispatcher = Dispatcher(config, self.device_id, self)
+        self.session = Session(config, self.topics.of("lwt"), self.device_id, self.outbox,
+                               self._on_message, self._on_connected)
+        self.session.subscriptions = [self.topics.cmd_req] + self.topics.shared_requests(
+            config["subscribe_broadcast"])
+        self.ops = sorted(load_all()) + [CANCEL_OP]
+        self._stop = threading.Event()
+        self._state_due = False
+        self._wake = threading.Event()
+        self._health: tuple[str, list] = ("ok", [])
+        self._counter_error: Optional[str] = None
+        self._sampler = None
+        self._monitor = threading.Thread(target=self._monitor_loop, name="rtk-qos-monitor", daemon=True)
+
+    # ---- lifecycle ----------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self.session.start()
+        self._monitor.start()
+
+    def stop(self) -> None:
+        """Cancel commands (their results are kept in the outbox), drain briefly, go offline cleanly."""
+        self._stop.set()
+        self._wake.set()
+        self.dispatcher.shutdown()
+        deadline = time.monotonic() + 5.0
+        while len(self.outbox) and self.session.connected.is_set() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        offline = messages.envelope("lwt/1.0", self.device_id,
+                                    {"status": "offline", "last_seen": messages.now_ms(), "reason": "normal"})
+        self.session.stop(messages.encode(offline))
+        self._monitor.join(timeout=5)
+
+    def _on_connected(self) -> None:
+        online = messages.envelope("lwt/1.0", self.device_id, {"status": "online", "last_seen": messages.now_ms()})
+        self.session.publish_now(self.topics.of("lwt"), messages.encode(online), qos=1, retain=True)
+        attr = messages.envelope("attr/1.0", self.device_id, device.attributes(self.config))
+        self.session.publish_now(self.topics.of("attr"), messages.encode(attr), qos=1, retain=True)
+        self._request_state()
+
+    def _on_message(self, msg) -> None:
+        props = getattr(msg, "properties", None)
+        response_topic = getattr(props, "ResponseTopic", None) if props is not None else None
+        correlation = getattr(props, "CorrelationData", None) if props is not None else None
+        self.dispatcher.handle(msg.payload, response_topic, correlation)
+
+    # ---- replies (Replies interface) ----------------------------------------------------------
+
+    def ack(self, request: messages.Request, message: dict) -> None:
+        topic = request.reply_to or self.topics.cmd_ack
+        if not self.session.publish_now(topic, messages.encode(message), qos=1,
+                                        correlation=request.correlation_data):
+            log.info("ack for %s not sent: broker unreachable (the result will follow)", request.id)
+
+    def result(self, request: messages.Request, message: dict) -> None:
+        topic = request.reply_to or self.topics.cmd_res
+        self.outbox.put("result", topic, messages.encode(message), qos=1, correlation=request.correlation_data)
+        self._request_state()  # the set of running commands changed
+
+    def progress(self, request: messages.Request, op: str, payload: dict) -> None:
+        event = {"event_type": "command_progress", "severity": "info", "id": request.id, "op": op,
+                 "progress": payload}
+        message = messages.envelope("evt.command_progress/1.0", self.device_id, event, request.trace)
+        self.session.publish_now(self.topics.of("evt/command_progress"), messages.encode(message), qos=0)
+
+    def event(self, event_type: str, payload: dict, request: Optional[messages.Request]) -> None:
+        message = messages.envelope(f"evt.{event_type}/1.0", self.device_id, payload,
+                                    request.trace if request else None)
+        self.outbox.put("event", self.topics.of(f"evt/{event_type}"), messages.encode(message), qos=1)
+
+    # ---- monitor ------------------------------------------------------------------------------
+
+    def _new_sampler(self):
+        history = max(2, int(self.config["telemetry"]["state_period_s"] / self.config["telemetry"]["sample_period_s"]))
+        return _core.Sampler(capacity=SAMPLER_LINKS, history=history, window=SAMPLER_WINDOW)
+
+    def current_rates(self) -> dict:
+        """Latest per-second rates of every present non-loopback link, from the sampler."""
+        if self._sampler is None or self._sampler.ticks < 2:
+            return {}
+        out = {}
+        for slot, name in self._sampler.active_slots():
+            if name == "lo":
+                continue
+            r = self._sampler.last_rates(slot)
+            out[name] = {"rx_mbps": round(r[0] * 8e-6, 3), "tx_mbps": round(r[1] * 8e-6, 3),
+                         "rx_pps": round(r[2], 1), "tx_pps": round(r[3], 1),
+                         "errors_ps": r[4] + r[5], "drops_ps": r[6] + r[7]}
+        return out
+
+    def state_payload(self) -> dict:
+        level, reasons = self._health
+        rates = self.current_rates()
+        payload = {
+            "health": level,
+            "connection_status": self.session.status if self.session.status in (
+                "connected", "disconnected", "connecting", "error") else "connecting",
+            "capabilities": {"device_type": device.STATE_DEVICE_TYPES.get(
+                self.config["device"]["device_type"], "router"), "diagnostics": self.ops},
+            "health_reasons": reasons,
+            "agent": {"version": device.__version__, "uptime_s": int(time.monotonic() - self.started),
+                      "running": self.dispatcher.running(), "requests": dict(self.dispatcher.counts),
+                      "outbox": {"queued": len(self.outbox), "dropped": dict(self.outbox.dropped)},
+                      "counter_source": self._sampler.source if self._sampler else None},
+            "interfaces": {name: {k: v for k, v in r.items() if k.endswith(("mbps", "pps"))}
+                           for name, r in rates.items()},
+        }
+        uptime = device.device_uptime_s()
+        if uptime is not None:
+            payload["uptime_s"] = uptime
+        return payload
+
+    def publish_state(self) -> None:
+        message = messages.envelope("state/1.0", self.device_id, self.state_payload())
+        self.session.publish_now(self.topics.of("state"), messages.encode(message), qos=1, retain=True)
+
+    def publish_telemetry(self, reader) -> None:
+        interfaces = device.network_telemetry(reader.read())
+        if not interfaces:
+            return  # the schema needs at least one interface
+        message = messages.envelope("telemetry.network/1.0", self.device_id, {"interfaces": interfaces})
+        payload = messages.encode(message)
+        topic = self.topics.of("telemetry/network")
+        if not self.session.publish_now(topic, payload, qos=0):
+            self.outbox.put("telemetry", topic, payload, qos=1)
+
+    def _request_state(self) -> None:
+        self._state_due = True
+        self._wake.set()
+
+    def _monitor_loop(self) -> None:
+        telemetry = self.config["telemetry"]
+        period = telemetry["sample_period_s"]
+        reader = _core.CounterReader()
+        self._sampler = self._new_sampler()
+        now = time.monotonic()
+        next_tick = next_health = now
+        next_state = next_telemetry = now + telemetry["network_period_s"]
+        while not self._stop.is_set():
+            now = time.monotonic()
+            if now >= next_tick:
+                try:
+                    if self._sampler.overflow:  # links churned past capacity: start a fresh window
+                        self._sampler = self._new_sampler()
+                    self._sampler.tick()
+                    self._counter_error = None
+                except OSError as exc:
+                    self._counter_error = exc.strerror or str(exc)
+                next_tick += period
+                if next_tick < now:
+                    next_tick = now + period  # fell behind (suspend, overload): do not burst
+            if now >= next_health:
+                next_health = now + HEALTH_EVERY_S
+                health = device.health(self.current_rates(), sum(self.outbox.dropped.values()),
+                                       self._counter_error)
+                if health[0] != self._health[0]:
+                    log.info("health %s -> %s %s", self._health[0], health[0], health[1])
+                    self._state_due = True
+                self._health = health
+            if self.session.connected.is_set() and (self._state_due or now >= next_state):
+                self._state_due = False
+                next_state = now + telemetry["state_period_s"]
+                self.publish_state()
+            if now >= next_telemetry:
+                next_telemetry = now + telemetry["network_period_s"]
+                try:
+                    self.publish_telemetry(reader)
+                except OSError as exc:
+                    log.warning("telemetry: %s", exc)
+            # While offline the state waits for the connect callback, which wakes this loop.
+            wake = min(next_tick, next_health, next_telemetry,
+                       next_state if self.session.connected.is_set() else float("inf"))
+            self._wake.wait(max(0.0, wake - time.monotonic()))
+            self._wake.clear()

@@ -1,0 +1,199 @@
+"""The MQTT session: connect, reconnect with backoff, subscribe, publish, and drain the outbox.
+
+paho-mqtt 2.x (callback API version 2) does the protocol; this module owns the
+policy: a stable client id and a persistent session (commands sent while the
+agent was away still arrive), Last Will `offline`, reconnect 1 s doubling to
+60 s with jitter, and an ordered outbox drained only while connected.
+"""
+from __future__ import annotations
+
+import logging
+import random
+import ssl
+import threading
+import time
+from typing import Callable, Optional
+
+from paho.mqtt import client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from ..protocol import messages
+from .outbox import Outbox
+
+log = logging.getLogger(__name__)
+PUBACK_WAIT_S = 10.0
+
+
+def backoff_delay(attempt: int, low: float, high: float, rng: random.Random = random.Random()) -> float:
+    """Exponential backoff with jitter: the ceiling doubles from `low` to `high`; the delay is
+    drawn from the upper half, so a fleet reconnecting after an outage spreads out."""
+    ceiling = min(high, low * (2 ** min(attempt, 30)))
+    return rng.uniform(ceiling / 2, ceiling)
+
+
+class Session:
+    def __init__(self, config: dict, lwt_topic: str, device_id: str, outbox: Outbox,
+                 on_message: Callable, on_connected: Callable[[], None]):
+        self.config = config
+        self.broker = config["broker"]
+        self.device_id = device_id
+        self.outbox = outbox
+        self.lwt_topic = lwt_topic
+        self.subscriptions: list[str] = []
+        self._on_message = on_message
+        self._on_connected = on_connected
+        self.mqtt5 = self.broker["protocol"] == "5"
+        self.connected = threading.Event()
+        self.status = "connecting"
+        self.last_error: Optional[str] = None
+        self.connects = 0
+        self._stop = threading.Event()
+        self.client = self._make_client()
+        self._threads = [threading.Thread(target=self._network, name="rtk-qos-mqtt", daemon=True),
+                         threading.Thread(target=self._drain, name="rtk-qos-outbox", daemon=True)]
+
+    def _make_client(self) -> mqtt.Client:
+        broker = self.broker
+        if self.mqtt5:
+            client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=broker["client_id"],
+                                 protocol=mqtt.MQTTv5)
+        else:
+            client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=broker["client_id"],
+                                 clean_session=False, protocol=mqtt.MQTTv311)
+        if broker["username"]:
+            client.username_pw_set(broker["username"], broker["password"] or None)
+        if broker["tls"]:
+            client.tls_set(ca_certs=broker["ca_file"] or None, certfile=broker["cert_file"] or None,
+                           keyfile=broker["key_file"] or None, cert_reqs=ssl.CERT_REQUIRED)
+        client.on_connect = self._connected
+        client.on_disconnect = self._disconnected
+        client.on_message = lambda _c, _u, msg: self._on_message(msg)
+        # Commands arrive at most this many at a time; the rest wait at the broker.
+        client.max_inflight_messages_set(20)
+        return client
+
+    def start(self) -> None:
+        for thread in self._threads:
+            thread.start()
+
+    # ---- connection ---------------------------------------------------------------------------
+
+    def _connect_once(self) -> None:
+        broker = self.broker
+        # The will says when we were last seen: the moment of this connect.
+        offline = messages.envelope("lwt/1.0", self.device_id,
+                                    {"status": "offline", "last_seen": messages.now_ms(), "reason": "timeout"})
+        self.client.will_set(self.lwt_topic, messages.encode(offline), qos=1, retain=True)
+        if self.mqtt5:
+            props = Properties(PacketTypes.CONNECT)
+            props.SessionExpiryInterval = broker["session_expiry_s"]
+            self.client.connect(broker["host"], broker["port"], broker["keepalive_s"], clean_start=False,
+                                properties=props)
+        else:
+            self.client.connect(broker["host"], broker["port"], broker["keepalive_s"])
+
+    def _network(self) -> None:
+        attempt = 0
+        while not self._stop.is_set():
+            self.status = "connecting"
+            try:
+                self._connect_once()
+            except (OSError, ValueError) as exc:  # refused, unreachable, TLS verification failed
+                self._failed(f"connect to {self.broker['host']}:{self.broker['port']}: {exc}")
+            else:
+                while not self._stop.is_set():
+                    rc = self.client.loop(timeout=0.5)
+                    if rc != mqtt.MQTT_ERR_SUCCESS:
+                        break
+                    if self.connected.is_set():
+                        attempt = 0
+                if self._stop.is_set():
+                    break
+                self._lost(f"connection lost ({mqtt.error_string(rc)})")
+            delay = backoff_delay(attempt, self.broker["reconnect_min_s"], self.broker["reconnect_max_s"])
+            attempt += 1
+            log.info("reconnecting in %.1f s", delay)
+            self._stop.wait(delay)
+
+    def _failed(self, why: str) -> None:
+        self.last_error = why
+        self.status = "error"
+        log.warning("%s", why)
+
+    def _lost(self, why: str) -> None:
+        self.connected.clear()
+        self.status = "disconnected"
+        self.last_error = why
+        log.warning("%s", why)
+
+    def _connected(self, client, _userdata, _flags, reason_code, _props) -> None:
+        if reason_code.is_failure:
+            self._failed(f"broker refused the connection: {reason_code}")
+            client.disconnect()
+            return
+        self.connects += 1
+        self.status = "connected"
+        log.info("connected to %s:%s (MQTT %s)", self.broker["host"], self.broker["port"], self.broker["protocol"])
+        for topic in self.subscriptions:
+            client.subscribe(topic, qos=1)
+        self.connected.set()
+        self._on_connected()
+        self.outbox.wake()
+
+    def _disconnected(self, _client, _userdata, _flags, reason_code, _props) -> None:
+        self.connected.clear()
+        if not self._stop.is_set():
+            self.status = "disconnected"
+
+    # ---- publishing ---------------------------------------------------------------------------
+
+    def _properties(self, correlation: Optional[bytes]) -> Optional[Properties]:
+        if not (self.mqtt5 and correlation is not None):
+            return None
+        props = Properties(PacketTypes.PUBLISH)
+        props.CorrelationData = correlation
+        return props
+
+    def publish_now(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False,
+                    correlation: Optional[bytes] = None) -> bool:
+        """Publish without persisting (acks, progress, live telemetry); False when offline."""
+        if not self.connected.is_set():
+            return False
+        info = self.client.publish(topic, payload, qos=qos, retain=retain, properties=self._properties(correlation))
+        return info.rc == mqtt.MQTT_ERR_SUCCESS
+
+    def _drain(self) -> None:
+        """Publish outbox messages oldest first, one at a time, removing each on PUBACK."""
+        while not self._stop.is_set():
+            if not self.connected.wait(timeout=0.5):
+                continue
+            entry = self.outbox.oldest(timeout=0.5)
+            if entry is None or not self.connected.is_set():
+                continue
+            info = self.client.publish(entry.topic, entry.payload, qos=entry.qos, retain=entry.retain,
+                                       properties=self._properties(entry.correlation))
+            if info.rc != mqtt.MQTT_ERR_SUCCESS:
+                time.sleep(0.1)
+                continue
+            if entry.qos == 0:
+                self.outbox.remove(entry.seq)
+                continue
+            deadline = time.monotonic() + PUBACK_WAIT_S
+            while not info.is_published() and self.connected.is_set() and time.monotonic() < deadline:
+                info.wait_for_publish(timeout=0.2)
+            if info.is_published():
+                self.outbox.remove(entry.seq)
+
+    def stop(self, offline_payload: Optional[bytes] = None) -> None:
+        """Clean shutdown: publish `offline` (retained) so the Last Will is not needed, then disconnect."""
+        if offline_payload is not None and self.connected.is_set():
+            info = self.client.publish(self.lwt_topic, offline_payload, qos=1, retain=True)
+            deadline = time.monotonic() + 2.0
+            while not info.is_published() and time.monotonic() < deadline:
+                time.sleep(0.05)
+        self._stop.set()
+        self.client.disconnect()
+        for thread in self._threads:
+            thread.join(timeout=5)
