@@ -121,6 +121,9 @@ def _env_overrides(environ: Mapping[str, str]) -> dict:
         if not name.startswith(ENV_PREFIX) or name == ENV_PREFIX + "CONFIG":
             continue
         key = name[len(ENV_PREFIX):].lower()
+        if key in DEFAULTS and not isinstance(DEFAULTS[key], dict):  # DEVICE_ID is not device.id
+            out[key] = value
+            continue
         section = next((s for s, v in DEFAULTS.items() if isinstance(v, dict) and key.startswith(s + "_")), None)
         if section:
             out.setdefault(section, {})[key[len(section) + 1:]] = value
