@@ -21,6 +21,7 @@ test: $(VENV)/.built native-test
 
 bench: $(VENV)/.built
 	$(PY) bench/run.py --output bench/report.json
+	$(PY) bench/agent.py --output bench/agent-report.json
 
 native-test:
 	$(MAKE) -C native test

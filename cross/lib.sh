@@ -51,3 +51,15 @@ timed() {  # timed <label> <cmd...>
   local dt; dt=$(echo "$(date +%s.%N) - $t0" | bc)
   printf '%s %.1f\n' "$label" "$dt" | tee -a "$CROSS_CACHE/timings.log" >&2
 }
+
+# Wheel/rootfs arch names -> toolchain file, wheel platform (uname -m) and qemu binfmt name.
+wheel_arch() {  # wheel_arch <aarch64|armv7|mipsel>
+  case "$1" in
+    aarch64) WTARGET=aarch64-glibc; PY_PLAT=linux-aarch64; QEMU_NAME=aarch64 ;;
+    armv7)   WTARGET=armv7hf-glibc; PY_PLAT=linux-armv7l;  QEMU_NAME=arm ;;
+    # uname -m on a mipsel kernel says "mips", hence the wheel tag linux_mips.
+    mipsel)  WTARGET=mipsel-glibc;  PY_PLAT=linux-mips;    QEMU_NAME=mipsel ;;
+    *) log "unknown wheel arch $1 (aarch64 armv7 mipsel)"; exit 2 ;;
+  esac
+  load_target "$WTARGET"
+}

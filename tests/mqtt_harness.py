@@ -55,7 +55,7 @@ class Broker:
         # user root: as root, mosquitto would otherwise switch to `mosquitto` and could not
         # write its log and persistence file in the test directory.
         auth = f"allow_anonymous false\npassword_file {password_file}" if password_file else "allow_anonymous true"
-        conf = [f"listener {self.port}", "user root", auth, "persistence true",
+        conf = [f"listener {self.port}", "user root", auth, "persistence true", "set_tcp_nodelay true",
                 f"persistence_location {workdir}/", "autosave_interval 1", "max_packet_size 2000000",
                 f"log_dest file {workdir}/mosquitto.log"]
         if tls:
@@ -307,6 +307,7 @@ class Controller:
         assert self.connected.wait(10), "controller did not connect"
 
     def _on_connect(self, client, _u, _f, reason, _p):
+        client.socket().setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # as the agent does
         for topic in self.topics:
             client.subscribe(topic, qos=1)
         self.connected.set()

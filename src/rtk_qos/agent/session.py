@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import random
+import socket
 import ssl
 import threading
 import time
@@ -31,6 +32,15 @@ def backoff_delay(attempt: int, low: float, high: float, rng: random.Random = ra
     drawn from the upper half, so a fleet reconnecting after an outage spreads out."""
     ceiling = min(high, low * (2 ** min(attempt, 30)))
     return rng.uniform(ceiling / 2, ceiling)
+
+
+def _no_delay(client: mqtt.Client) -> None:
+    """Disable Nagle: paho writes a packet in pieces, and Nagle holding the last piece until the
+    broker's delayed ACK (40 ms on Linux) would make every ack 40 ms late."""
+    sock = client.socket()
+    raw = getattr(sock, "_sock", sock)  # under TLS, the socket paho wraps
+    if raw is not None and raw.family in (socket.AF_INET, socket.AF_INET6):
+        raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
 class Session:
@@ -93,6 +103,7 @@ class Session:
                                 properties=props)
         else:
             self.client.connect(broker["host"], broker["port"], broker["keepalive_s"])
+        _no_delay(self.client)
 
     def _network(self) -> None:
         attempt = 0

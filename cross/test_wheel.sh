@@ -1,0 +1,76 @@
+#!/usr/bin/env bash
+# Install the cross-built wheel into the target rootfs and exercise it under qemu-user (chroot).
+# Usage: cross/test_wheel.sh <aarch64|armv7|mipsel>   (needs cross/wheel.sh and cross/rootfs.sh first)
+set -euo pipefail
+source "$(dirname "$0")/lib.sh"
+arch=${1:?usage: test_wheel.sh <aarch64|armv7|mipsel>}
+wheel_arch "$arch"
+root="$CROSS_CACHE/rootfs-$arch"
+[ -e "$root/.rtk-rootfs-complete" ] || { log "no rootfs, run cross/rootfs.sh $arch"; exit 1; }
+plat=${PY_PLAT//-/_}
+whl=$(ls "$CROSS_CACHE"/dist/rtk_qos-*-"$plat".whl 2>/dev/null | head -1)
+[ -n "$whl" ] || { log "no wheel for $plat, run cross/wheel.sh $arch"; exit 1; }
+need_binfmt "$QEMU_NAME"
+results="$CROSS_CACHE/results-$arch.txt"
+: > "$results"
+note() { echo "$*" | tee -a "$results"; }
+
+# A wheel is a zip: unpacking it into dist-packages is what pip would do (no deps to resolve
+# for _core; paho-mqtt, pure python, is added so the agent entry point imports too).
+site="$root/usr/local/lib/python3.11/dist-packages"
+mkdir -p "$site"
+rm -rf "$site"/rtk_qos "$site"/rtk_qos-*.dist-info
+unzip -q -o "$whl" -d "$site"
+if [ ! -d "$site/paho" ]; then
+  pdir="$CROSS_CACHE/pydeps"
+  ls "$pdir"/paho_mqtt-*.whl >/dev/null 2>&1 || "$CROSS_CACHE/build-venv/bin/pip" download -q --no-deps -d "$pdir" "paho-mqtt>=2.1,<3"
+  unzip -q -o "$pdir"/paho_mqtt-*.whl -d "$site"
+fi
+cp "$CROSS_DIR/check_core.py" "$root/tmp/check_core.py"
+
+# The counter reader needs /proc (netlink may be refused under qemu: it falls back to procfs).
+cleanup() { mountpoint -q "$root/proc" && umount -l "$root/proc" || true; }
+trap cleanup EXIT
+mountpoint -q "$root/proc" || mount -t proc proc "$root/proc"
+in_root() { chroot "$root" /usr/bin/env -i PATH=/usr/local/bin:/usr/bin:/bin LANG=C.UTF-8 "$@"; }
+
+note "== $arch: $(basename "$whl") ($(stat -c %s "$whl") bytes)"
+note "machine: $(in_root /usr/bin/python3 -c 'import platform, sys; print(platform.machine(), sys.byteorder, sys.version.split()[0])')"
+note "so: $(in_root /usr/bin/python3 -c 'import rtk_qos._core as c; print(c.__file__)')"
+
+# Known values, then a comparison of the deterministic results with the x86_64 host's.
+in_root /usr/bin/python3 /tmp/check_core.py --json > "$CROSS_CACHE/check-$arch.json" 2> >(tee -a "$results" >&2)
+host_json="$CROSS_CACHE/check-host.json"
+PYTHONPATH="$REPO_DIR/src" python3 "$CROSS_DIR/check_core.py" --json > "$host_json" 2>/dev/null \
+  && python3 - "$host_json" "$CROSS_CACHE/check-$arch.json" <<'PY' | tee -a "$results"
+import json, math, sys
+a, b = (json.load(open(p)) for p in sys.argv[1:3])
+def cmp(x, y, path):
+    if isinstance(x, float) or isinstance(y, float):
+        assert math.isclose(x, y, rel_tol=1e-9, abs_tol=1e-9), (path, x, y)
+        return x != y
+    if isinstance(x, (list, dict)):
+        assert type(x) is type(y) and len(x) == len(y), path
+        keys = x.keys() if isinstance(x, dict) else range(len(x))
+        return sum(cmp(x[k], y[k], f"{path}/{k}") for k in keys)
+    assert x == y, (path, x, y)
+    return 0
+inexact = cmp(a, b, "")
+print(f"host comparison: identical results ({inexact} floats differ below 1e-9)")
+PY
+
+# The real command path, with the interface list limited to loopback.
+t0=$(date +%s.%N)
+in_root /usr/bin/python3 -m rtk_qos run qos_traffic_analysis --duration 2 --interfaces lo \
+  --analysis-type basic --compact > "$CROSS_CACHE/run-$arch.json"
+note "run qos_traffic_analysis: ok in $(printf %.1f "$(echo "$(date +%s.%N) - $t0" | bc)") s, $(wc -c < "$CROSS_CACHE/run-$arch.json") bytes of JSON"
+head -c 600 "$CROSS_CACHE/run-$arch.json"; echo
+
+# Footprint: installed size, and VmRSS. Under qemu-user /proc/self/status is the emulator's
+# own process, so the import's cost is the difference against a bare interpreter.
+rss='import re; print(re.search(r"VmRSS:\s+(\d+)", open("/proc/self/status").read()).group(1))'
+note "installed rtk_qos: $(du -sk "$site/rtk_qos" "$site"/rtk_qos-*.dist-info | awk '{s+=$1} END {print s}') KiB (without generated _core.c: $(du -sk --exclude=_core.c "$site/rtk_qos" "$site"/rtk_qos-*.dist-info | awk '{s+=$1} END {print s}') KiB)"
+base=$(in_root /usr/bin/python3 -c "$rss")
+with=$(in_root /usr/bin/python3 -c "import rtk_qos._core; $rss")
+note "VmRSS under qemu: bare python3 $base KiB, after import rtk_qos._core $with KiB (+$((with - base)) KiB)"
+note "PASS $arch"
