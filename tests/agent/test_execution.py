@@ -48,7 +48,8 @@ def test_acks_stay_fast_while_four_long_commands_run(start_agent, controller):
         assert _cancel(ctl, agent, command_id)["result"]["was"] == "running"
     for command_id in long_ids:
         result = ctl.wait_reply(command_id, "result", timeout=15).json
-        assert result["status"] == "cancelled" and result["result"]["analysis_summary"]["samples"] >= 1
+        # Cancelled within its first second or later: either way it reports what it measured.
+        assert result["status"] == "cancelled" and "samples" in result["result"]["analysis_summary"]
 
 
 def test_a_redelivered_id_is_never_run_twice(start_agent, controller):
