@@ -48,7 +48,7 @@ timed() {  # timed <label> <cmd...>
   local label=$1; shift
   local t0; t0=$(date +%s.%N)
   "$@"
-  local dt; dt=$(echo "$(date +%s.%N) - $t0" | bc)
+  local dt; dt=$(awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN {print b - a}')
   printf '%s %.1f\n' "$label" "$dt" | tee -a "$CROSS_CACHE/timings.log" >&2
 }
 

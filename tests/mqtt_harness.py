@@ -391,3 +391,8 @@ def flat_request(op: str, args: dict, command_id: str | None = None, **fields) -
 def enveloped_request(op: str, args: dict, device_id: str, command_id: str | None = None, **fields) -> dict:
     return {"schema": f"cmd.{op}/1.0", "ts": int(time.time() * 1000), "device_id": device_id,
             "payload": {"id": command_id or f"t-{uuid.uuid4().hex[:12]}", "op": op, "args": args, **fields}}
+
+
+def online(ctl, agent, timeout=20):
+    """Wait for the agent's retained lwt `online`."""
+    return ctl.wait_for(lambda m: m.topic == f"{agent.base}/lwt" and m.body.get("status") == "online", timeout)

@@ -97,7 +97,7 @@ def run_once(ns: argparse.Namespace) -> int:
     except CommandError as exc:
         print(f"error: {exc.kind} ({exc.code}): {exc.message}", file=sys.stderr)
         return 2
-    ctx = Context(progress=_progress)
+    ctx = Context(progress=_progress, event=lambda kind, payload: _progress({"event": kind, **payload}))
     # Ctrl-C stops the measurement and still prints what was measured.
     signal.signal(signal.SIGINT, lambda *_: ctx.cancel.set())
     outcome = execute(spec, args, ctx)

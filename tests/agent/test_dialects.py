@@ -1,7 +1,7 @@
 """Both request dialects end to end through a real broker, and the lifecycle messages around them."""
 import time
 
-from conftest import online
+from mqtt_harness import online
 from mqtt_harness import enveloped_request, flat_request
 
 

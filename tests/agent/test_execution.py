@@ -4,7 +4,7 @@ import statistics
 import time
 import uuid
 
-from conftest import online
+from mqtt_harness import online
 from mqtt_harness import Controller, flat_request
 
 LONG = {"duration": 60, "analysis_type": "basic", "interfaces": ["eth0"]}

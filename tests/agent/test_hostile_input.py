@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from conftest import online
+from mqtt_harness import online
 from mqtt_harness import enveloped_request, flat_request
 
 VALID_ARGS = {"duration": 1, "analysis_type": "basic"}

@@ -5,7 +5,7 @@ import time
 
 import pytest
 
-from conftest import online
+from mqtt_harness import online
 from mqtt_harness import flat_request
 from rtk_qos.agent.outbox import Outbox
 

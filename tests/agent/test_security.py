@@ -5,7 +5,7 @@ import time
 
 import pytest
 
-from conftest import online
+from mqtt_harness import online
 from mqtt_harness import Broker
 
 

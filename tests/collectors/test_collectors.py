@@ -48,7 +48,7 @@ def on_reply(seq, rtt):
         threading.Timer(0.45, toggle, args=(0,)).start()
 report = EchoProber({netns_pair.b_addr!r}, interval=0.1, timeout=0.5).run(2.0, on_reply=on_reply)
 print(json.dumps(dict(sent=report.sent, received=report.received, lost=report.lost,
-                      bursts=report.loss_bursts, rtts=report.rtts_ms, method=report.method,
+                      bursts=report.loss_bursts, rtts=list(report.rtts_ms), method=report.method,
                       dup=report.duplicates, reordered=report.reordered, pct=report.loss_percent)))
 """
     out = json.loads(netns_pair.a.run(sys.executable, "-c", script).stdout)

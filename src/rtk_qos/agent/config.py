@@ -53,6 +53,10 @@ DEFAULTS: dict[str, Any] = {
         "state_period_s": 60,
         "sample_period_s": 1.0,
     },
+    "probe": {
+        "interval_s": 1.0,   # per host; qos_performance_monitor and the gateway probe
+        "timeout_s": 2.0,
+    },
     "outbox": {
         "max_messages": 1000,
         "max_bytes": 4 * 2**20,
@@ -175,7 +179,8 @@ def _finish(config: dict) -> dict:
         raise ConfigError("limits.resource_conflict: must be reject or queue")
     for section, key, low in (("limits", "max_running", 1), ("limits", "max_queued", 0),
                               ("limits", "max_payload_bytes", 1024), ("telemetry", "network_period_s", 1),
-                              ("telemetry", "state_period_s", 1), ("outbox", "max_messages", 1)):
+                              ("telemetry", "state_period_s", 1), ("outbox", "max_messages", 1),
+                              ("probe", "interval_s", 0.01), ("probe", "timeout_s", 0.05)):
         if config[section][key] < low:
             raise ConfigError(f"{section}.{key}: {config[section][key]} is below {low}")
     if not config["state_dir"]:

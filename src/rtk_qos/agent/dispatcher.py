@@ -59,6 +59,9 @@ class Dispatcher:
         self.allow_changes = config["security"]["allow_router_changes"]
         self.device_id = device_id
         self.replies = replies
+        self.settings = {"broker_host": config["broker"]["host"],
+                         "probe_interval_s": config["probe"]["interval_s"],
+                         "probe_timeout_s": config["probe"]["timeout_s"]}
         self.clock = clock
         self._lock = threading.Lock()
         self._jobs: dict[str, Job] = {}
@@ -125,7 +128,7 @@ class Dispatcher:
                                f"{request.op} changes the router configuration and this agent is configured "
                                "read-only", "set security.allow_router_changes = true to permit it")
         deadline = (request.received + request.timeout_ms / 1000.0) if request.timeout_ms else None
-        ctx = Context(deadline=deadline)
+        ctx = Context(deadline=deadline, command_id=request.id, settings=self.settings)
         job = Job(request, spec, args, ctx)
         ctx.progress = lambda payload: self.replies.progress(request, spec.op, payload)
         ctx.event = lambda event_type, payload: self.replies.event(event_type, payload, request)

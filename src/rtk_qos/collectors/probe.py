@@ -1,15 +1,26 @@
-"""ICMP echo probing with kernel receive timestamps and sequence accounting.
+"""Active probes: ICMP echo, with TCP-connect and UDP fallbacks, many hosts in one event loop.
 
-Sends are paced on an absolute schedule (start + k * interval) so processing time
-never makes the rate drift. RTT is the kernel's receive timestamp (SO_TIMESTAMPNS)
-minus the send time taken just before sendto(), both on CLOCK_REALTIME, so Python
-scheduling delays on the receive side do not inflate it. Sequence numbers tell
-loss, duplicates and reordering apart.
+Sends are paced on an absolute schedule (start + k * interval, hosts staggered
+across the interval) so processing time never makes the rate drift and no host
+waits for another. ICMP and UDP round trips use the kernel's receive timestamp
+(SO_TIMESTAMPNS) minus the time taken just before sendto(), both CLOCK_REALTIME,
+so Python's scheduling delay on the receive side is not counted. TCP connect
+completion has no kernel timestamp: its RTT is taken when the event loop sees
+the socket writable (or refused), and the report says so.
+
+A host that answers no ICMP echo within its first probes is tried with TCP
+connect (a SYN-ACK or a RST both prove a live host), then UDP to the echo port
+(an echo or an ICMP port-unreachable both answer); probes spent on methods that
+got no answer are not counted as loss of the method finally used.
 """
 from __future__ import annotations
 
+import bisect
+import errno
+import math
+from array import array
 import os
-import select
+import selectors
 import socket
 import struct
 import threading
@@ -24,7 +35,14 @@ ICMP6_ECHO, ICMP6_ECHOREPLY = 128, 129
 SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)
 TIMESPEC = struct.Struct("=qq")
 ECHO = struct.Struct("!BBHHH")
+UDP_PROBE = struct.Struct("!4sIQ")  # magic, sequence, send time (ns)
+UDP_MAGIC = b"rtkq"
 PING_GROUP_RANGE = "/proc/sys/net/ipv4/ping_group_range"
+TCP_PORT = 80
+UDP_ECHO_PORT = 7
+DISCOVERY_PROBES = 3  # per method, before falling back to the next one
+METHODS = ("icmp", "tcp", "udp")
+_NS = 1_000_000_000
 
 
 class ProbeUnavailable(Exception):
@@ -33,16 +51,21 @@ class ProbeUnavailable(Exception):
 
 @dataclass
 class ProbeReport:
+    """What one host answered, for the method finally used."""
     address: str
     method: str
+    timestamps: str = "kernel"  # kernel receive timestamps, or "user" (TCP connect)
     sent: int = 0
     received: int = 0
     duplicates: int = 0
     reordered: int = 0
-    rtts_ms: list = field(default_factory=list)  # in arrival order
-    seqs: list = field(default_factory=list)     # sequence of each rtt
+    # Compact arrays: an hour at 10 probes/s is 36000 replies per host.
+    rtts_ms: array = field(default_factory=lambda: array("d"))   # in arrival order
+    seqs: array = field(default_factory=lambda: array("q"))      # sequence of each rtt
+    arrivals: array = field(default_factory=lambda: array("d"))  # monotonic seconds of each reply
     errors: list = field(default_factory=list)
     lost_seqs: list = field(default_factory=list)
+    tried: list = field(default_factory=list)    # methods that got no answer during discovery
 
     @property
     def lost(self) -> int:
@@ -106,102 +129,326 @@ def open_echo_socket(family: int) -> tuple[socket.socket, str]:
                            "); ping_group_range excludes this group and the process is not root")
 
 
-class EchoProber:
-    def __init__(self, address: str, interval: float = 1.0, timeout: float = 2.0, payload_size: int = 56):
+def _kernel_time_ns(ancillary) -> int:
+    for level, kind, data in ancillary:
+        if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS:
+            sec, nsec = TIMESPEC.unpack(data)
+            return sec * _NS + nsec
+    return time.time_ns()
+
+
+class _Host:
+    """Per-host probing state: schedule, outstanding probes and what came back."""
+
+    def __init__(self, address: str, offset: float, icmp_method: str):
         self.address = address
         self.family = socket.AF_INET6 if ":" in address else socket.AF_INET
+        self.offset = offset
+        self.icmp_method = icmp_method
+        self.method_index = 0
+        self.method_probes = 0  # probes sent with the current method
+        self.settled = False    # a method answered, or every method was tried
+        self.seq = 0
+        self.pending: dict[int, int] = {}  # seq -> send time (ns, realtime)
+        self.changes = [(0, 0)]            # (first seq, method index): methods change rarely
+        self.answered = bytearray()        # one flag per seq sent
+        self.highest = -1
+        self.report = ProbeReport(address, icmp_method)
+        self.udp: Optional[socket.socket] = None
+        self.tcp: dict[int, socket.socket] = {}  # seq -> connecting socket
+
+    @property
+    def method(self) -> str:
+        return METHODS[self.method_index]
+
+    def method_of(self, seq: int) -> int:
+        return next(index for first, index in reversed(self.changes) if first <= seq)
+
+    def was_answered(self, seq: int) -> bool:
+        return seq < len(self.answered) and self.answered[seq] == 1
+
+
+class Prober:
+    """Probes every host at `interval` seconds for `duration`, concurrently, in one thread."""
+
+    def __init__(self, addresses: list[str], interval: float = 1.0, timeout: float = 2.0, payload_size: int = 56,
+                 tcp_port: int = TCP_PORT, udp_port: int = UDP_ECHO_PORT, fallback: bool = True):
+        if not addresses:
+            raise ValueError("no address to probe")
         self.interval = interval
         self.timeout = timeout
-        self.payload_size = max(payload_size, 0)
+        self.payload = bytes(max(payload_size, 0))
+        self.tcp_port = tcp_port
+        self.udp_port = udp_port
+        self.fallback = fallback
         self.ident = os.getpid() & 0xFFFF
+        self.addresses = list(dict.fromkeys(addresses))
+        self.start: Optional[float] = None
+        self._by_address: dict[str, _Host] = {}
 
-    def _packet(self, seq: int) -> bytes:
-        kind = ICMP_ECHO if self.family == socket.AF_INET else ICMP6_ECHO
-        payload = bytes(self.payload_size)
-        header = ECHO.pack(kind, 0, 0, self.ident, seq)
-        if self.family == socket.AF_INET6:
-            return header + payload  # the kernel computes ICMPv6 checksums
-        return ECHO.pack(kind, 0, _checksum(header + payload), self.ident, seq) + payload
+    def run(self, duration: float, stop: Optional[threading.Event] = None,
+            on_reply: Optional[Callable[[str, int, float], None]] = None) -> dict[str, ProbeReport]:
+        """Probe for `duration` seconds (or until `stop`), then wait out the last timeout."""
+        self._selector = selectors.DefaultSelector()
+        self._icmp: dict[int, tuple[socket.socket, str]] = {}
+        for family in {socket.AF_INET6 if ":" in a else socket.AF_INET for a in self.addresses}:
+            sock, method = open_echo_socket(family)
+            self._icmp[family] = (sock, method)
+            self._selector.register(sock, selectors.EVENT_READ, ("icmp", family))
+        n = len(self.addresses)
+        hosts = [_Host(a, self.interval * i / n, self._icmp[socket.AF_INET6 if ":" in a else socket.AF_INET][1])
+                 for i, a in enumerate(self.addresses)]
+        self._by_address = {h.address: h for h in hosts}
+        self._on_reply = on_reply
+        count = max(1, int(duration / self.interval + 1e-9))
+        start = self.start = time.monotonic()
+        try:
+            self._loop(hosts, start, count, stop)
+        finally:
+            for key in list(self._selector.get_map().values()):
+                key.fileobj.close()
+            self._selector.close()
+        return {h.address: self._finish(h) for h in hosts}
 
-    def _parse(self, data: bytes, raw: bool) -> Optional[tuple[int, int]]:
-        """(ident, seq) of an echo reply, or None for anything else."""
-        if raw and self.family == socket.AF_INET:
-            data = data[(data[0] & 0x0F) * 4:]
-        if len(data) < ECHO.size:
+    def live_loss(self, address: str, window_s: float) -> Optional[float]:
+        """Percent of the probes resolved (answered or timed out) in the last `window_s` seconds
+        that were lost; None while the host's method is still being found or nothing resolved.
+        Safe to call from another thread while run() is going."""
+        host = self._by_address.get(address)
+        if host is None or self.start is None or not host.settled:
             return None
-        kind, _code, _sum, ident, seq = ECHO.unpack_from(data)
-        if kind != (ICMP_ECHOREPLY if self.family == socket.AF_INET else ICMP6_ECHOREPLY):
+        resolved_until = time.monotonic() - self.timeout - self.start - host.offset
+        newest = min(math.floor(resolved_until / self.interval), host.seq - 1)
+        oldest = max(host.changes[-1][0], math.ceil((resolved_until - window_s) / self.interval))
+        if newest < oldest:
             return None
-        return ident, seq
+        lost = host.report.lost_seqs
+        count = bisect.bisect_right(lost, newest) - bisect.bisect_left(lost, oldest)
+        return 100.0 * count / (newest - oldest + 1)
+
+    # ---- the loop -----------------------------------------------------------------------------
+
+    def _loop(self, hosts: list[_Host], start: float, count: int, stop) -> None:
+        while True:
+            now = time.monotonic()
+            stopping = stop is not None and stop.is_set()
+            next_send = None
+            for host in hosts:
+                if host.seq >= count or stopping:
+                    continue
+                due = start + host.offset + host.seq * self.interval
+                if now >= due:
+                    self._send(host, now)
+                    due = start + host.offset + host.seq * self.interval
+                if host.seq < count:
+                    next_send = due if next_send is None else min(next_send, due)
+            next_expiry = self._expire(hosts)
+            if next_send is None and next_expiry is None:
+                return
+            wake = now + 1.0
+            if next_send is not None:
+                wake = min(wake, next_send)
+            if next_expiry is not None:
+                wake = min(wake, now + (next_expiry - time.time_ns()) / _NS)
+            for key, _events in self._selector.select(max(0.0, wake - time.monotonic())):
+                kind = key.data[0]
+                if kind == "icmp":
+                    self._read_icmp(key.fileobj)
+                elif kind == "udp":
+                    self._read_udp(key.data[1], key.fileobj)
+                else:
+                    self._tcp_done(key.fileobj, *key.data[1:])
+
+    def _send(self, host: _Host, now: float) -> None:
+        seq = host.seq
+        host.seq += 1
+        method = host.method
+        host.answered.append(0)
+        host.method_probes += 1
+        send_ns = time.time_ns()
+        try:
+            if method == "icmp":
+                sock = self._icmp[host.family][0]
+                kind = ICMP_ECHO if host.family == socket.AF_INET else ICMP6_ECHO
+                header = ECHO.pack(kind, 0, 0, self.ident, seq & 0xFFFF)
+                if host.family == socket.AF_INET:  # the kernel sums ICMPv6 itself
+                    header = ECHO.pack(kind, 0, _checksum(header + self.payload), self.ident, seq & 0xFFFF)
+                host.pending[seq] = send_ns
+                sock.sendto(header + self.payload, (host.address, 0))
+            elif method == "tcp":
+                sock = socket.socket(host.family, socket.SOCK_STREAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC)
+                # Close with RST, not FIN: no TIME_WAIT left behind per probe.
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                host.pending[seq] = send_ns
+                rc = sock.connect_ex((host.address, self.tcp_port))
+                if rc not in (0, errno.EINPROGRESS):
+                    sock.close()
+                    raise OSError(rc, os.strerror(rc))
+                host.tcp[seq] = sock
+                self._selector.register(sock, selectors.EVENT_WRITE, ("tcp", host, seq))
+            else:
+                if host.udp is None:
+                    host.udp = socket.socket(host.family, socket.SOCK_DGRAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC)
+                    host.udp.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+                    host.udp.connect((host.address, self.udp_port))
+                    self._selector.register(host.udp, selectors.EVENT_READ, ("udp", host))
+                host.pending[seq] = send_ns
+                host.udp.send(UDP_PROBE.pack(UDP_MAGIC, seq, send_ns) + self.payload)
+            host.report.sent += 1
+        except OSError as exc:
+            host.pending.pop(seq, None)
+            host.report.errors.append(f"{method} probe {seq}: {exc.strerror or exc}")
+            self._maybe_fall_back(host)
+
+    def _answer(self, host: _Host, seq: int, arrival_ns: int) -> None:
+        send_ns = host.pending.pop(seq, None)
+        if send_ns is None:
+            if host.was_answered(seq):
+                host.report.duplicates += 1
+            return  # a late answer to a probe already counted lost, or not ours
+        rtt_ms = (arrival_ns - send_ns) / 1e6
+        host.answered[seq] = 1
+        if host.method_of(seq) != host.method_index:
+            return  # an answer to a discovery probe of a method since abandoned
+        host.settled = True
+        if seq < host.highest:
+            host.report.reordered += 1
+        host.highest = max(host.highest, seq)
+        host.report.rtts_ms.append(rtt_ms)
+        host.report.seqs.append(seq)
+        host.report.arrivals.append(time.monotonic())
+        if self._on_reply:
+            self._on_reply(host.address, seq, rtt_ms)
+
+    def _read_icmp(self, sock: socket.socket) -> None:
+        raw = sock.type == socket.SOCK_RAW
+        while True:
+            try:
+                data, ancillary, _flags, peer = sock.recvmsg(2048, socket.CMSG_SPACE(TIMESPEC.size))
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                continue  # an ICMP error queued on the socket: not a reply
+            family = sock.family
+            if raw and family == socket.AF_INET:
+                data = data[(data[0] & 0x0F) * 4:]
+            if len(data) < ECHO.size:
+                continue
+            kind, _code, _sum, ident, wire_seq = ECHO.unpack_from(data)
+            if kind != (ICMP_ECHOREPLY if family == socket.AF_INET else ICMP6_ECHOREPLY):
+                continue
+            if raw and ident != self.ident:
+                continue  # another process's ping
+            host = self._by_address.get(peer[0].split("%")[0]) or self._by_address.get(peer[0])
+            if host is None:
+                continue
+            seq = self._unwrap(host, wire_seq)
+            if seq is not None:
+                self._answer(host, seq, _kernel_time_ns(ancillary))
+
+    @staticmethod
+    def _unwrap(host: _Host, wire_seq: int) -> Optional[int]:
+        """The full sequence number whose low 16 bits came back (the newest such probe)."""
+        candidates = [s for s in host.pending if s & 0xFFFF == wire_seq]
+        if candidates:
+            return max(candidates)
+        # Not in flight: a duplicate of the newest answered probe with these low bits, if any.
+        newest = wire_seq + ((len(host.answered) - 1 - wire_seq) // 0x10000) * 0x10000
+        return newest if 0 <= newest < len(host.answered) and host.was_answered(newest) else None
+
+    def _read_udp(self, host: _Host, sock: socket.socket) -> None:
+        while True:
+            try:
+                data, ancillary, _flags, _peer = sock.recvmsg(2048, socket.CMSG_SPACE(TIMESPEC.size))
+            except (BlockingIOError, InterruptedError):
+                return
+            except ConnectionRefusedError:
+                # ICMP port unreachable: the host is alive; it answers the oldest probe in flight.
+                if host.pending:
+                    self._answer(host, min(host.pending), time.time_ns())
+                continue
+            except OSError:
+                continue
+            if len(data) >= UDP_PROBE.size:
+                magic, seq, _sent = UDP_PROBE.unpack_from(data)
+                if magic == UDP_MAGIC:
+                    self._answer(host, seq, _kernel_time_ns(ancillary))
+
+    def _tcp_done(self, sock: socket.socket, host: _Host, seq: int) -> None:
+        arrival = time.time_ns()
+        error = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        self._close_tcp(host, seq)
+        if error in (0, errno.ECONNREFUSED):  # SYN-ACK or RST: the host answered
+            host.report.timestamps = "user"
+            self._answer(host, seq, arrival)
+        else:
+            host.report.errors.append(f"tcp probe {seq}: {os.strerror(error)}")
+
+    def _close_tcp(self, host: _Host, seq: int) -> None:
+        sock = host.tcp.pop(seq, None)
+        if sock is not None:
+            self._selector.unregister(sock)
+            sock.close()
+
+    def _expire(self, hosts: list[_Host]) -> Optional[int]:
+        """Count probes past their timeout as lost; returns the next expiry (realtime ns)."""
+        now_ns = time.time_ns()
+        timeout_ns = int(self.timeout * _NS)
+        next_expiry = None
+        for host in hosts:
+            for seq, sent in list(host.pending.items()):
+                if sent + timeout_ns > now_ns:
+                    next_expiry = sent + timeout_ns if next_expiry is None else min(next_expiry, sent + timeout_ns)
+                    continue
+                del host.pending[seq]
+                self._close_tcp(host, seq)
+                if host.method_of(seq) == host.method_index:
+                    host.report.lost_seqs.append(seq)
+            self._maybe_fall_back(host)
+        return next_expiry
+
+    def _maybe_fall_back(self, host: _Host) -> None:
+        """After DISCOVERY_PROBES unanswered probes of a method, try the next one."""
+        if not self.fallback or host.settled or host.method_probes < DISCOVERY_PROBES:
+            return
+        first = host.changes[-1][0]
+        if any(first <= s < first + DISCOVERY_PROBES for s in host.pending):
+            return  # the discovery probes may still be answered
+        host.report.tried.append(self._method_name(host))
+        host.method_index = (host.method_index + 1) % len(METHODS)
+        host.changes.append((host.seq, host.method_index))
+        # Every method tried without an answer: back to ICMP, counting loss from now on.
+        host.settled = host.method_index == 0
+        host.method_probes = 0
+        # What an abandoned method lost is not loss of the path.
+        host.report.lost_seqs = []
+        host.report.sent = 0
+
+    def _method_name(self, host: _Host) -> str:
+        return {"icmp": host.icmp_method, "tcp": f"tcp-connect:{self.tcp_port}",
+                "udp": f"udp:{self.udp_port}"}[host.method]
+
+    def _finish(self, host: _Host) -> ProbeReport:
+        report = host.report
+        report.method = self._method_name(host)
+        # Probes still in flight when a stop cut the wait short are neither answered nor lost.
+        report.sent -= sum(1 for s in host.pending if host.method_of(s) == host.method_index)
+        report.received = len(report.rtts_ms)
+        report.lost_seqs.sort()
+        return report
+
+
+class EchoProber:
+    """One host: the traffic analysis's gateway probe and simple uses."""
+
+    def __init__(self, address: str, interval: float = 1.0, timeout: float = 2.0, payload_size: int = 56):
+        self.address = address
+        self._prober = Prober([address], interval, timeout, payload_size, fallback=False)
 
     def run(self, duration: float, stop: Optional[threading.Event] = None,
             on_reply: Optional[Callable[[int, float], None]] = None) -> ProbeReport:
-        """Probe for `duration` seconds (or until `stop`), then wait out the last timeout."""
-        sock, method = open_echo_socket(self.family)
-        report = ProbeReport(self.address, method)
-        raw = method.endswith("raw")
-        sent_at: dict[int, int] = {}      # seq -> send time, ns
-        received: set[int] = set()
-        highest = -1
-        start = time.monotonic()
-        count = max(1, int(duration / self.interval + 1e-9))
-        seq = 0
-        last_send = start
-        with sock:
-            while True:
-                now = time.monotonic()
-                stopping = stop is not None and stop.is_set()
-                if seq < count and not stopping and now >= start + seq * self.interval:
-                    sent_at[seq] = time.time_ns()
-                    try:
-                        sock.sendto(self._packet(seq & 0xFFFF), (self.address, 0))
-                        report.sent += 1
-                    except OSError as exc:
-                        del sent_at[seq]
-                        report.errors.append(f"send {seq}: {exc.strerror}")
-                    last_send = now
-                    seq += 1
-                    continue
-                if (seq >= count or stopping) and (len(received) == len(sent_at)
-                                                   or now >= last_send + self.timeout):
-                    break
-                next_event = start + seq * self.interval if seq < count and not stopping else now + 0.05
-                ready, _, _ = select.select([sock], [], [], max(0.0, min(next_event - now, 0.05)))
-                if not ready:
-                    continue
-                while True:
-                    try:
-                        data, ancillary, _flags, peer = sock.recvmsg(2048, socket.CMSG_SPACE(TIMESPEC.size))
-                    except BlockingIOError:
-                        break
-                    parsed = self._parse(data, raw)
-                    if parsed is None or (raw and parsed[0] != self.ident) or peer[0] != self.address:
-                        continue
-                    arrival = next((TIMESPEC.unpack(d) for level, kind, d in ancillary
-                                    if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS), None)
-                    arrival_ns = arrival[0] * 1_000_000_000 + arrival[1] if arrival else time.time_ns()
-                    # Map the 16-bit wire sequence back to the nearest sent sequence.
-                    wire = parsed[1]
-                    full = max((s for s in sent_at if s & 0xFFFF == wire), default=None)
-                    if full is None:
-                        continue
-                    if full in received:
-                        report.duplicates += 1
-                        continue
-                    rtt_ms = (arrival_ns - sent_at[full]) / 1e6
-                    if rtt_ms > self.timeout * 1000:
-                        continue  # too late: counted as lost
-                    received.add(full)
-                    if full < highest:
-                        report.reordered += 1
-                    highest = max(highest, full)
-                    report.rtts_ms.append(rtt_ms)
-                    report.seqs.append(full)
-                    if on_reply:
-                        on_reply(full, rtt_ms)
-        report.received = len(received)
-        report.lost_seqs = sorted(s for s in sent_at if s not in received)
-        return report
+        callback = (lambda _address, seq, rtt: on_reply(seq, rtt)) if on_reply else None
+        return self._prober.run(duration, stop, callback)[self.address]
 
 
 def probe_gateway(duration: float, interval: float = 1.0, stop: Optional[threading.Event] = None
@@ -214,3 +461,32 @@ def probe_gateway(duration: float, interval: float = 1.0, stop: Optional[threadi
     if route.family == 6 and address.startswith("fe80"):
         address = f"{address}%{route.ifname}"
     return EchoProber(address, interval=interval).run(duration, stop), None
+
+
+def resolve_hosts(names: list[str], timeout: float = 5.0) -> dict[str, tuple[Optional[str], Optional[str]]]:
+    """Each name -> (address, None) or (None, why), resolved once, all at the same time.
+
+    Addresses are returned as given; names take their first address (IPv4 first,
+    as a router's uplink is more often IPv4-only). A name still unresolved after
+    `timeout` seconds (a resolver that does not answer) is an error, not a wait.
+    """
+    results: dict[str, tuple[Optional[str], Optional[str]]] = {}
+
+    def one(name: str) -> None:
+        try:
+            infos = socket.getaddrinfo(name, None, type=socket.SOCK_DGRAM)
+        except socket.gaierror as exc:
+            results[name] = (None, f"cannot resolve {name!r}: {exc.strerror}")
+            return
+        infos.sort(key=lambda info: info[0] != socket.AF_INET)
+        results[name] = (infos[0][4][0], None)
+
+    threads = [threading.Thread(target=one, args=(name,), daemon=True, name=f"resolve-{name[:20]}")
+               for name in dict.fromkeys(names)]
+    for thread in threads:
+        thread.start()
+    deadline = time.monotonic() + timeout
+    for thread in threads:
+        thread.join(max(0.0, deadline - time.monotonic()))
+    return {name: results.get(name, (None, f"cannot resolve {name!r}: no answer within {timeout:.0f} s"))
+            for name in names}

@@ -28,9 +28,11 @@ class Clock:
 
 @dataclass
 class Context:
-    """What a running command may use: clock, progress, events, cancel and deadline.
+    """What a running command may use: clock, progress, events, cancel, deadline, settings.
 
-    `deadline` is on the clock's monotonic scale. A command polls `stopped()` or
+    `settings` carries the agent's configuration a command may need (probe rate,
+    broker host); `command_id` names the request in events. `deadline` is on the
+    clock's monotonic scale. A command polls `stopped()` or
     waits with `wait_until()`; when either reports a stop, the command returns
     what it has measured so far and the runner reports `stop_reason`.
     """
@@ -40,6 +42,8 @@ class Context:
     event: EventSink = lambda _type, _payload: None
     cancel: threading.Event = field(default_factory=threading.Event)
     deadline: Optional[float] = None
+    command_id: str = ""
+    settings: dict = field(default_factory=dict)
 
     @property
     def stop_reason(self) -> Optional[str]:
