@@ -9,7 +9,12 @@ SYSTEM_TOOLS := mosquitto:mosquitto ip:iproute2 ping:iputils-ping nft:nftables g
 NATIVE_SRC := $(wildcard native/*.c native/*.h) src/rtk_qos/_core.pyx src/rtk_qos/_native.pxd setup.py
 RUN_ARGS ?=
 
-.PHONY: run test bench native native-test deps clean
+.PHONY: run test bench native native-test deps clean cross cross-ci
+
+include cross/targets.mk
+# In `make test`: the C suite on one ARM and one big-endian MIPS target, and the wheel built and
+# tested in a Debian rootfs for one ARM and one MIPS arch. `make cross` runs every target.
+CROSS_CI_WHEELS ?= aarch64 mipsel
 
 # The agent on its embedded defaults: a local mosquitto is started when no broker is configured
 # and none answers on localhost:1883; it prints how to send it a command.
@@ -18,6 +23,11 @@ run: $(VENV)/.built
 
 test: $(VENV)/.built native-test
 	$(PY) -m pytest -q tests
+	$(MAKE) cross-ci
+
+cross-ci: cross-native-ci $(addprefix cross-wheel-test-,$(CROSS_CI_WHEELS))
+
+cross: cross-native cross-wheel-tests
 
 bench: $(VENV)/.built
 	$(PY) bench/run.py --output bench/report.json

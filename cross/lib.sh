@@ -63,3 +63,13 @@ wheel_arch() {  # wheel_arch <aarch64|armv7|mipsel>
   esac
   load_target "$WTARGET"
 }
+
+# Downloads from the Debian mirror can fail while it syncs: try again before giving up.
+retry() {  # retry <attempts> <cmd...>
+  local attempts=$1 n=1; shift
+  until "$@"; do
+    [ "$n" -ge "$attempts" ] && return 1
+    log "attempt $n of $attempts failed: $*; retrying in $((n * 10)) s"
+    sleep $((n * 10)); n=$((n + 1))
+  done
+}

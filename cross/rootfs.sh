@@ -21,8 +21,9 @@ cleanup() { for m in proc sys; do mountpoint -q "$root/$m" && umount -l "$root/$
 trap cleanup EXIT
 
 if [ -d "$root" ]; then cleanup; rm -rf "$root"; fi
-timed "debootstrap-stage1-$arch" debootstrap --foreign --arch="$DEB_ARCH" --variant=minbase \
-  --include=python3 bookworm "$root" "$MIRROR"
+stage1() { rm -rf "$root"; debootstrap --foreign --arch="$DEB_ARCH" --variant=minbase \
+  --include=python3 bookworm "$root" "$MIRROR"; }
+timed "debootstrap-stage1-$arch" retry 3 stage1
 # The binfmt handler is registered with F (fixed binary), but a copy inside the rootfs also
 # serves hosts whose handler points at /usr/bin/qemu-*-static without F.
 cp "$(command -v "$QEMU")" "$root/usr/bin/"

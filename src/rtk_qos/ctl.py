@@ -13,11 +13,6 @@ import threading
 import time
 import uuid
 
-from paho.mqtt import client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
-
 from .protocol import argspec
 from .protocol.topics import PREFIX
 
@@ -52,6 +47,9 @@ def add_parser(commands) -> None:
 
 class _Client:
     def __init__(self, ns):
+        # paho is imported here, not at module level: `rtk-qos run` must work without it.
+        from paho.mqtt import client as mqtt
+        from paho.mqtt.enums import CallbackAPIVersion
         self.mqtt5 = ns.mqtt5
         kwargs = {"protocol": mqtt.MQTTv5} if ns.mqtt5 else {"protocol": mqtt.MQTTv311, "clean_session": True}
         self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"rtk-qos-ctl-{uuid.uuid4().hex[:8]}",
@@ -146,6 +144,8 @@ def run(ns: argparse.Namespace) -> int:
                    "payload": body}
     props = None
     if ns.mqtt5 and not ns.reply_to:
+        from paho.mqtt.packettypes import PacketTypes
+        from paho.mqtt.properties import Properties
         props = Properties(PacketTypes.PUBLISH)
         props.ResponseTopic = reply_topic
         props.CorrelationData = command_id.encode()
