@@ -32,6 +32,7 @@ cross: cross-native cross-wheel-tests
 bench: $(VENV)/.built
 	$(PY) bench/run.py --output bench/report.json
 	$(PY) bench/agent.py --output bench/agent-report.json
+	$(PY) bench/probe.py --output bench/probe-report.json
 
 native-test:
 	$(MAKE) -C native test

@@ -146,3 +146,38 @@ def test_tcp_quality_reports_rates_or_reasons():
     busy = snmp.tcp_quality({"Tcp.OutSegs": 100, "Tcp.InSegs": 50, "Tcp.RetransSegs": 1, "TcpExt.TCPOFOQueue": 2},
                             {"Tcp.OutSegs": 300, "Tcp.InSegs": 150, "Tcp.RetransSegs": 5, "TcpExt.TCPOFOQueue": 3})
     assert busy["retransmit_percent"] == 2.0 and busy["out_of_order_percent"] == 1.0
+
+
+def test_prober_covers_ipv6_and_falls_back_to_tcp_and_udp(netns_pair):
+    a, b = netns_pair.a, netns_pair.b
+    a.run("ip", "-6", "addr", "add", "fd00:78::1/64", "dev", netns_pair.a_if, "nodad")
+    b.run("ip", "-6", "addr", "add", "fd00:78::2/64", "dev", netns_pair.b_if, "nodad")
+    b.run("ip", "addr", "add", "10.76.0.2/24", "dev", netns_pair.b_if)
+    a.run("ip", "addr", "add", "10.76.0.1/24", "dev", netns_pair.a_if)
+    # B drops ICMP echo for 10.76.0.2 only, and answers UDP port 7 with ICMP port unreachable;
+    # its TCP port 80 is filtered, so the prober must get to UDP. Linux limits port-unreachable
+    # messages (1 per second per peer by default), which would read as loss at 5 probes/s.
+    b.sysctl("net.ipv4.icmp_ratelimit", "0")
+    b.run("nft", "-f", "-", input="table inet rtkq { chain in { type filter hook input priority 0; "
+          "ip daddr 10.76.0.2 icmp type echo-request drop; ip daddr 10.76.0.2 tcp dport 80 drop; }; }")
+    script = f"""
+import json
+from rtk_qos.collectors.probe import Prober
+reports = Prober(["fd00:78::2", "10.76.0.2"], interval=0.2, timeout=0.5).run(4.0)
+print(json.dumps({{a: dict(method=r.method, sent=r.sent, received=r.received, tried=r.tried,
+                          rtts=list(r.rtts_ms)) for a, r in reports.items()}}))
+"""
+    out = json.loads(a.run(sys.executable, "-c", script).stdout)
+    v6 = out["fd00:78::2"]
+    assert v6["method"] == "icmp-raw" and v6["sent"] == 20 and v6["received"] == 20 and v6["tried"] == []
+    assert all(0 < rtt < 20 for rtt in v6["rtts"])
+    udp = out["10.76.0.2"]
+    assert udp["method"] == "udp:7" and udp["tried"] == ["icmp-raw", "tcp-connect:80"]
+    assert udp["received"] == udp["sent"] > 0
+
+
+def test_names_resolve_once_and_failures_are_per_host(netns_pair):
+    out = call(netns_pair.a, "probe.resolve_hosts(['127.0.0.1', 'localhost', 'fd00::5', 'bad..name'], timeout=5)")
+    assert out["127.0.0.1"] == ["127.0.0.1", None] and out["localhost"][0] == "127.0.0.1"
+    assert out["fd00::5"] == ["fd00::5", None]
+    assert out["bad..name"][0] is None and out["bad..name"][1].startswith("cannot resolve 'bad..name'")

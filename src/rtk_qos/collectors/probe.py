@@ -38,6 +38,8 @@ ECHO = struct.Struct("!BBHHH")
 UDP_PROBE = struct.Struct("!4sIQ")  # magic, sequence, send time (ns)
 UDP_MAGIC = b"rtkq"
 PING_GROUP_RANGE = "/proc/sys/net/ipv4/ping_group_range"
+IP_RECVERR = getattr(socket, "IP_RECVERR", 11)
+IPV6_RECVERR = getattr(socket, "IPV6_RECVERR", 25)
 TCP_PORT = 80
 UDP_ECHO_PORT = 7
 DISCOVERY_PROBES = 3  # per method, before falling back to the next one
@@ -290,6 +292,12 @@ class Prober:
                 if host.udp is None:
                     host.udp = socket.socket(host.family, socket.SOCK_DGRAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC)
                     host.udp.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+                    # ICMP errors (port unreachable) come back on the error queue with the
+                    # probe they answer, so each is matched to its own sequence number.
+                    if host.family == socket.AF_INET:
+                        host.udp.setsockopt(socket.IPPROTO_IP, IP_RECVERR, 1)
+                    else:
+                        host.udp.setsockopt(socket.IPPROTO_IPV6, IPV6_RECVERR, 1)
                     host.udp.connect((host.address, self.udp_port))
                     self._selector.register(host.udp, selectors.EVENT_READ, ("udp", host))
                 host.pending[seq] = send_ns
@@ -357,22 +365,20 @@ class Prober:
         return newest if 0 <= newest < len(host.answered) and host.was_answered(newest) else None
 
     def _read_udp(self, host: _Host, sock: socket.socket) -> None:
-        while True:
-            try:
-                data, ancillary, _flags, _peer = sock.recvmsg(2048, socket.CMSG_SPACE(TIMESPEC.size))
-            except (BlockingIOError, InterruptedError):
-                return
-            except ConnectionRefusedError:
-                # ICMP port unreachable: the host is alive; it answers the oldest probe in flight.
-                if host.pending:
-                    self._answer(host, min(host.pending), time.time_ns())
-                continue
-            except OSError:
-                continue
-            if len(data) >= UDP_PROBE.size:
-                magic, seq, _sent = UDP_PROBE.unpack_from(data)
-                if magic == UDP_MAGIC:
-                    self._answer(host, seq, _kernel_time_ns(ancillary))
+        for flags in (socket.MSG_ERRQUEUE, 0):
+            while True:
+                try:
+                    data, ancillary, _flags, _peer = sock.recvmsg(2048, 512, flags)
+                except (BlockingIOError, InterruptedError):
+                    break
+                except OSError:
+                    continue  # the pending error, already read from the error queue
+                # An echo, or (error queue) the probe an ICMP port-unreachable carried back:
+                # either way the host answered that sequence number.
+                if len(data) >= UDP_PROBE.size:
+                    magic, seq, _sent = UDP_PROBE.unpack_from(data)
+                    if magic == UDP_MAGIC:
+                        self._answer(host, seq, _kernel_time_ns(ancillary))
 
     def _tcp_done(self, sock: socket.socket, host: _Host, seq: int) -> None:
         arrival = time.time_ns()
