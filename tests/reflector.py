@@ -3,7 +3,8 @@
 against are the ones this program creates.
 
 Usage: reflector.py SCHEDULE_JSON
-  {"base_ms": 20, "slow": [[first_seq, last_seq, delay_ms], ...], "drop": [seq, ...], "drop_every": [10, 5]}
+  {"base_ms": 20, "slow": [[first_seq, last_seq, delay_ms], ...], "drop": [seq, ...], "drop_every": [10, 5],
+   "duplicate": [seq, ...]}
 """
 import heapq
 import json
@@ -16,6 +17,7 @@ import time
 schedule = json.loads(sys.argv[1])
 slow = schedule.get("slow", [])
 drop = set(schedule.get("drop", []))
+duplicate = set(schedule.get("duplicate", []))
 every, phase = schedule.get("drop_every", [0, 0])
 
 
@@ -57,4 +59,7 @@ while True:
     body = icmp[8:]
     header = struct.pack("!BBHHH", 0, 0, 0, ident, seq)
     reply = struct.pack("!BBHHH", 0, 0, checksum(header + body), ident, seq) + body
-    heapq.heappush(queue, (now + delay_ms(seq) / 1000.0, reply, source))
+    due = now + delay_ms(seq) / 1000.0
+    heapq.heappush(queue, (due, reply, source))
+    if seq in duplicate:
+        heapq.heappush(queue, (due + 0.001, reply, source))

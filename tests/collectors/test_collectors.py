@@ -181,3 +181,30 @@ def test_names_resolve_once_and_failures_are_per_host(netns_pair):
     assert out["127.0.0.1"] == ["127.0.0.1", None] and out["localhost"][0] == "127.0.0.1"
     assert out["fd00::5"] == ["fd00::5", None]
     assert out["bad..name"][0] is None and out["bad..name"][1].startswith("cannot resolve 'bad..name'")
+
+
+def test_prober_tells_loss_duplicates_and_reordering_apart(netns_pair):
+    import pathlib
+    reflector = pathlib.Path(__file__).resolve().parents[1] / "reflector.py"
+    netns_pair.b.sysctl("net.ipv4.icmp_echo_ignore_all", "1")
+    schedule = {"base_ms": 5, "slow": [[5, 5, 250]], "drop": [10, 11], "duplicate": [8]}
+    proc = netns_pair.b.popen(sys.executable, str(reflector), json.dumps(schedule), stdout=subprocess.PIPE)
+    try:
+        assert proc.stdout.readline().strip() == b"ready"
+        script = f"""
+import json
+from rtk_qos.collectors.probe import Prober
+r = Prober([{netns_pair.b_addr!r}], interval=0.1, timeout=1.0).run(2.0)[{netns_pair.b_addr!r}]
+print(json.dumps(dict(sent=r.sent, received=r.received, lost=r.lost_seqs, dup=r.duplicates, reordered=r.reordered,
+                      seqs=list(r.seqs), rtts=list(r.rtts_ms))))
+"""
+        out = json.loads(netns_pair.a.run(sys.executable, "-c", script).stdout)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert out["sent"] == 20 and out["received"] == 18 and out["lost"] == [10, 11]
+    assert out["dup"] == 1 and out["reordered"] == 1
+    # Seq 5 came back 250 ms late, after 6 and 7: reordered, and its RTT says so.
+    assert out["seqs"].index(5) > out["seqs"].index(7)
+    assert 250 <= out["rtts"][out["seqs"].index(5)] < 270
+    assert all(5 <= rtt < 15 for seq, rtt in zip(out["seqs"], out["rtts"]) if seq != 5)
