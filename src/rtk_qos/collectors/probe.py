@@ -17,8 +17,10 @@ from __future__ import annotations
 
 import bisect
 import errno
+import heapq
 import math
 from array import array
+from collections import deque
 import os
 import selectors
 import socket
@@ -94,11 +96,15 @@ class ProbeReport:
         return max(self.loss_bursts, default=0)
 
 
-def _checksum(data: bytes) -> int:
+def _word_sum(data: bytes) -> int:
     if len(data) % 2:
         data += b"\0"
-    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    total = (total >> 16) + (total & 0xFFFF)
+    return sum(struct.unpack(f"!{len(data) // 2}H", data))
+
+
+def _checksum(words: int) -> int:
+    """Internet checksum from a sum of 16-bit words."""
+    total = (words >> 16) + (words & 0xFFFF)
     total += total >> 16
     return ~total & 0xFFFF
 
@@ -180,6 +186,7 @@ class Prober:
         self.interval = interval
         self.timeout = timeout
         self.payload = bytes(max(payload_size, 0))
+        self._payload_words = _word_sum(self.payload)  # the payload never changes: sum it once
         self.tcp_port = tcp_port
         self.udp_port = udp_port
         self.fallback = fallback
@@ -231,27 +238,34 @@ class Prober:
     # ---- the loop -----------------------------------------------------------------------------
 
     def _loop(self, hosts: list[_Host], start: float, count: int, stop) -> None:
+        # Sends come off a heap by due time; expiries off a queue in send order (a probe's
+        # deadline is its send time + timeout, so the queue is already sorted): each event
+        # costs O(log hosts), not a pass over every host.
+        due = [(start + h.offset, i) for i, h in enumerate(hosts)]
+        heapq.heapify(due)
+        self._expiries: deque = deque()
         while True:
             now = time.monotonic()
-            stopping = stop is not None and stop.is_set()
-            next_send = None
-            for host in hosts:
-                if host.seq >= count or stopping:
-                    continue
-                due = start + host.offset + host.seq * self.interval
-                if now >= due:
-                    self._send(host, now)
-                    due = start + host.offset + host.seq * self.interval
+            if stop is not None and stop.is_set():
+                due.clear()
+            while due and due[0][0] <= now:
+                _, i = heapq.heappop(due)
+                host = hosts[i]
+                self._send(host)
                 if host.seq < count:
-                    next_send = due if next_send is None else min(next_send, due)
-            next_expiry = self._expire(hosts)
-            if next_send is None and next_expiry is None:
+                    heapq.heappush(due, (start + host.offset + host.seq * self.interval, i))
+            now_ns = time.time_ns()
+            while self._expiries and self._expiries[0][0] <= now_ns:
+                _, host, seq = self._expiries.popleft()
+                if seq in host.pending:
+                    self._expire(host, seq)
+            if not due and not self._expiries:
                 return
             wake = now + 1.0
-            if next_send is not None:
-                wake = min(wake, next_send)
-            if next_expiry is not None:
-                wake = min(wake, now + (next_expiry - time.time_ns()) / _NS)
+            if due:
+                wake = min(wake, due[0][0])
+            if self._expiries:
+                wake = min(wake, now + (self._expiries[0][0] - now_ns) / _NS)
             for key, _events in self._selector.select(max(0.0, wake - time.monotonic())):
                 kind = key.data[0]
                 if kind == "icmp":
@@ -261,27 +275,30 @@ class Prober:
                 else:
                     self._tcp_done(key.fileobj, *key.data[1:])
 
-    def _send(self, host: _Host, now: float) -> None:
+    def _send(self, host: _Host) -> None:
         seq = host.seq
         host.seq += 1
         method = host.method
         host.answered.append(0)
         host.method_probes += 1
-        send_ns = time.time_ns()
         try:
             if method == "icmp":
                 sock = self._icmp[host.family][0]
                 kind = ICMP_ECHO if host.family == socket.AF_INET else ICMP6_ECHO
-                header = ECHO.pack(kind, 0, 0, self.ident, seq & 0xFFFF)
-                if host.family == socket.AF_INET:  # the kernel sums ICMPv6 itself
-                    header = ECHO.pack(kind, 0, _checksum(header + self.payload), self.ident, seq & 0xFFFF)
-                host.pending[seq] = send_ns
-                sock.sendto(header + self.payload, (host.address, 0))
+                checksum = 0  # the kernel sums ICMPv6 itself
+                if host.family == socket.AF_INET:
+                    checksum = _checksum((kind << 8) + self.ident + (seq & 0xFFFF) + self._payload_words)
+                header = ECHO.pack(kind, 0, checksum, self.ident, seq & 0xFFFF)
+                packet = header + self.payload
+                # Stamped after the packet is built, right before the syscall: the RTT then
+                # holds nothing of Python's own work but the call itself.
+                send_ns = host.pending[seq] = time.time_ns()
+                sock.sendto(packet, (host.address, 0))
             elif method == "tcp":
                 sock = socket.socket(host.family, socket.SOCK_STREAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC)
                 # Close with RST, not FIN: no TIME_WAIT left behind per probe.
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-                host.pending[seq] = send_ns
+                send_ns = host.pending[seq] = time.time_ns()
                 rc = sock.connect_ex((host.address, self.tcp_port))
                 if rc not in (0, errno.EINPROGRESS):
                     sock.close()
@@ -300,9 +317,12 @@ class Prober:
                         host.udp.setsockopt(socket.IPPROTO_IPV6, IPV6_RECVERR, 1)
                     host.udp.connect((host.address, self.udp_port))
                     self._selector.register(host.udp, selectors.EVENT_READ, ("udp", host))
+                send_ns = time.time_ns()
+                packet = UDP_PROBE.pack(UDP_MAGIC, seq, send_ns) + self.payload
                 host.pending[seq] = send_ns
-                host.udp.send(UDP_PROBE.pack(UDP_MAGIC, seq, send_ns) + self.payload)
+                host.udp.send(packet)
             host.report.sent += 1
+            self._expiries.append((send_ns + int(self.timeout * _NS), host, seq))
         except OSError as exc:
             host.pending.pop(seq, None)
             host.report.errors.append(f"{method} probe {seq}: {exc.strerror or exc}")
@@ -396,22 +416,13 @@ class Prober:
             self._selector.unregister(sock)
             sock.close()
 
-    def _expire(self, hosts: list[_Host]) -> Optional[int]:
-        """Count probes past their timeout as lost; returns the next expiry (realtime ns)."""
-        now_ns = time.time_ns()
-        timeout_ns = int(self.timeout * _NS)
-        next_expiry = None
-        for host in hosts:
-            for seq, sent in list(host.pending.items()):
-                if sent + timeout_ns > now_ns:
-                    next_expiry = sent + timeout_ns if next_expiry is None else min(next_expiry, sent + timeout_ns)
-                    continue
-                del host.pending[seq]
-                self._close_tcp(host, seq)
-                if host.method_of(seq) == host.method_index:
-                    host.report.lost_seqs.append(seq)
-            self._maybe_fall_back(host)
-        return next_expiry
+    def _expire(self, host: _Host, seq: int) -> None:
+        """A probe unanswered after the timeout: lost, if its method is still the host's."""
+        del host.pending[seq]
+        self._close_tcp(host, seq)
+        if host.method_of(seq) == host.method_index:
+            host.report.lost_seqs.append(seq)
+        self._maybe_fall_back(host)
 
     def _maybe_fall_back(self, host: _Host) -> None:
         """After DISCOVERY_PROBES unanswered probes of a method, try the next one."""
