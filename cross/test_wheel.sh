@@ -84,10 +84,17 @@ note "VmRSS under qemu (median of 3): bare python3 $base KiB, after import rtk_q
 # The agent itself at idle (1 Hz sampling; no broker answers on port 1, so it keeps retrying).
 in_root /usr/bin/python3 -m rtk_qos agent --device-id 0000000000aa --broker-host 127.0.0.1 --broker-port 1 \
   --state-dir /tmp/rtk-qos-state --log-level error > /dev/null 2>&1 &
-agent=$!
+runner=$!
 sleep 15
-agent_rss=$(awk '/VmRSS/ {print $2}' "/proc/$agent/status" 2>/dev/null || echo 0)
-kill "$agent" 2>/dev/null; wait "$agent" 2>/dev/null || true
+# $! is the subshell running chroot; the agent is the emulated python3 it started.
+agent=$(pgrep -n -f "rtk_qos agent --device-id 0000000000aa" || true)
+agent_rss=$( [ -n "$agent" ] && awk '/VmRSS/ {print $2}' "/proc/$agent/status" 2>/dev/null || echo 0)
+if [ -n "$agent" ]; then
+  kill "$agent" 2>/dev/null || true
+  for _ in $(seq 30); do kill -0 "$agent" 2>/dev/null || break; sleep 1; done
+  kill -9 "$agent" 2>/dev/null || true
+fi
+wait "$runner" 2>/dev/null || true
 [ "$agent_rss" -gt 0 ] || { note "agent did not stay up under qemu"; exit 1; }
 note "agent idle VmRSS under qemu: $agent_rss KiB (+$((agent_rss - base)) KiB over a bare python3)"
 note "PASS $arch"
