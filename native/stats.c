@@ -92,28 +92,27 @@ double rtk_rolling_std(const rtk_rolling *s, uint32_t j)
     return sqrt(rtk_rolling_var(s, j));
 }
 
-double rtk_rolling_min(const rtk_rolling *s, uint32_t j)
+/* The window's extreme: the smallest value when sign is +1, the largest when -1. */
+static double rolling_extreme(const rtk_rolling *s, uint32_t j, double sign)
 {
     if (s->n == 0)
         return 0.0;
     double m = s->last[j];
     for (uint64_t q = s->ring.pushed - s->n; q < s->ring.pushed; q++) {
         double x = rtk_ring_at(&s->ring, q, j);
-        m = x < m ? x : m;
+        m = sign * x < sign * m ? x : m;
     }
     return m;
 }
 
+double rtk_rolling_min(const rtk_rolling *s, uint32_t j)
+{
+    return rolling_extreme(s, j, 1.0);
+}
+
 double rtk_rolling_max(const rtk_rolling *s, uint32_t j)
 {
-    if (s->n == 0)
-        return 0.0;
-    double m = s->last[j];
-    for (uint64_t q = s->ring.pushed - s->n; q < s->ring.pushed; q++) {
-        double x = rtk_ring_at(&s->ring, q, j);
-        m = x > m ? x : m;
-    }
-    return m;
+    return rolling_extreme(s, j, -1.0);
 }
 
 /* Hoare-style quickselect: puts the k-th smallest at v[k]. Median-of-three

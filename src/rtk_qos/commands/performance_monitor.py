@@ -317,7 +317,7 @@ def run(args: dict, ctx: Context) -> dict:
         warnings.append(f"stopped early ({ctx.stop_reason}) after {elapsed:.0f} of {duration} s")
     alert_list = alerts.finish(end_ms)
     return _result(args, metrics, thresholds, hosts, resolved, errors, reports, throughput, uplink, alert_list,
-                   elapsed, source, interval, warnings)
+                   elapsed, source, interval, warnings, wall0)
 
 
 def _clamp01(x: float) -> float:
@@ -368,7 +368,7 @@ def _host_figures(name: str, address: Optional[str], error: Optional[str], repor
 
 
 def _result(args, metrics, thresholds, hosts, resolved, errors, reports, throughput, uplink, alert_list,
-            elapsed, source, interval, warnings) -> dict:
+            elapsed, source, interval, warnings, wall0) -> dict:
     limits = {**DEFAULT_THRESHOLDS, **{k: v for k, v in thresholds.items() if v is not None}}
     per_host = [_host_figures(name, resolved.get(name), errors.get(name), reports.get(resolved.get(name)),
                               limits["jitter_ms"]) for name in hosts]
@@ -427,7 +427,8 @@ def _result(args, metrics, thresholds, hosts, resolved, errors, reports, through
         "performance_metrics": perf,
         "hosts": per_host,
         "alerts": alert_list,
-        "recommendations": _recommendations(perf, per_host, alert_list, limits, thresholds, uplink, idle),
+        "recommendations": _recommendations(perf, per_host, alert_list, limits, thresholds, uplink, idle,
+                                            throughput, wall0),
         "warnings": warnings,
     }
     if unavailable:
@@ -477,7 +478,19 @@ def _health(perf: dict, limits: dict, thresholds: dict, idle: bool) -> tuple[int
     return int(round(max(0.0, 100.0 - sum(basis.values())))), basis
 
 
-def _recommendations(perf, per_host, alerts, limits, thresholds, uplink, idle) -> list[str]:
+def _load_during(alert: dict, samples: list[float], wall0: int) -> Optional[tuple[float, float]]:
+    """(peak Mbit/s during the episode, median outside it) from the per-second uplink series."""
+    if not samples or alert["timestamp"] is None:
+        return None
+    first = max(0, int((alert["timestamp"] - wall0) / 1000) - 1)  # sample k covers second k..k+1
+    last = first + max(1, alert["duration_s"]) + 1
+    during, outside = samples[first:last], samples[:first] + samples[last:]
+    if not during:
+        return None
+    return max(during), (_core.median_mad(outside)[0] if outside else 0.0)
+
+
+def _recommendations(perf, per_host, alerts, limits, thresholds, uplink, idle, samples, wall0) -> list[str]:
     """Advice drawn from the evidence: which metric, which host, how bad, the likely cause."""
     out = []
     by_metric: dict = {}
@@ -489,15 +502,21 @@ def _recommendations(perf, per_host, alerts, limits, thresholds, uplink, idle) -
         info = links.link(uplink)
         speed = info.speed_mbps if info else None
     for alert in by_metric.get("latency", []):
-        busy = throughput.get("max_mbps")
-        if busy and speed and busy >= 0.8 * speed:
+        load = _load_during(alert, samples, wall0)
+        # Bufferbloat: the delay came with the uplink busy, near its speed when known, else
+        # carrying several times its usual load.
+        if load and load[0] >= 1.0 and ((speed and load[0] >= 0.8 * speed)
+                                        or (not speed and load[0] >= 3 * max(load[1], 0.01))):
+            share = (f"{round(100 * load[0] / speed)} % of its {speed} Mbit/s" if speed
+                     else f"{load[0] / max(load[1], 0.01):.0f}x its {load[1]:.2f} Mbit/s outside the episode")
             out.append(f"Latency to {alert['host']} rose to {alert['value']} ms (threshold {alert['threshold']} ms) "
-                       f"while {uplink} carried up to {busy} Mbit/s of its {speed} Mbit/s: queues filling at link "
-                       "capacity (bufferbloat). Shape egress just below the link rate: qos_auto_optimization "
-                       "with minimize_latency.")
+                       f"while {uplink} carried up to {load[0]:.1f} Mbit/s ({share}): packets queue behind bulk "
+                       "traffic at the bottleneck (bufferbloat). Shape egress just below the bottleneck rate so the "
+                       "queue stays short: qos_auto_optimization with minimize_latency.")
         else:
             out.append(f"Latency to {alert['host']} exceeded {alert['threshold']} ms for {alert['duration_s']} s "
-                       f"(peak {alert['value']} ms, {alert['severity']}).")
+                       f"(peak {alert['value']} ms, {alert['severity']}) without the uplink being busy: the delay "
+                       "is not caused by this device's own traffic.")
     bursts = {h["host"]: (h.get("packet_loss") or {}).get("max_consecutive_loss", 0) for h in per_host}
     for alert in by_metric.get("packet_loss", []):
         cause = ("runs of consecutive losses point to link drops or interference" if bursts.get(alert["host"], 0) > 1

@@ -51,6 +51,14 @@ class Spec:
         raise NotImplementedError
 
 
+def _within(value, low, high, path: str):
+    if low is not None and value < low:
+        raise ArgError(path, f"{value} is below the minimum {low}")
+    if high is not None and value > high:
+        raise ArgError(path, f"{value} is above the maximum {high}")
+    return value
+
+
 @dataclass(frozen=True)
 class Int(Spec):
     min: int | None = None
@@ -63,11 +71,7 @@ class Int(Spec):
                 value = int(value)
             else:
                 raise ArgError(path, f"expected an integer, got {_type_name(value)} {_echo(value)}")
-        if self.min is not None and value < self.min:
-            raise ArgError(path, f"{value} is below the minimum {self.min}")
-        if self.max is not None and value > self.max:
-            raise ArgError(path, f"{value} is above the maximum {self.max}")
-        return value
+        return _within(value, self.min, self.max, path)
 
     def describe(self):
         lo = "" if self.min is None else str(self.min)
@@ -85,11 +89,7 @@ class Num(Spec):
             raise ArgError(path, f"expected a number, got {_type_name(value)} {_echo(value)}")
         if not math.isfinite(value):
             raise ArgError(path, f"expected a finite number, got {value}")
-        if self.min is not None and value < self.min:
-            raise ArgError(path, f"{value} is below the minimum {self.min}")
-        if self.max is not None and value > self.max:
-            raise ArgError(path, f"{value} is above the maximum {self.max}")
-        return value
+        return _within(value, self.min, self.max, path)
 
     def describe(self):
         if self.max is not None:
