@@ -167,6 +167,14 @@ class Agent(Replies):
         self._wake.set()
 
     def _monitor_loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self._run_monitor()
+            except Exception:  # state and telemetry must outlive a bug in one reading
+                log.exception("monitor loop failed; restarting it")
+                self._stop.wait(5.0)
+
+    def _run_monitor(self) -> None:
         telemetry = self.config["telemetry"]
         period = telemetry["sample_period_s"]
         reader = _core.CounterReader()

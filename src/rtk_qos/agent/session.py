@@ -79,7 +79,7 @@ class Session:
                            keyfile=broker["key_file"] or None, cert_reqs=ssl.CERT_REQUIRED)
         client.on_connect = self._connected
         client.on_disconnect = self._disconnected
-        client.on_message = lambda _c, _u, msg: self._on_message(msg)
+        client.on_message = self._message
         # Commands arrive at most this many at a time; the rest wait at the broker.
         client.max_inflight_messages_set(20)
         return client
@@ -153,6 +153,14 @@ class Session:
         self._on_connected()
         self.outbox.wake()
 
+    def _message(self, _client, _userdata, msg) -> None:
+        # An exception escaping a paho callback would end the network loop: the agent would
+        # stay connected and deaf. A bug in handling one message must cost only that message.
+        try:
+            self._on_message(msg)
+        except Exception:
+            log.exception("handling a message on %s failed", msg.topic)
+
     def _disconnected(self, _client, _userdata, _flags, reason_code, _props) -> None:
         self.connected.clear()
         if not self._stop.is_set():
@@ -178,24 +186,31 @@ class Session:
     def _drain(self) -> None:
         """Publish outbox messages oldest first, one at a time, removing each on PUBACK."""
         while not self._stop.is_set():
-            if not self.connected.wait(timeout=0.5):
-                continue
-            entry = self.outbox.oldest(timeout=0.5)
-            if entry is None or not self.connected.is_set():
-                continue
-            info = self.client.publish(entry.topic, entry.payload, qos=entry.qos, retain=entry.retain,
-                                       properties=self._properties(entry.correlation))
-            if info.rc != mqtt.MQTT_ERR_SUCCESS:
-                time.sleep(0.1)
-                continue
-            if entry.qos == 0:
-                self.outbox.remove(entry.seq)
-                continue
-            deadline = time.monotonic() + PUBACK_WAIT_S
-            while not info.is_published() and self.connected.is_set() and time.monotonic() < deadline:
-                info.wait_for_publish(timeout=0.2)
-            if info.is_published():
-                self.outbox.remove(entry.seq)
+            try:
+                self._drain_one()
+            except Exception:  # a full disk or a bug must not stop delivery for good
+                log.exception("outbox drain failed; retrying")
+                self._stop.wait(1.0)
+
+    def _drain_one(self) -> None:
+        if not self.connected.wait(timeout=0.5):
+            return
+        entry = self.outbox.oldest(timeout=0.5)
+        if entry is None or not self.connected.is_set():
+            return
+        info = self.client.publish(entry.topic, entry.payload, qos=entry.qos, retain=entry.retain,
+                                   properties=self._properties(entry.correlation))
+        if info.rc != mqtt.MQTT_ERR_SUCCESS:
+            time.sleep(0.1)
+            return
+        if entry.qos == 0:
+            self.outbox.remove(entry.seq)
+            return
+        deadline = time.monotonic() + PUBACK_WAIT_S
+        while not info.is_published() and self.connected.is_set() and time.monotonic() < deadline:
+            info.wait_for_publish(timeout=0.2)
+        if info.is_published():
+            self.outbox.remove(entry.seq)
 
     def stop(self, offline_payload: Optional[bytes] = None) -> None:
         """Clean shutdown: publish `offline` (retained) so the Last Will is not needed, then disconnect."""
