@@ -8,6 +8,7 @@
 
 #include "counters.h"
 #include "delta.h"
+#include "history.h"
 #include "jitter.h"
 #include "sampler.h"
 #include "stats.h"
@@ -280,6 +281,60 @@ static void test_live_counters_both_paths(void)
     rtk_reader_close(&p);
 }
 
+static void test_history_tiers_gaps_and_persistence(void)
+{
+    /* Small tiers so wrap-around is exercised: 8 x 1 s, 6 x 4 s, 3 x 12 s. */
+    const uint32_t cap[RTK_HIST_TIERS] = {8, 6, 3};
+    const int64_t step[RTK_HIST_TIERS] = {1, 4, 12};
+    static rtk_hbucket arena[17], arena2[17];
+    rtk_history h, back;
+    CHECK(rtk_history_arena_size(cap) == sizeof arena);
+    CHECK(rtk_history_init(&h, arena, cap, step) == 0);
+    const int64_t bad_step[RTK_HIST_TIERS] = {1, 4, 10};
+    CHECK(rtk_history_init(&back, arena2, cap, bad_step) == -1);
+    /* t = 1000..1011, value = t - 1000, a spike of 100 at t = 1005 (score 0.9). */
+    for (int64_t t = 1000; t < 1012; t++)
+        CHECK(rtk_history_push(&h, t, t == 1005 ? 100.0f : (float)(t - 1000), t == 1005 ? 0.9f : 0.1f) == 0);
+    CHECK(rtk_history_push(&h, 990, 1.0f, 0.0f) == -1); /* out of order */
+    rtk_hbucket out[8];
+    CHECK(rtk_history_read(&h, 0, 1004, 1011, out) == 8);
+    CHECK(out[0].mean == 4.0f && out[1].max == 100.0f && out[1].score == 0.9f && out[7].min == 11.0f);
+    CHECK(rtk_history_read(&h, 0, 1003, 1003, out) == 1 && isnan(out[0].mean)); /* no longer kept */
+    /* 4 s buckets 250 (1000-1003), 251 (1004-1007: 4, 100, 6, 7), 252 (1008-1011). */
+    CHECK(rtk_history_read(&h, 1, 250, 252, out) == 3);
+    CHECK(out[0].min == 0.0f && out[0].max == 3.0f && out[0].mean == 1.5f);
+    CHECK(out[1].min == 4.0f && out[1].max == 100.0f && near(out[1].mean, 117.0 / 4, 1e-6) && out[1].score == 0.9f);
+    /* A gap of 20 s: skipped buckets read missing, not stale. */
+    CHECK(rtk_history_push(&h, 1031, 7.0f, 0.0f) == 0);
+    CHECK(rtk_history_read(&h, 0, 1029, 1031, out) == 3 && isnan(out[0].mean) && isnan(out[1].max) && out[2].mean == 7.0f);
+    CHECK(rtk_history_read(&h, 1, 256, 257, out) == 2 && isnan(out[0].mean) && out[1].mean == 7.0f);
+    /* 12 s tier: bucket 83 (996-1007) holds 0..7 and the spike, 84 (1008-1019) 8..11,
+       85 (1020-1031) only the 7. */
+    CHECK(rtk_history_read(&h, 2, 83, 85, out) == 3 && out[0].max == 100.0f && out[1].mean == 9.5f &&
+          out[2].mean == 7.0f);
+    /* Round trip, and every refusal. */
+    size_t size = rtk_history_serialized_size(&h);
+    uint8_t *blob = malloc(size);
+    rtk_history_serialize(&h, blob);
+    CHECK(rtk_history_init(&back, arena2, cap, step) == 0);
+    CHECK(rtk_history_deserialize(&back, blob, size) == 0);
+    CHECK(back.samples == h.samples && memcmp(arena, arena2, sizeof arena) == 0);
+    CHECK(rtk_history_push(&back, 1031, 9.0f, 0.0f) == 0);  /* the running mean continues */
+    CHECK(rtk_history_read(&back, 0, 1031, 1031, out) == 1 && out[0].mean == 8.0f);
+    CHECK(rtk_history_deserialize(&back, blob, size - 1) == RTK_HIST_ESHORT);
+    blob[0] = 'X';
+    CHECK(rtk_history_deserialize(&back, blob, size) == RTK_HIST_EMAGIC);
+    blob[0] = 'R';
+    blob[8] ^= 0xff;
+    CHECK(rtk_history_deserialize(&back, blob, size) == RTK_HIST_EORDER);
+    blob[8] ^= 0xff;
+    const uint32_t other_cap[RTK_HIST_TIERS] = {8, 6, 4};
+    static rtk_hbucket arena3[18];
+    CHECK(rtk_history_init(&back, arena3, other_cap, step) == 0);
+    CHECK(rtk_history_deserialize(&back, blob, size) == RTK_HIST_ESHAPE);
+    free(blob);
+}
+
 #define RUN_TEST(fn)                                   \
     do {                                               \
         int before = failures;                         \
@@ -301,6 +356,7 @@ int main(void)
     RUN_TEST(test_netlink_stats_dump_parser_host_order_and_misaligned);
     RUN_TEST(test_sampler_wraps_and_lifetimes);
     RUN_TEST(test_live_counters_both_paths);
+    RUN_TEST(test_history_tiers_gaps_and_persistence);
     printf("native core: %d checks\n", checks);
     printf("%d passed, %d failed\n", tests_passed, tests_failed);
     return tests_failed ? 1 : 0;

@@ -6,7 +6,7 @@ over links, counters and samples all run in C on preallocated memory.
 """
 from cpython.mem cimport PyMem_Free, PyMem_Malloc
 from libc.errno cimport EINVAL
-from libc.stdint cimport int32_t, uint32_t, uint64_t
+from libc.stdint cimport INT64_MIN, int32_t, int64_t, uint8_t, uint32_t, uint64_t
 from libc.string cimport memset
 from cpython.array cimport array, clone
 
@@ -429,7 +429,9 @@ def counter_delta(uint64_t prev, uint64_t cur):
 
 def link_deltas(prev, cur):
     """(deltas, kind) for the 8 counters of one link, with the link-level reset rule."""
-    cdef uint64_t p[8], c[8], out[8]
+    cdef uint64_t p[8]
+    cdef uint64_t c[8]
+    cdef uint64_t out[8]
     cdef int i
     if len(prev) != RTK_NCOUNTERS or len(cur) != RTK_NCOUNTERS:
         raise ValueError(f"a link has {RTK_NCOUNTERS} counters")
@@ -451,3 +453,82 @@ def parse_proc_net_dev(text):
         return [_link_tuple(&links[i]) for i in range(n)]
     finally:
         PyMem_Free(links)
+
+
+#: Default history shape: 1 s for an hour, 1 min for 7 days, 1 h for 90 days.
+HISTORY_TIERS = ((3600, 1), (10080, 60), (2160, 3600))
+HISTORY_ERRORS = {-1: "its length does not match its shape (truncated?)", -2: "it is not an rtk-qos history",
+                  -3: "it was written by another format version", -4: "it was written on a machine of the "
+                  "other byte order", -5: "its tiers have another size or step"}
+
+
+cdef class History:
+    """One metric's multi-resolution history (native/history.c): min/mean/max/score buckets
+    per tier, in fixed memory. Samples must come in time order."""
+    cdef rtk_history h
+    cdef void *arena
+    cdef readonly tuple tiers
+
+    def __cinit__(self, tiers=HISTORY_TIERS):
+        cdef uint32_t cap[3]
+        cdef int64_t step[3]
+        if len(tiers) != 3:
+            raise ValueError("a history has three tiers")
+        for k, (c, s) in enumerate(tiers):
+            cap[k], step[k] = c, s
+        self.tiers = tuple((int(c), int(s)) for c, s in tiers)
+        self.arena = PyMem_Malloc(rtk_history_arena_size(cap))
+        if self.arena == NULL:
+            raise MemoryError()
+        if rtk_history_init(&self.h, self.arena, cap, step) != 0:
+            raise ValueError(f"bad tiers {tiers}: sizes must be positive, each step a multiple of the one before")
+
+    def __dealloc__(self):
+        PyMem_Free(self.arena)
+
+    @staticmethod
+    def memory_bytes(tiers=HISTORY_TIERS):
+        """Bytes one history of this shape allocates."""
+        cdef uint32_t cap[3]
+        for k, (c, _s) in enumerate(tiers):
+            cap[k] = c
+        return rtk_history_arena_size(cap)
+
+    def push(self, int64_t t, double value, double score=0.0):
+        """Add a sample at Unix second t; False when t is older than the newest sample."""
+        return rtk_history_push(&self.h, t, <float>value, <float>score) == 0
+
+    @property
+    def samples(self):
+        return self.h.samples
+
+    def newest(self, int tier=0):
+        """Bucket number (t // step) of the newest bucket of a tier, or None when empty."""
+        return None if self.h.last[tier] == INT64_MIN else self.h.last[tier]
+
+    def read(self, int tier, int64_t first, int64_t last):
+        """Buckets `first`..`last` (numbers are t // step) as (min, mean, max, score), NaN where missing."""
+        if not 0 <= tier < 3 or last < first:
+            return []
+        cdef uint32_t n = <uint32_t>(last - first + 1)
+        cdef rtk_hbucket *out = <rtk_hbucket *>PyMem_Malloc(n * sizeof(rtk_hbucket))
+        if out == NULL:
+            raise MemoryError()
+        try:
+            rtk_history_read(&self.h, tier, first, last, out)
+            return [(out[i].min, out[i].mean, out[i].max, out[i].score) for i in range(n)]
+        finally:
+            PyMem_Free(out)
+
+    def to_bytes(self):
+        cdef size_t n = rtk_history_serialized_size(&self.h)
+        out = bytearray(n)
+        cdef unsigned char[::1] view = out
+        rtk_history_serialize(&self.h, &view[0])
+        return bytes(out)
+
+    def load_bytes(self, const unsigned char[::1] data):
+        """Restore from to_bytes(); ValueError saying what is wrong with the data."""
+        rc = rtk_history_deserialize(&self.h, &data[0] if len(data) else NULL, len(data))
+        if rc != 0:
+            raise ValueError(HISTORY_ERRORS.get(rc, f"error {rc}"))

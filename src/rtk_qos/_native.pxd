@@ -1,5 +1,5 @@
 # The native core's C API, declared once. Only _core.pyx cimports this.
-from libc.stdint cimport int32_t, uint32_t, uint64_t
+from libc.stdint cimport int32_t, int64_t, uint8_t, uint32_t, uint64_t
 
 cdef extern from "counters.h" nogil:
     enum:
@@ -106,3 +106,21 @@ cdef extern from "sampler.h" nogil:
     int rtk_sampler_value_at(const rtk_sampler *s, int slot, int metric, uint64_t tick, double *v)
     void rtk_sampler_sum_series(const rtk_sampler *s, const int *slots, int nslots, int metric,
                                 uint64_t start, uint32_t n, double *out)
+
+cdef extern from "history.h":
+    int RTK_HIST_TIERS
+    ctypedef struct rtk_hbucket:
+        float min
+        float mean
+        float max
+        float score
+    ctypedef struct rtk_history:
+        uint64_t samples
+        int64_t last[3]
+    size_t rtk_history_arena_size(const uint32_t *cap)
+    int rtk_history_init(rtk_history *h, void *arena, const uint32_t *cap, const int64_t *step)
+    int rtk_history_push(rtk_history *h, int64_t t, float value, float score) nogil
+    uint32_t rtk_history_read(const rtk_history *h, int tier, int64_t start, int64_t end, rtk_hbucket *out)
+    size_t rtk_history_serialized_size(const rtk_history *h)
+    void rtk_history_serialize(const rtk_history *h, uint8_t *out)
+    int rtk_history_deserialize(rtk_history *h, const uint8_t *data, size_t length)

@@ -120,6 +120,8 @@ def test_monitor_measures_what_the_targets_do_and_alerts_live(start_agent, contr
 
     unreachable = by_host[targets["unreachable"]]
     assert unreachable["received"] == 0 and "no answer to any probe" in unreachable["error"]
+    # Our own stack's "host unreachable" (ARP failed) is no answer, so no latency for it either.
+    assert unreachable["latency"] is None
     assert by_host["nowhere.invalid"]["error"].startswith("cannot resolve 'nowhere.invalid'")
 
     alerts = body["alerts"]

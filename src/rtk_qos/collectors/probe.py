@@ -137,6 +137,15 @@ def open_echo_socket(family: int) -> tuple[socket.socket, str]:
                            "); ping_group_range excludes this group and the process is not root")
 
 
+def _queued_errno(ancillary) -> Optional[int]:
+    """ee_errno of the struct sock_extended_err an error-queue message carries."""
+    for level, kind, data in ancillary:
+        if ((level, kind) in ((socket.IPPROTO_IP, IP_RECVERR), (socket.IPPROTO_IPV6, IPV6_RECVERR))
+                and len(data) >= 4):
+            return struct.unpack_from("=I", data)[0]
+    return None
+
+
 def _kernel_time_ns(ancillary) -> int:
     for level, kind, data in ancillary:
         if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS:
@@ -394,7 +403,10 @@ class Prober:
                 except OSError:
                     continue  # the pending error, already read from the error queue
                 # An echo, or (error queue) the probe an ICMP port-unreachable carried back:
-                # either way the host answered that sequence number.
+                # either way the host answered that sequence number. Other errors (host or net
+                # unreachable, often from our own stack when ARP fails) are no answer.
+                if flags and _queued_errno(ancillary) != errno.ECONNREFUSED:
+                    continue
                 if len(data) >= UDP_PROBE.size:
                     magic, seq, _sent = UDP_PROBE.unpack_from(data)
                     if magic == UDP_MAGIC:

@@ -1,0 +1,128 @@
+"""The agent's metric history: named multi-resolution series (native), saved rarely and safely.
+
+Routers keep state on flash, which wears with every write: the file is written
+whole, atomically (temporary file, fsync, rename), by default every 15 minutes
+and at a clean shutdown. A file that is damaged or not ours is set aside with a
+reason, never a crash: the agent starts with an empty history and says so.
+
+File layout (version 1): magic `RTKQHIST`, u32 version, u32 index length, the
+index as JSON (tiers and each series' name, offset and length), the series
+blobs (native format, host byte order), and a CRC-32 of everything before it.
+"""
+from __future__ import annotations
+
+import binascii
+import json
+import os
+import struct
+import time
+from typing import Optional
+
+from ._core import HISTORY_TIERS, History
+
+MAGIC = b"RTKQHIST"
+VERSION = 1
+HEADER = struct.Struct("<8sII")
+CRC = struct.Struct("<I")
+
+
+class HistoryStore:
+    def __init__(self, tiers=HISTORY_TIERS, max_series: int = 256):
+        self.tiers = tuple(tuple(t) for t in tiers)
+        self.max_series = max_series
+        self.series: dict[str, History] = {}
+        self.refused = 0  # samples refused: out of order, or past max_series
+
+    def push(self, name: str, t: int, value: float, score: float = 0.0) -> bool:
+        series = self.series.get(name)
+        if series is None:
+            if len(self.series) >= self.max_series:
+                self.refused += 1
+                return False
+            series = self.series[name] = History(self.tiers)
+        if not series.push(t, value, score):
+            self.refused += 1
+            return False
+        return True
+
+    def memory_bytes(self) -> int:
+        return len(self.series) * History.memory_bytes(self.tiers)
+
+    # ---- persistence --------------------------------------------------------------------------
+
+    def to_bytes(self) -> bytes:
+        blobs, index, offset = [], [], 0
+        for name, series in sorted(self.series.items()):
+            blob = series.to_bytes()
+            index.append({"name": name, "offset": offset, "length": len(blob)})
+            blobs.append(blob)
+            offset += len(blob)
+        meta = json.dumps({"tiers": self.tiers, "series": index, "written_at": int(time.time())}).encode()
+        body = HEADER.pack(MAGIC, VERSION, len(meta)) + meta + b"".join(blobs)
+        return body + CRC.pack(binascii.crc32(body))
+
+    def save(self, path: str) -> int:
+        """Write atomically; returns the bytes written."""
+        data = self.to_bytes()
+        directory = os.path.dirname(os.path.abspath(path))
+        os.makedirs(directory, exist_ok=True)
+        tmp = f"{path}.tmp"
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(fd)  # the rename itself reaches the disk
+        finally:
+            os.close(fd)
+        return len(data)
+
+    @classmethod
+    def from_bytes(cls, data: bytes, tiers=HISTORY_TIERS) -> "HistoryStore":
+        """Parse a saved history; ValueError with the reason when it is not a good one."""
+        if len(data) < HEADER.size + CRC.size:
+            raise ValueError(f"{len(data)} bytes is too short for a history file")
+        magic, version, meta_len = HEADER.unpack_from(data)
+        if magic != MAGIC:
+            raise ValueError("not an rtk-qos history file (bad magic)")
+        if version != VERSION:
+            raise ValueError(f"history format version {version}, this agent reads {VERSION}")
+        (crc,) = CRC.unpack_from(data, len(data) - CRC.size)
+        if binascii.crc32(data[:-CRC.size]) != crc:
+            raise ValueError("checksum mismatch (damaged or truncated)")
+        try:
+            meta = json.loads(data[HEADER.size:HEADER.size + meta_len])
+        except ValueError as exc:
+            raise ValueError(f"unreadable index: {exc}") from None
+        if tuple(tuple(t) for t in meta["tiers"]) != tuple(tuple(t) for t in tiers):
+            raise ValueError(f"tiers {meta['tiers']} differ from this agent's {list(tiers)}")
+        store = cls(tiers)
+        base = HEADER.size + meta_len
+        for entry in meta["series"]:
+            series = History(store.tiers)
+            blob = data[base + entry["offset"]:base + entry["offset"] + entry["length"]]
+            try:
+                series.load_bytes(blob)
+            except ValueError as exc:
+                raise ValueError(f"series {entry['name']!r}: {exc}") from None
+            store.series[entry["name"]] = series
+        return store
+
+    @classmethod
+    def load(cls, path: str, tiers=HISTORY_TIERS) -> tuple["HistoryStore", Optional[str]]:
+        """(store, problem). No file: an empty store. A bad file is renamed aside and reported."""
+        try:
+            with open(path, "rb") as f:
+                data = f.read()
+        except FileNotFoundError:
+            return cls(tiers), None
+        except OSError as exc:
+            return cls(tiers), f"history {path} unreadable: {exc.strerror}; starting empty"
+        try:
+            return cls.from_bytes(data, tiers), None
+        except (ValueError, KeyError, TypeError) as exc:
+            aside = f"{path}.bad-{int(time.time())}"
+            os.replace(path, aside)
+            return cls(tiers), f"history {path} set aside as {aside}: {exc}; starting empty"
