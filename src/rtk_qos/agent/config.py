@@ -57,6 +57,11 @@ DEFAULTS: dict[str, Any] = {
         "interval_s": 1.0,   # per host; qos_performance_monitor and the gateway probe
         "timeout_s": 2.0,
     },
+    "history": {
+        "path": "",            # empty: <state_dir>/history.bin; a tmpfs path spares flash
+        "save_every_s": 900,   # and at a clean shutdown
+        "max_interfaces": 16,  # 3 series each, 253,440 bytes per series
+    },
     "outbox": {
         "max_messages": 1000,
         "max_bytes": 4 * 2**20,
@@ -180,7 +185,8 @@ def _finish(config: dict) -> dict:
     for section, key, low in (("limits", "max_running", 1), ("limits", "max_queued", 0),
                               ("limits", "max_payload_bytes", 1024), ("telemetry", "network_period_s", 1),
                               ("telemetry", "state_period_s", 1), ("outbox", "max_messages", 1),
-                              ("probe", "interval_s", 0.01), ("probe", "timeout_s", 0.05)):
+                              ("probe", "interval_s", 0.01), ("probe", "timeout_s", 0.05),
+                              ("history", "save_every_s", 1), ("history", "max_interfaces", 1)):
         if config[section][key] < low:
             raise ConfigError(f"{section}.{key}: {config[section][key]} is below {low}")
     if not config["state_dir"]:

@@ -19,6 +19,7 @@ from ..protocol.topics import Topics
 from . import device
 from .dispatcher import CANCEL_OP, Dispatcher, Replies
 from .outbox import Outbox
+from .recorder import HistoryRecorder
 from .session import Session
 
 log = logging.getLogger(__name__)
@@ -37,6 +38,7 @@ class Agent(Replies):
         self.outbox = Outbox(os.path.join(config["state_dir"], "outbox"), config["outbox"]["max_messages"],
                              config["outbox"]["max_bytes"])
         self.dispatcher = Dispatcher(config, self.device_id, self)
+        self.history = HistoryRecorder(config)
         self.session = Session(config, self.topics.of("lwt"), self.device_id, self.outbox,
                                self._on_message, self._on_connected)
         self.session.subscriptions = [self.topics.cmd_req] + self.topics.shared_requests(
@@ -68,6 +70,7 @@ class Agent(Replies):
                                     {"status": "offline", "last_seen": messages.now_ms(), "reason": "normal"})
         self.session.stop(messages.encode(offline))
         self._monitor.join(timeout=5)
+        self.history.save()
 
     def _on_connected(self) -> None:
         online = messages.envelope("lwt/1.0", self.device_id, {"status": "online", "last_seen": messages.now_ms()})
@@ -139,7 +142,8 @@ class Agent(Replies):
             "agent": {"version": device.__version__, "uptime_s": int(time.monotonic() - self.started),
                       "running": self.dispatcher.running(), "requests": dict(self.dispatcher.counts),
                       "outbox": {"queued": len(self.outbox), "dropped": dict(self.outbox.dropped)},
-                      "counter_source": self._sampler.source if self._sampler else None},
+                      "counter_source": self._sampler.source if self._sampler else None,
+                      "history": self.history.summary()},
             "interfaces": {name: {k: v for k, v in r.items() if k.endswith(("mbps", "pps"))}
                            for name, r in rates.items()},
         }
@@ -190,11 +194,13 @@ class Agent(Replies):
                         self._sampler = self._new_sampler()
                     self._sampler.tick()
                     self._counter_error = None
+                    self.history.record(self.current_rates(), int(time.time()))
                 except OSError as exc:
                     self._counter_error = exc.strerror or str(exc)
                 next_tick += period
                 if next_tick < now:
                     next_tick = now + period  # fell behind (suspend, overload): do not burst
+            self.history.maybe_save()
             if now >= next_health:
                 next_health = now + HEALTH_EVERY_S
                 health = device.health(self.current_rates(), sum(self.outbox.dropped.values()),
