@@ -23,14 +23,14 @@ def test_history_survives_a_restart(start_agent, controller, agent_host):
     assert problem is None
     assert sorted(store.series) == [f"{agent_host.agent_if}.{m}" for m in ("error_rate", "rx_mbps", "tx_mbps")]
     rx = store.series[f"{agent_host.agent_if}.rx_mbps"]
-    saved = rx.samples
+    saved = sum(series.samples for series in store.series.values())
     # The pings' replies are in the 1 s tier: some second saw traffic.
     newest = rx.newest(0)
     assert any(b[2] > 0 for b in rx.read(0, newest - 30, newest) if b[2] == b[2])
     mark = time.monotonic()
     agent.start()
     after = _state(ctl, agent, mark)["agent"]["history"]
-    assert after["problem"] is None and after["samples"] >= saved * 3 - 3  # loaded, then growing
+    assert after["problem"] is None and after["samples"] >= saved  # loaded, then growing
     assert "history: 3 series loaded" in agent.log()
 
 
