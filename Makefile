@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # command:debian-package pairs the agent and its tests use.
 SYSTEM_TOOLS := mosquitto:mosquitto ip:iproute2 ping:iputils-ping nft:nftables gcc:gcc
-NATIVE_SRC := $(wildcard native/*.c native/*.h) src/rtk_qos/_core.pyx src/rtk_qos/_native.pxd setup.py
+NATIVE_SRC := $(wildcard native/*.c native/*.h src/rtk_qos/*.pxi) src/rtk_qos/_core.pyx src/rtk_qos/_native.pxd setup.py
 RUN_ARGS ?=
 
 .PHONY: run test bench native native-test deps clean cross cross-ci

@@ -9,7 +9,7 @@ build="$CROSS_CACHE/native/$target"
 mkdir -p "$build"
 # native/Makefile only tracks sources, so drop the binary when the toolchain flags change.
 flags="$CC|$CFLAGS|$LDFLAGS"
-if [ "$(cat "$build/flags" 2>/dev/null)" != "$flags" ]; then rm -f "$build/test_core"; echo "$flags" > "$build/flags"; fi
+if [ "$(cat "$build/flags" 2>/dev/null)" != "$flags" ]; then rm -f "$build"/test_*; echo "$flags" > "$build/flags"; fi
 log "$target: CC=$CC RUN=$RUN"
 timed "native-$target" make -s -C "$REPO_DIR/native" test CC="$CC" CFLAGS="$CFLAGS" LDFLAGS="$LDFLAGS" RUN="$RUN" BUILD="$build"
-file -b "$build/test_core" | cut -d, -f1-3 >&2
+file -b "$build"/test_core | cut -d, -f1-3 >&2

@@ -12,28 +12,7 @@
 #include "jitter.h"
 #include "sampler.h"
 #include "stats.h"
-
-static int failures, checks, tests_passed, tests_failed;
-
-#define CHECK(cond)                                                                   \
-    do {                                                                              \
-        checks++;                                                                     \
-        if (!(cond)) {                                                                \
-            failures++;                                                               \
-            fprintf(stderr, "%s:%d: %s: check failed: %s\n", __FILE__, __LINE__,      \
-                    __func__, #cond);                                                 \
-        }                                                                             \
-    } while (0)
-
-static int near(double a, double b, double tol) { return fabs(a - b) <= tol * (1.0 + fabs(b)); }
-
-/* Deterministic values, the same on every target. */
-static uint64_t lcg_state = 12345;
-static double lcg(void)
-{
-    lcg_state = lcg_state * 6364136223846793005ull + 1442695040888963407ull;
-    return (double)(lcg_state >> 11) / (double)(1ull << 53) * 2000.0 - 1000.0;
-}
+#include "check.h"
 
 static int cmp_double(const void *a, const void *b)
 {
@@ -335,16 +314,6 @@ static void test_history_tiers_gaps_and_persistence(void)
     free(blob);
 }
 
-#define RUN_TEST(fn)                                   \
-    do {                                               \
-        int before = failures;                         \
-        fn();                                          \
-        if (failures == before)                        \
-            tests_passed++;                            \
-        else                                           \
-            tests_failed++;                            \
-    } while (0)
-
 int main(void)
 {
     RUN_TEST(test_rolling_matches_naive);
@@ -357,7 +326,5 @@ int main(void)
     RUN_TEST(test_sampler_wraps_and_lifetimes);
     RUN_TEST(test_live_counters_both_paths);
     RUN_TEST(test_history_tiers_gaps_and_persistence);
-    printf("native core: %d checks\n", checks);
-    printf("%d passed, %d failed\n", tests_passed, tests_failed);
-    return tests_failed ? 1 : 0;
+    return TEST_SUMMARY("native core");
 }

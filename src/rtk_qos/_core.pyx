@@ -532,3 +532,9 @@ cdef class History:
         rc = rtk_history_deserialize(&self.h, &data[0] if len(data) else NULL, len(data))
         if rc != 0:
             raise ValueError(HISTORY_ERRORS.get(rc, f"error {rc}"))
+
+
+# The native Isolation Forest (native/iforest.c).
+include "_iforest.pxi"
+# The streaming anomaly detector (native/detect.c).
+include "_detect.pxi"

@@ -1,0 +1,1 @@
+# Binding of native/detect.c (included by _core.pyx).

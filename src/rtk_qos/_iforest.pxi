@@ -1,0 +1,1 @@
+# Binding of native/iforest.c (included by _core.pyx).
