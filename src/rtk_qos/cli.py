@@ -75,7 +75,7 @@ def op_args(ns: argparse.Namespace) -> dict:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import ctl
+    from . import ctl, detect
     from .agent import main as agent_main
     parser = argparse.ArgumentParser(prog="rtk-qos", description="QoS monitoring agent for routers")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -83,6 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_op_parsers(run, {op: spec.summary for op, spec in load_all().items()})
     agent_main.add_parser(commands)
     ctl.add_parser(commands)
+    detect.add_parser(commands)
     return parser
 
 

@@ -1,0 +1,83 @@
+/* Streaming anomaly detector: one instance per metric, one call per sample,
+ * causal (a score uses the samples up to its own only), fixed memory.
+ *
+ * Each sample becomes three features that see different kinds of change: the
+ * level, the difference from the previous sample (spikes, variance changes) and
+ * an exponentially smoothed level (small sustained shifts and drifts). Each
+ * feature is scored by its robust z (median/MAD of a sliding window, so one
+ * outlier does not inflate the scale it is judged by) and the largest becomes
+ * the sample's surprise. Once two days are seen, the same features are also
+ * computed on the residual from a time-of-day baseline (the median of the last
+ * days' means in the sample's time-of-day bin), and used instead when that
+ * view is less often surprised in the long run: a regular evening peak is then
+ * expected, and a missing one is the anomaly.
+ *
+ * The surprise of one sample is not the score: the score is how unusual the
+ * recent mean surprise is against its own long-run distribution, as a tail
+ * probability p on a log scale, L / (L + 8) with L = -log10(p): 0.5 is p = 1e-8. A noisy series whose samples are often
+ * surprising needs more to score high than a quiet one. */
+#ifndef RTK_DETECT_H
+#define RTK_DETECT_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "sortwin.h"
+
+#define RTK_DETECT_FEATURES 3 /* level, difference, smoothed level */
+#define RTK_DETECT_VIEWS 2    /* the values, and their residual from the time-of-day baseline */
+#define RTK_DETECT_HORIZONS 2 /* recent means of surprise: short and long */
+
+/* Sum and sum of squares of a sliding window. */
+typedef struct {
+    double *ring;
+    uint32_t cap, n, head;
+    double sum, sumsq;
+} rtk_wsum;
+
+typedef struct {
+    uint32_t window;      /* samples in each robust window */
+    uint32_t warmup;      /* samples scored 0 while the windows fill */
+    uint32_t bins;        /* time-of-day bins per period */
+    uint32_t days;        /* daily means kept per bin, >= 2 */
+    double period;        /* seconds (a day) */
+    double smooth_alpha;  /* weight of a new sample in the smoothed level */
+    uint32_t recent;      /* samples in the recent mean of surprise */
+    uint32_t recent_long; /* samples in the slower one (spikes coming denser) */
+    uint32_t history;     /* samples in the long-run distribution of that mean */
+} rtk_detect_config;
+
+/* Defaults suited to per-minute series; the agent's 1 Hz series use their own. */
+void rtk_detect_default_config(rtk_detect_config *c);
+
+typedef struct {
+    rtk_detect_config cfg;
+    rtk_sortwin win[RTK_DETECT_VIEWS][RTK_DETECT_FEATURES];
+    double prev[RTK_DETECT_VIEWS], smooth[RTK_DETECT_VIEWS];
+    uint32_t seen[RTK_DETECT_VIEWS];
+    double fit[RTK_DETECT_VIEWS]; /* long-run mean surprise of each view */
+    /* time-of-day baseline: per bin a ring of the last `days` daily means */
+    float *day_means;
+    uint8_t *day_count, *day_next;
+    int64_t acc_day;
+    uint32_t acc_bin, acc_n;
+    double acc_sum;
+    /* per view and horizon: the newest surprises, and the long-run window of their mean */
+    rtk_wsum recent[RTK_DETECT_VIEWS][RTK_DETECT_HORIZONS], history[RTK_DETECT_VIEWS][RTK_DETECT_HORIZONS];
+    uint64_t samples;
+    /* the last sample's workings, for explanations and tests */
+    double z[RTK_DETECT_FEATURES];
+    double expected;  /* time-of-day expectation, NaN while not ready */
+    int view;         /* which view scored it: 0 values, 1 residuals */
+    double surprise, score;
+} rtk_detector;
+
+size_t rtk_detect_arena_size(const rtk_detect_config *c);
+/* Returns 0, or -1 for a config out of range. The arena must be 8-byte aligned. */
+int rtk_detect_init(rtk_detector *d, void *arena, const rtk_detect_config *c);
+/* Scores a sample at time t (seconds). NaN is a gap: NaN back, nothing changes. */
+double rtk_detect_update(rtk_detector *d, double t, double x);
+/* Scores n samples in order into out (the offline path). */
+void rtk_detect_run(rtk_detector *d, const double *t, const double *x, uint32_t n, double *out);
+
+#endif

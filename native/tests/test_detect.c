@@ -1,0 +1,141 @@
+/* Tests of the sorted window and the streaming detector, runnable without Python. */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "detect.h"
+#include "sortwin.h"
+#include "stats.h"
+#include "check.h"
+
+static void test_sortwin_matches_full_sort(void)
+{
+    static double buf[2 * 64], values[3000], scratch[64];
+    for (uint32_t cap = 1; cap <= 64; cap += 9) {
+        rtk_sortwin w;
+        rtk_sortwin_init(&w, buf, cap);
+        for (int i = 0; i < 3000; i++) {
+            /* Coarse values so the window holds ties, which the removal must find exactly. */
+            values[i] = i % 5 == 0 ? floor(lcg() / 100) : lcg();
+            rtk_sortwin_push(&w, values[i]);
+            uint32_t n = i + 1 < (int)cap ? (uint32_t)i + 1 : cap;
+            CHECK(w.n == n);
+            memcpy(scratch, values + i + 1 - n, n * sizeof(double));
+            double median, mad;
+            rtk_median_mad(scratch, n, &median, &mad);
+            double m = rtk_sortwin_median(&w);
+            CHECK(near(m, median, 1e-12));
+            CHECK(near(rtk_sortwin_mad(&w, m), mad, 1e-12));
+        }
+    }
+}
+
+static rtk_detector det;
+static double arena[1 << 17];
+
+static void init_detector(const rtk_detect_config *c)
+{
+    CHECK(rtk_detect_arena_size(c) <= sizeof arena);
+    CHECK(rtk_detect_init(&det, arena, c) == 0);
+}
+
+/* Gaussian noise from two uniform draws (Box-Muller), deterministic. */
+static double noise(void)
+{
+    double u = (lcg() + 1000.0) / 2000.0 + 1e-12, v = (lcg() + 1000.0) / 2000.0;
+    return sqrt(-2.0 * log(u)) * cos(6.283185307179586 * v);
+}
+
+static void test_detector_spike_and_gap(void)
+{
+    rtk_detect_config c;
+    rtk_detect_default_config(&c);
+    init_detector(&c);
+    double top_before = 0, at_spike = 0;
+    for (int i = 0; i < 3000; i++) {
+        double x = i == 2500 ? 100.0 + 15 * 10 : 100.0 + 10 * noise();
+        double s = rtk_detect_update(&det, 60.0 * i, x);
+        CHECK(s >= 0 && s <= 1);
+        if (i < 64)
+            CHECK(s == 0); /* warm-up */
+        if (i >= 500 && i < 2500 && s > top_before)
+            top_before = s;
+        if (i == 2500)
+            at_spike = s;
+    }
+    CHECK(at_spike > 0.6); /* p below 1e-12 */
+    CHECK(top_before < 0.45); /* 2000 samples of noise stay above p = 1e-7 */
+    uint64_t samples = det.samples;
+    CHECK(isnan(rtk_detect_update(&det, 60.0 * 3000, NAN)));
+    CHECK(det.samples == samples);
+}
+
+static void test_detector_is_deterministic(void)
+{
+    rtk_detect_config c;
+    rtk_detect_default_config(&c);
+    static double t[4000], x[4000], a[4000], b[4000];
+    for (int i = 0; i < 4000; i++) {
+        t[i] = 60.0 * i;
+        x[i] = 50 + 20 * sin(i / 200.0) + noise();
+    }
+    init_detector(&c);
+    rtk_detect_run(&det, t, x, 4000, a);
+    init_detector(&c);
+    for (int i = 0; i < 4000; i++)
+        b[i] = rtk_detect_update(&det, t[i], x[i]);
+    CHECK(memcmp(a, b, sizeof a) == 0);
+}
+
+/* A daily evening peak, every day: a recent-window detector is surprised by each one, the
+   time-of-day baseline expects it once two days are known. */
+static double daily_peak_score(int day, double *expected)
+{
+    rtk_detect_config c;
+    rtk_detect_default_config(&c);
+    init_detector(&c);
+    double top = 0;
+    for (int i = 0; i < (day + 1) * 1440; i++) {
+        int minute = i % 1440;
+        double x = 10 + noise() + (minute >= 19 * 60 && minute < 21 * 60 ? 40 : 0);
+        double s = rtk_detect_update(&det, 60.0 * i, x);
+        if (i / 1440 == day && minute >= 19 * 60 && minute < 19 * 60 + 30 && s > top) {
+            top = s;
+            *expected = det.expected;
+        }
+    }
+    return top;
+}
+
+static void test_time_of_day_baseline_expects_daily_peak(void)
+{
+    double expected = NAN;
+    double first = daily_peak_score(0, &expected);
+    CHECK(first > 0.9); /* a first evening peak is new */
+    CHECK(isnan(expected));
+    double later = daily_peak_score(3, &expected);
+    CHECK(later < 0.3); /* p > 1e-3: what half an hour of plain noise reaches */
+    CHECK(near(expected, 50, 0.1));
+    CHECK(det.view == 1);
+}
+
+static void test_detector_config_checked(void)
+{
+    rtk_detect_config c;
+    rtk_detect_default_config(&c);
+    c.days = 1;
+    CHECK(rtk_detect_init(&det, arena, &c) == -1);
+    rtk_detect_default_config(&c);
+    c.window = 2;
+    CHECK(rtk_detect_init(&det, arena, &c) == -1);
+}
+
+int main(void)
+{
+    RUN_TEST(test_sortwin_matches_full_sort);
+    RUN_TEST(test_detector_spike_and_gap);
+    RUN_TEST(test_detector_is_deterministic);
+    RUN_TEST(test_time_of_day_baseline_expects_daily_peak);
+    RUN_TEST(test_detector_config_checked);
+    return TEST_SUMMARY("detector");
+}
