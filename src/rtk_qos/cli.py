@@ -14,6 +14,7 @@ import argparse
 import json
 import signal
 import sys
+from typing import Optional
 
 from .commands import load_all
 from .commands.base import Context
@@ -80,6 +81,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rtk-qos", description="QoS monitoring agent for routers")
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("run", help="run one QoS command here once and print its result JSON")
+    run.add_argument("--history", help="metric history file the command reads (qos_anomaly_detection; "
+                                       "default: the agent's, from its configuration)")
     add_op_parsers(run, {op: spec.summary for op, spec in load_all().items()})
     agent_main.add_parser(commands)
     ctl.add_parser(commands)
@@ -91,6 +94,15 @@ def _progress(message: dict) -> None:
     print(json.dumps(message, separators=(",", ":")), file=sys.stderr, flush=True)
 
 
+def _agent_history_path() -> Optional[str]:
+    from .agent import config as agent_config
+    from .history import history_path
+    try:
+        return history_path(agent_config.load())
+    except agent_config.ConfigError:
+        return None
+
+
 def run_once(ns: argparse.Namespace) -> int:
     raw = op_args(ns)
     try:
@@ -98,7 +110,8 @@ def run_once(ns: argparse.Namespace) -> int:
     except CommandError as exc:
         print(f"error: {exc.kind} ({exc.code}): {exc.message}", file=sys.stderr)
         return 2
-    ctx = Context(progress=_progress, event=lambda kind, payload: _progress({"event": kind, **payload}))
+    ctx = Context(progress=_progress, event=lambda kind, payload: _progress({"event": kind, **payload}),
+                  settings={"history_path": ns.history or _agent_history_path()})
     # Ctrl-C stops the measurement and still prints what was measured.
     signal.signal(signal.SIGINT, lambda *_: ctx.cancel.set())
     outcome = execute(spec, args, ctx)

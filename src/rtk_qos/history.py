@@ -26,6 +26,11 @@ HEADER = struct.Struct("<8sII")
 CRC = struct.Struct("<I")
 
 
+def history_path(config: dict) -> str:
+    """Where an agent with this configuration keeps its history."""
+    return config["history"]["path"] or os.path.join(config["state_dir"], "history.bin")
+
+
 class HistoryStore:
     def __init__(self, tiers=HISTORY_TIERS, max_series: int = 256):
         self.tiers = tuple(tuple(t) for t in tiers)

@@ -37,8 +37,8 @@ class Agent(Replies):
         os.makedirs(config["state_dir"], mode=0o700, exist_ok=True)
         self.outbox = Outbox(os.path.join(config["state_dir"], "outbox"), config["outbox"]["max_messages"],
                              config["outbox"]["max_bytes"])
-        self.dispatcher = Dispatcher(config, self.device_id, self)
         self.history = HistoryRecorder(config)
+        self.dispatcher = Dispatcher(config, self.device_id, self, history=self.history.store)
         self.session = Session(config, self.topics.of("lwt"), self.device_id, self.outbox,
                                self._on_message, self._on_connected)
         self.session.subscriptions = [self.topics.cmd_req] + self.topics.shared_requests(

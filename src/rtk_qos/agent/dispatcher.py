@@ -54,7 +54,7 @@ class Replies:
 
 
 class Dispatcher:
-    def __init__(self, config: dict, device_id: str, replies: Replies, clock=time.monotonic):
+    def __init__(self, config: dict, device_id: str, replies: Replies, clock=time.monotonic, history=None):
         self.limits = config["limits"]
         self.allow_changes = config["security"]["allow_router_changes"]
         self.device_id = device_id
@@ -63,6 +63,7 @@ class Dispatcher:
                          "probe_interval_s": config["probe"]["interval_s"],
                          "probe_timeout_s": config["probe"]["timeout_s"]}
         self.clock = clock
+        self.history = history
         self._lock = threading.Lock()
         self._jobs: dict[str, Job] = {}
         self._finished: "OrderedDict[str, Finished]" = OrderedDict()
@@ -128,7 +129,7 @@ class Dispatcher:
                                f"{request.op} changes the router configuration and this agent is configured "
                                "read-only", "set security.allow_router_changes = true to permit it")
         deadline = (request.received + request.timeout_ms / 1000.0) if request.timeout_ms else None
-        ctx = Context(deadline=deadline, command_id=request.id, settings=self.settings)
+        ctx = Context(deadline=deadline, command_id=request.id, settings=self.settings, history=self.history)
         job = Job(request, spec, args, ctx)
         ctx.progress = lambda payload: self.replies.progress(request, spec.op, payload)
         ctx.event = lambda event_type, payload: self.replies.event(event_type, payload, request)

@@ -31,7 +31,8 @@ class Context:
     """What a running command may use: clock, progress, events, cancel, deadline, settings.
 
     `settings` carries the agent's configuration a command may need (probe rate,
-    broker host); `command_id` names the request in events. `deadline` is on the
+    broker host); `history` is the agent's metric history (a `HistoryStore`; a
+    one-shot run loads the saved one, if any); `command_id` names the request in events. `deadline` is on the
     clock's monotonic scale. A command polls `stopped()` or
     waits with `wait_until()`; when either reports a stop, the command returns
     what it has measured so far and the runner reports `stop_reason`.
@@ -44,6 +45,7 @@ class Context:
     deadline: Optional[float] = None
     command_id: str = ""
     settings: dict = field(default_factory=dict)
+    history: Optional[object] = None
 
     @property
     def stop_reason(self) -> Optional[str]:

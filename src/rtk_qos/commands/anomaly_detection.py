@@ -1,0 +1,464 @@
+"""qos_anomaly_detection: the detection window against a baseline, both read from the history.
+
+Data flow: the agent's history (1 s for the last hour, 1 min for 7 days) already
+holds every metric's min/mean/max per minute and the streaming detector's score;
+this command reads the 1-minute buckets of the detection window and of the
+baseline before it, and runs the requested methods on them:
+
+- `statistical`: each minute's mean (and, for metrics where only high is bad, its
+  max) as a robust z against the baseline: median and MAD, per half-hour of the
+  day once the baseline covers two days (a regular evening peak is expected),
+  else over the whole baseline. The guide's thresholds: 3.0 / 2.5 / 2.0 sigma.
+- `ml_based`: an Isolation Forest over per-minute feature vectors (one mean per
+  series, plus the time of day as a point on a circle) of the baseline and the
+  window; a window minute is anomalous above the baseline minutes' (1 -
+  contamination) score quantile, contamination 0.01 / 0.05 / 0.1. The native forest
+  by default; scikit-learn's StandardScaler + IsolationForest when the agent is
+  configured with `ml_backend = "sklearn"` and it is installed.
+
+Anomalous minutes of any series and method are grouped into episodes; each says
+which metrics and methods agreed and the streaming detector's top score in it.
+An episode still open at the end of the window is published as an event.
+"""
+from __future__ import annotations
+
+import math
+import os
+import time
+from array import array
+from dataclasses import dataclass, field
+from typing import Optional
+
+from .. import _core
+from ..history import HistoryStore
+from ..protocol.errors import CommandError
+from .base import CommandSpec, Context, register
+
+OP = "qos_anomaly_detection"
+STEP_S = 60                 # the history tier read: 1-minute buckets
+TIER = 1
+Z_THRESHOLDS = {"low": 3.0, "medium": 2.5, "high": 2.0}
+CONTAMINATION = {"low": 0.01, "medium": 0.05, "high": 0.1}
+TOD_BINS = 48               # half-hours of the day
+TOD_MIN_DAYS = 2.0          # the time-of-day baseline needs two days of history
+TOD_MIN_POINTS = 20         # per half-hour bin; fewer fall back to the whole baseline
+MIN_BASELINE_POINTS = 30    # minutes of baseline before a series is judged at all
+MIN_FOREST_ROWS = 120       # minutes of baseline before a forest is trained
+EPISODE_GAP = 2             # anomalous minutes this close belong to one episode
+STREAM_ANOMALOUS = 0.5      # a streaming score this high counts as the detector agreeing
+FOREST = {"n_trees": 100, "sample_size": 256, "seed": 42}
+MAD_TO_SIGMA = 1.4826
+MEANAD_TO_SIGMA = 1.2533
+SEVERITY_RANK = {"medium": 1, "high": 2, "critical": 3}
+EVENT_SEVERITY = {"medium": "warning", "high": "error", "critical": "critical"}
+
+# metric -> (series suffix, only high values are bad, unit)
+METRICS = {
+    "throughput": ((".rx_mbps", ".tx_mbps"), False, "Mbit/s"),
+    "error_rate": ((".error_rate",), True, "%"),
+    "latency": ((".latency_ms",), True, "ms"),
+    "jitter": ((".jitter_ms",), True, "ms"),
+}
+
+
+def estimate_ms(args: dict) -> int:
+    return 5000
+
+
+@dataclass
+class Series:
+    name: str
+    metric: str
+    upper_only: bool
+    base_times: list       # bucket numbers (t // 60)
+    base_mean: list
+    base_max: list
+    win_mean: list
+    win_max: list
+    win_times: list
+    win_score: list
+
+
+@dataclass
+class Point:
+    bucket: int
+    series: str
+    metric: str
+    method: str
+    value: float
+    expected: Optional[float] = None
+    z: Optional[float] = None
+    score: Optional[float] = None
+    severity: str = "medium"
+
+
+@dataclass
+class Episode:
+    first: int
+    last: int
+    points: list = field(default_factory=list)
+
+
+# ---- reading the history -------------------------------------------------------------------------
+
+def _store(ctx: Context) -> tuple[HistoryStore, Optional[str]]:
+    """The agent's live history, or (one-shot runs) the saved file, read without touching it."""
+    if ctx.history is not None:
+        return ctx.history, None
+    path = ctx.settings.get("history_path")
+    if not path or not os.path.exists(path):
+        return HistoryStore(), f"no saved history at {path}" if path else "no history available"
+    try:
+        with open(path, "rb") as f:
+            return HistoryStore.from_bytes(f.read()), None
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        return HistoryStore(), f"history {path} unreadable: {exc}"
+
+
+def _series_names(store: HistoryStore, metric: str) -> list[str]:
+    suffixes = METRICS[metric][0]
+    names = sorted(n for n in list(store.series) if n.endswith(suffixes))
+    # Loopback carries the host's own chatter, not the network's.
+    return [n for n in names if not n.startswith("lo.")]
+
+
+def _read(store: HistoryStore, name: str, metric: str, first: int, split: int, last: int) -> Series:
+    rows = store.series[name].read(TIER, first, last)
+    s = Series(name, metric, METRICS[metric][1], [], [], [], [], [], [], [])
+    for k, (_lo, mean, high, score) in enumerate(rows):
+        if math.isnan(mean):
+            continue
+        bucket = first + k
+        if bucket < split:
+            s.base_times.append(bucket)
+            s.base_mean.append(mean)
+            s.base_max.append(high)
+        else:
+            s.win_times.append(bucket)
+            s.win_mean.append(mean)
+            s.win_max.append(high)
+            s.win_score.append(score)
+    return s
+
+
+# ---- statistical --------------------------------------------------------------------------------
+
+def _robust(values: list) -> tuple[float, float]:
+    """Median and a scale in sigma units: scaled MAD, else scaled mean absolute deviation
+    (over half the values equal, e.g. an error rate that is mostly 0), else a tiny floor."""
+    ordered = sorted(values)
+    n = len(ordered)
+    median = ordered[n // 2] if n % 2 else 0.5 * (ordered[n // 2 - 1] + ordered[n // 2])
+    deviations = sorted(abs(v - median) for v in ordered)
+    mad = deviations[n // 2] if n % 2 else 0.5 * (deviations[n // 2 - 1] + deviations[n // 2])
+    scale = MAD_TO_SIGMA * mad or MEANAD_TO_SIGMA * sum(deviations) / n
+    return median, max(scale, 1e-6 * max(abs(median), 1.0))
+
+
+def _tod_bin(bucket: int) -> int:
+    return (bucket * STEP_S % 86400) * TOD_BINS // 86400
+
+
+class Baseline:
+    """Expected value and scale of a series, per half-hour of the day when two days are known."""
+
+    def __init__(self, times: list, values: list):
+        self.overall = _robust(values)
+        days = (times[-1] - times[0] + 1) * STEP_S / 86400 if times else 0.0
+        self.time_of_day = days >= TOD_MIN_DAYS
+        self.bins: dict[int, tuple[float, float]] = {}
+        if self.time_of_day:
+            grouped: dict[int, list] = {}
+            for t, v in zip(times, values):
+                grouped.setdefault(_tod_bin(t), []).append(v)
+            self.bins = {b: _robust(vs) for b, vs in grouped.items() if len(vs) >= TOD_MIN_POINTS}
+
+    def at(self, bucket: int) -> tuple[float, float]:
+        return self.bins.get(_tod_bin(bucket), self.overall)
+
+
+def _severity(z: float, threshold: float) -> str:
+    return "critical" if z > 2 * threshold else "high" if z > 1.5 * threshold else "medium"
+
+
+def statistical(series: Series, threshold: float) -> list[Point]:
+    means, highs = Baseline(series.base_times, series.base_mean), Baseline(series.base_times, series.base_max)
+    points = []
+    for bucket, mean, high in zip(series.win_times, series.win_mean, series.win_max):
+        center, scale = means.at(bucket)
+        z, value, expected = (mean - center) / scale, mean, center
+        if series.upper_only:
+            # A burst inside the minute shows in its max before it moves the mean.
+            center_high, scale_high = highs.at(bucket)
+            z_high = (high - center_high) / scale_high
+            if z_high > z:
+                z, value, expected = z_high, high, center_high
+            if z <= threshold:
+                continue
+        elif abs(z) <= threshold:
+            continue
+        points.append(Point(bucket, series.name, series.metric, "statistical", value, expected, z,
+                            severity=_severity(abs(z), threshold)))
+    return points
+
+
+# ---- Isolation Forest ----------------------------------------------------------------------------
+
+def _features(series: list[Series], buckets: list[int], baseline: bool) -> tuple[array, int]:
+    """Row-major per-minute vectors: each series' mean (a missing minute takes the baseline
+    median), then the time of day as sin/cos, so a forest sees what is usual when."""
+    lookup = []
+    for s in series:
+        times, values = (s.base_times, s.base_mean) if baseline else (s.win_times, s.win_mean)
+        lookup.append((dict(zip(times, values)), _robust(s.base_mean)[0]))
+    rows = array("d")
+    for bucket in buckets:
+        for by_time, fallback in lookup:
+            rows.append(by_time.get(bucket, fallback))
+        angle = 2 * math.pi * (bucket * STEP_S % 86400) / 86400
+        rows.extend((math.sin(angle), math.cos(angle)))
+    return rows, len(series) + 2
+
+
+def _standardize(rows: array, d: int, reference: array) -> array:
+    """(x - mean) / std per feature, with the reference rows' mean and std (StandardScaler)."""
+    n = len(reference) // d
+    out = array("d", rows)
+    for j in range(d):
+        column = reference[j::d]
+        mean = sum(column) / n
+        std = math.sqrt(sum((v - mean) ** 2 for v in column) / n) or 1.0
+        for i in range(j, len(out), d):
+            out[i] = (out[i] - mean) / std
+    return out
+
+
+def _quantile(values, q: float) -> float:
+    ordered = sorted(values)
+    pos = q * (len(ordered) - 1)
+    k = int(pos)
+    return ordered[k] + (pos - k) * (ordered[min(k + 1, len(ordered) - 1)] - ordered[k])
+
+
+def _forest_scores(train: array, test: array, d: int, backend: str, contamination: float):
+    """(window scores, threshold), higher = more anomalous, in (0, 1].
+
+    The forest is grown on the baseline and the window together: a value beyond anything in
+    the baseline is isolated at once only if it is among the data the trees split (trained on
+    the baseline alone, it would land in the leaf of the baseline's most extreme minutes and
+    score no higher than they do). The threshold is the baseline's own (1 - contamination)
+    score quantile: contamination is the share of usual minutes that would be flagged."""
+    both = train + test
+    n_train = len(train) // d
+    if backend == "sklearn":
+        import numpy as np
+        from sklearn.ensemble import IsolationForest
+        from sklearn.preprocessing import StandardScaler
+        x = StandardScaler().fit(np.frombuffer(train, dtype=np.float64).reshape(-1, d)).transform(
+            np.frombuffer(both, dtype=np.float64).reshape(-1, d))
+        model = IsolationForest(n_estimators=FOREST["n_trees"], max_samples=FOREST["sample_size"],
+                                random_state=FOREST["seed"]).fit(x)
+        scores = -model.score_samples(x)
+    else:
+        forest = _core.IsolationForest(**FOREST)
+        x = _standardize(both, d, train)
+        forest.fit(x, d)
+        scores = forest.score(x, d)
+    return scores[n_train:], _quantile(scores[:n_train], 1 - contamination)
+
+
+def ml_based(series: list[Series], contamination: float, backend: str) -> tuple[list[Point], dict]:
+    base_buckets = sorted({t for s in series for t in s.base_times})
+    win_buckets = sorted({t for s in series for t in s.win_times})
+    info = {"backend": backend, "training_rows": len(base_buckets), "contamination": contamination}
+    if len(base_buckets) < MIN_FOREST_ROWS or not win_buckets:
+        info["status"] = "insufficient_history"
+        info["note"] = (f"a forest needs {MIN_FOREST_ROWS} baseline minutes, {len(base_buckets)} exist"
+                        if win_buckets else "no data in the detection window")
+        return [], info
+    train, d = _features(series, base_buckets, baseline=True)
+    test, _ = _features(series, win_buckets, baseline=False)
+    scores, threshold = _forest_scores(train, test, d, backend, contamination)
+    info.update(status="ok", features=[s.name for s in series] + ["time_of_day_sin", "time_of_day_cos"],
+                threshold=round(float(threshold), 4))
+    usual = [Baseline(s.base_times, s.base_mean) for s in series]
+    points = []
+    for k, bucket in enumerate(win_buckets):
+        score = float(scores[k])
+        if score <= threshold:
+            continue
+        # The forest says the minute is unusual, not why: name the series furthest from what
+        # is usual at that time of day.
+        row = test[k * d:(k + 1) * d]
+        expected = [u.at(bucket) for u in usual]
+        z = [(row[j] - c) / sd for j, (c, sd) in enumerate(expected)]
+        j = max(range(len(series)), key=lambda i: abs(z[i]))
+        severity = "high" if score - threshold > 0.1 else "medium"
+        points.append(Point(bucket, series[j].name, series[j].metric, "ml_based", row[j], expected[j][0],
+                            z[j], score, severity))
+    return points, info
+
+
+# ---- episodes and the result --------------------------------------------------------------------
+
+def _episodes(points: list[Point]) -> list[Episode]:
+    out: list[Episode] = []
+    for p in sorted(points, key=lambda p: p.bucket):
+        if out and p.bucket - out[-1].last <= EPISODE_GAP:
+            out[-1].last = max(out[-1].last, p.bucket)
+            out[-1].points.append(p)
+        else:
+            out.append(Episode(p.bucket, p.bucket, [p]))
+    return out
+
+
+def _round(value: Optional[float], digits: int = 3) -> Optional[float]:
+    return None if value is None or math.isnan(value) else round(value, digits)
+
+
+def _describe(episode: Episode, by_name: dict, window_last: int) -> dict:
+    stat = [p for p in episode.points if p.method == "statistical"]
+    peak = max(stat, key=lambda p: abs(p.z)) if stat else max(episode.points, key=lambda p: p.score)
+    stream = [sc for name in {p.series for p in episode.points}
+              for t, sc in zip(by_name[name].win_times, by_name[name].win_score)
+              if episode.first <= t <= episode.last and not math.isnan(sc)]
+    stream_top = max(stream) if stream else None
+    methods = sorted({p.method for p in episode.points})
+    if stream_top is not None and stream_top >= STREAM_ANOMALOUS:
+        methods.append("streaming")
+    severity = max((p.severity for p in episode.points), key=SEVERITY_RANK.get)
+    return {
+        "start": episode.first * STEP_S * 1000, "end": (episode.last + 1) * STEP_S * 1000,
+        "duration_s": (episode.last - episode.first + 1) * STEP_S,
+        "ongoing": episode.last >= window_last - 1,
+        "metrics": sorted({p.metric for p in episode.points}),
+        "series": sorted({p.series for p in episode.points}),
+        "methods": methods, "severity": severity, "anomalous_minutes": len({p.bucket for p in episode.points}),
+        "peak": {"timestamp": peak.bucket * STEP_S * 1000, "metric": peak.metric, "series": peak.series,
+                 "method": peak.method, "value": _round(peak.value), "expected": _round(peak.expected),
+                 "z_score": _round(peak.z, 2), "forest_score": _round(peak.score, 4),
+                 "unit": METRICS[peak.metric][2]},
+        "streaming_score_max": _round(stream_top, 3),
+    }
+
+
+def _summary(series: list[Series]) -> dict:
+    out: dict = {}
+    for s in series:
+        entry = {"unit": METRICS[s.metric][2], "minutes": len(s.win_mean)}
+        if s.win_mean:
+            entry.update(mean=_round(sum(s.win_mean) / len(s.win_mean)), max=_round(max(s.win_max)),
+                         last=_round(s.win_mean[-1]))
+        if s.base_mean:
+            entry["baseline_median"] = _round(_robust(s.base_mean)[0])
+        out.setdefault(s.metric, {})[s.name] = entry
+    return out
+
+
+def _recommendations(episodes: list[dict], coverage: dict) -> list[str]:
+    out = []
+    for e in episodes:
+        peak = e["peak"]
+        when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(e["start"] / 1000))
+        what = (f"{peak['series']} at {peak['value']} {peak['unit']} against a usual {peak['expected']} "
+                f"{peak['unit']}" if peak["expected"] is not None else peak["series"])
+        agreed = " and ".join(e["methods"])
+        lead = f"{when}, {e['duration_s'] // 60} min{' (ongoing)' if e['ongoing'] else ''}: {what} ({agreed})"
+        metrics = set(e["metrics"])
+        if "latency" in metrics and "throughput" in metrics:
+            out.append(f"{lead}: delay rose with unusual traffic, the signature of queueing at the bottleneck; "
+                       "shape egress just below the uplink rate (qos_auto_optimization, minimize_latency).")
+        elif "latency" in metrics or "jitter" in metrics:
+            out.append(f"{lead}: delay changed without unusual traffic here, so the cause is on the path "
+                       "(gateway, upstream link or route); compare with qos_performance_monitor to other hosts.")
+        elif "error_rate" in metrics:
+            out.append(f"{lead}: errored or dropped packets above their usual rate point to the link itself "
+                       "(cable, duplex mismatch, radio interference) or a full queue; check the interface.")
+        else:
+            out.append(f"{lead}: traffic far from its usual level for this time; if unexpected, "
+                       "qos_traffic_analysis shows which protocols and flows carry it.")
+    if not episodes and coverage["sufficient"]:
+        out.append("No anomaly in the detection window: every metric stayed within its usual range.")
+    if not coverage["sufficient"]:
+        out.append(coverage["note"])
+    return out
+
+
+def run(args: dict, ctx: Context) -> dict:
+    window_s, baseline_s = args["detection_window"], args["baseline_period"]
+    sensitivity, methods = args["sensitivity"], list(dict.fromkeys(args["detection_methods"]))
+    store, problem = _store(ctx)
+    now = int(ctx.clock.wall_ms() // 1000)
+    last = now // STEP_S
+    split = last - window_s // STEP_S + 1
+    first = split - baseline_s // STEP_S
+
+    series = [_read(store, name, metric, first, split, last)
+              for metric in dict.fromkeys(args["metrics"]) for name in _series_names(store, metric)]
+    missing = [m for m in args["metrics"] if not any(s.metric == m for s in series)]
+    judged = [s for s in series if len(s.base_mean) >= MIN_BASELINE_POINTS and s.win_mean]
+    baseline_minutes = max((len(s.base_mean) for s in series), default=0)
+    coverage = {
+        "requested_s": baseline_s, "available_s": baseline_minutes * STEP_S,
+        "needed_s": MIN_BASELINE_POINTS * STEP_S, "time_of_day_after_s": int(TOD_MIN_DAYS * 86400),
+        "time_of_day": any(Baseline(s.base_times, s.base_mean).time_of_day for s in judged),
+        "resolution_s": STEP_S, "sufficient": bool(judged),
+    }
+    if not judged:
+        coverage["note"] = (f"Not enough history yet: the baseline holds {baseline_minutes} min of data "
+                            f"and at least {MIN_BASELINE_POINTS} min are needed (the agent records every second "
+                            f"while it runs; the requested baseline is {baseline_s // 60} min).")
+    elif baseline_minutes * STEP_S < baseline_s:
+        coverage["note"] = (f"The baseline covers {baseline_minutes} of the requested {baseline_s // 60} min: "
+                            "results use what exists.")
+    if problem:
+        coverage["problem"] = problem
+
+    points: list[Point] = []
+    method_info: dict = {}
+    if "statistical" in methods:
+        threshold = Z_THRESHOLDS[sensitivity]
+        for s in judged:
+            points.extend(statistical(s, threshold))
+        method_info["statistical"] = {"status": "ok" if judged else "insufficient_history",
+                                      "threshold_sigma": threshold, "series": len(judged)}
+    if "ml_based" in methods:
+        backend = ctx.settings.get("ml_backend", "native")
+        if judged:
+            ml_points, info = ml_based(judged, CONTAMINATION[sensitivity], backend)
+            points.extend(ml_points)
+        else:
+            info = {"status": "insufficient_history", "backend": backend}
+        method_info["ml_based"] = info
+
+    by_name = {s.name: s for s in series}
+    episodes = [_describe(e, by_name, last) for e in _episodes(points)]
+    for e in episodes:
+        if e["ongoing"]:
+            ctx.event("qos_anomaly", {"event_type": "qos_anomaly", "severity": EVENT_SEVERITY[e["severity"]],
+                                      "state": "open", "command_id": ctx.command_id, **e})
+    severity_counts = {"critical": 0, "high": 0, "medium": 0, "low": 0}
+    for e in episodes:
+        severity_counts[e["severity"]] += 1
+    return {
+        "detection_summary": {
+            "status": "ok" if judged else "insufficient_history",
+            "total_anomalies": len(episodes),
+            "anomalous_points": len(points),
+            "detection_methods": methods,
+            "methods": method_info,
+            "severity_distribution": severity_counts,
+            "affected_metrics": sorted({m for e in episodes for m in e["metrics"]}),
+            "detection_window": {"start": split * STEP_S * 1000, "end": (last + 1) * STEP_S * 1000,
+                                 "seconds": window_s},
+            "baseline": coverage,
+            "metrics_without_data": missing,
+        },
+        "anomalies": episodes,
+        "current_metrics_summary": _summary(series),
+        "recommendations": _recommendations(episodes, coverage),
+    }
+
+
+SPEC = register(CommandSpec(op=OP, run=run, estimate_ms=estimate_ms,
+                            summary="Compare the recent window with the history: statistical and Isolation Forest"))
