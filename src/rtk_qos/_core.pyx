@@ -520,6 +520,28 @@ cdef class History:
         finally:
             PyMem_Free(out)
 
+    def read_columns(self, int tier, int64_t first, int64_t last):
+        """Buckets `first`..`last` as four array('d') columns: min, mean, max, score (NaN where
+        missing). The fast path for queries over days of buckets: no Python object per bucket."""
+        if not 0 <= tier < 3 or last < first:
+            return tuple(array("d") for _ in range(4))
+        cdef uint32_t n = <uint32_t>(last - first + 1), i
+        cdef rtk_hbucket *out = <rtk_hbucket *>PyMem_Malloc(n * sizeof(rtk_hbucket))
+        if out == NULL:
+            raise MemoryError()
+        cdef array lo = clone(_DOUBLES, n, False), mean = clone(_DOUBLES, n, False)
+        cdef array hi = clone(_DOUBLES, n, False), score = clone(_DOUBLES, n, False)
+        try:
+            rtk_history_read(&self.h, tier, first, last, out)
+            for i in range(n):
+                lo.data.as_doubles[i] = out[i].min
+                mean.data.as_doubles[i] = out[i].mean
+                hi.data.as_doubles[i] = out[i].max
+                score.data.as_doubles[i] = out[i].score
+            return lo, mean, hi, score
+        finally:
+            PyMem_Free(out)
+
     def to_bytes(self):
         cdef size_t n = rtk_history_serialized_size(&self.h)
         out = bytearray(n)
@@ -538,3 +560,5 @@ cdef class History:
 include "_iforest.pxi"
 # The streaming anomaly detector (native/detect.c).
 include "_detect.pxi"
+# Robust time-of-day baselines for window-against-history queries (native/baseline.c).
+include "_baseline.pxi"

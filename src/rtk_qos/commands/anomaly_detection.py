@@ -67,16 +67,32 @@ def estimate_ms(args: dict) -> int:
 
 @dataclass
 class Series:
+    """One metric series over [first, last] in 1-minute buckets (NaN = no data); the first
+    `n_base` buckets are the baseline, the rest the detection window. All series of a query
+    share the range, so bucket i is the same minute in each."""
     name: str
     metric: str
     upper_only: bool
-    base_times: list       # bucket numbers (t // 60)
-    base_mean: list
-    base_max: list
-    win_mean: list
-    win_max: list
-    win_times: list
-    win_score: list
+    first: int
+    n_base: int
+    mean: array
+    high: array
+    score: array
+
+    @property
+    def split(self) -> int:
+        return self.first + self.n_base
+
+    def base(self, column: array) -> array:
+        return column[:self.n_base]
+
+    def window(self, column: array) -> array:
+        return column[self.n_base:]
+
+    def usual(self, column: Optional[array] = None) -> _core.TimeOfDayBaseline:
+        """Median and scale of the baseline, per half-hour of the day and overall."""
+        return _core.TimeOfDayBaseline(self.base(self.mean if column is None else column), self.first, STEP_S,
+                                       TOD_BINS, TOD_MIN_POINTS)
 
 
 @dataclass
@@ -123,58 +139,16 @@ def _series_names(store: HistoryStore, metric: str) -> list[str]:
 
 
 def _read(store: HistoryStore, name: str, metric: str, first: int, split: int, last: int) -> Series:
-    rows = store.series[name].read(TIER, first, last)
-    s = Series(name, metric, METRICS[metric][1], [], [], [], [], [], [], [])
-    for k, (_lo, mean, high, score) in enumerate(rows):
-        if math.isnan(mean):
-            continue
-        bucket = first + k
-        if bucket < split:
-            s.base_times.append(bucket)
-            s.base_mean.append(mean)
-            s.base_max.append(high)
-        else:
-            s.win_times.append(bucket)
-            s.win_mean.append(mean)
-            s.win_max.append(high)
-            s.win_score.append(score)
-    return s
+    _lo, mean, high, score = store.series[name].read_columns(TIER, first, last)
+    return Series(name, metric, METRICS[metric][1], first, split - first, mean, high, score)
 
 
-# ---- statistical --------------------------------------------------------------------------------
-
-def _robust(values: list) -> tuple[float, float]:
-    """Median and a scale in sigma units: scaled MAD, else scaled mean absolute deviation
-    (over half the values equal, e.g. an error rate that is mostly 0), else a tiny floor."""
-    ordered = sorted(values)
-    n = len(ordered)
-    median = ordered[n // 2] if n % 2 else 0.5 * (ordered[n // 2 - 1] + ordered[n // 2])
-    deviations = sorted(abs(v - median) for v in ordered)
-    mad = deviations[n // 2] if n % 2 else 0.5 * (deviations[n // 2 - 1] + deviations[n // 2])
-    scale = MAD_TO_SIGMA * mad or MEANAD_TO_SIGMA * sum(deviations) / n
-    return median, max(scale, 1e-6 * max(abs(median), 1.0))
+def _present(values) -> list:
+    return [v for v in values if v == v]
 
 
-def _tod_bin(bucket: int) -> int:
-    return (bucket * STEP_S % 86400) * TOD_BINS // 86400
-
-
-class Baseline:
-    """Expected value and scale of a series, per half-hour of the day when two days are known."""
-
-    def __init__(self, times: list, values: list):
-        self.overall = _robust(values)
-        days = (times[-1] - times[0] + 1) * STEP_S / 86400 if times else 0.0
-        self.time_of_day = days >= TOD_MIN_DAYS
-        self.bins: dict[int, tuple[float, float]] = {}
-        if self.time_of_day:
-            grouped: dict[int, list] = {}
-            for t, v in zip(times, values):
-                grouped.setdefault(_tod_bin(t), []).append(v)
-            self.bins = {b: _robust(vs) for b, vs in grouped.items() if len(vs) >= TOD_MIN_POINTS}
-
-    def at(self, bucket: int) -> tuple[float, float]:
-        return self.bins.get(_tod_bin(bucket), self.overall)
+def _time_of_day(usual: _core.TimeOfDayBaseline) -> bool:
+    return usual.days >= TOD_MIN_DAYS
 
 
 def _severity(z: float, threshold: float) -> str:
@@ -182,42 +156,40 @@ def _severity(z: float, threshold: float) -> str:
 
 
 def statistical(series: Series, threshold: float) -> list[Point]:
-    means, highs = Baseline(series.base_times, series.base_mean), Baseline(series.base_times, series.base_max)
+    usual = series.usual()
+    by_bin = _time_of_day(usual)
+    z_mean = usual.z(series.window(series.mean), series.split, by_bin)
+    if series.upper_only:
+        # A burst inside the minute shows in its max before it moves the mean.
+        usual_high = series.usual(series.high)
+        z_high = usual_high.z(series.window(series.high), series.split, by_bin)
     points = []
-    for bucket, mean, high in zip(series.win_times, series.win_mean, series.win_max):
-        center, scale = means.at(bucket)
-        z, value, expected = (mean - center) / scale, mean, center
-        if series.upper_only:
-            # A burst inside the minute shows in its max before it moves the mean.
-            center_high, scale_high = highs.at(bucket)
-            z_high = (high - center_high) / scale_high
-            if z_high > z:
-                z, value, expected = z_high, high, center_high
-            if z <= threshold:
-                continue
-        elif abs(z) <= threshold:
-            continue
-        points.append(Point(bucket, series.name, series.metric, "statistical", value, expected, z,
-                            severity=_severity(abs(z), threshold)))
+    for i, z in enumerate(z_mean):
+        bucket, k = series.split + i, series.n_base + i
+        if series.upper_only and z_high[i] > z and z_high[i] > threshold:
+            points.append(Point(bucket, series.name, series.metric, "statistical", series.high[k],
+                                usual_high.at(bucket, by_bin)[0], z_high[i], severity=_severity(z_high[i], threshold)))
+        elif (z if series.upper_only else abs(z)) > threshold:
+            points.append(Point(bucket, series.name, series.metric, "statistical", series.mean[k],
+                                usual.at(bucket, by_bin)[0], z, severity=_severity(abs(z), threshold)))
     return points
 
 
 # ---- Isolation Forest ----------------------------------------------------------------------------
 
-def _features(series: list[Series], buckets: list[int], baseline: bool) -> tuple[array, int]:
+def _features(series: list[Series], rows: list) -> tuple[array, int]:
     """Row-major per-minute vectors: each series' mean (a missing minute takes the baseline
     median), then the time of day as sin/cos, so a forest sees what is usual when."""
-    lookup = []
-    for s in series:
-        times, values = (s.base_times, s.base_mean) if baseline else (s.win_times, s.win_mean)
-        lookup.append((dict(zip(times, values)), _robust(s.base_mean)[0]))
-    rows = array("d")
-    for bucket in buckets:
-        for by_time, fallback in lookup:
-            rows.append(by_time.get(bucket, fallback))
-        angle = 2 * math.pi * (bucket * STEP_S % 86400) / 86400
-        rows.extend((math.sin(angle), math.cos(angle)))
-    return rows, len(series) + 2
+    fallback = [s.usual().overall[0] for s in series]
+    out = array("d")
+    first = series[0].first
+    for i in rows:
+        for s, usual in zip(series, fallback):
+            v = s.mean[i]
+            out.append(v if v == v else usual)
+        angle = 2 * math.pi * ((first + i) * STEP_S % 86400) / 86400
+        out.extend((math.sin(angle), math.cos(angle)))
+    return out, len(series) + 2
 
 
 def _standardize(rows: array, d: int, reference: array) -> array:
@@ -267,32 +239,39 @@ def _forest_scores(train: array, test: array, d: int, backend: str, contaminatio
     return scores[n_train:], _quantile(scores[:n_train], 1 - contamination)
 
 
+def _rows_with_data(series: list[Series], rows: range) -> list:
+    return [i for i in rows if any(s.mean[i] == s.mean[i] for s in series)]
+
+
 def ml_based(series: list[Series], contamination: float, backend: str) -> tuple[list[Point], dict]:
-    base_buckets = sorted({t for s in series for t in s.base_times})
-    win_buckets = sorted({t for s in series for t in s.win_times})
-    info = {"backend": backend, "training_rows": len(base_buckets), "contamination": contamination}
-    if len(base_buckets) < MIN_FOREST_ROWS or not win_buckets:
+    n_base = series[0].n_base
+    base_rows = _rows_with_data(series, range(n_base))
+    win_rows = _rows_with_data(series, range(n_base, len(series[0].mean)))
+    info = {"backend": backend, "training_rows": len(base_rows), "contamination": contamination}
+    if len(base_rows) < MIN_FOREST_ROWS or not win_rows:
         info["status"] = "insufficient_history"
-        info["note"] = (f"a forest needs {MIN_FOREST_ROWS} baseline minutes, {len(base_buckets)} exist"
-                        if win_buckets else "no data in the detection window")
+        info["note"] = (f"a forest needs {MIN_FOREST_ROWS} baseline minutes, {len(base_rows)} exist"
+                        if win_rows else "no data in the detection window")
         return [], info
-    train, d = _features(series, base_buckets, baseline=True)
-    test, _ = _features(series, win_buckets, baseline=False)
+    train, d = _features(series, base_rows)
+    test, _ = _features(series, win_rows)
     scores, threshold = _forest_scores(train, test, d, backend, contamination)
     info.update(status="ok", features=[s.name for s in series] + ["time_of_day_sin", "time_of_day_cos"],
                 threshold=round(float(threshold), 4))
-    usual = [Baseline(s.base_times, s.base_mean) for s in series]
+    usual = [s.usual() for s in series]
+    by_bin = [_time_of_day(u) for u in usual]
     points = []
-    for k, bucket in enumerate(win_buckets):
+    for k, i in enumerate(win_rows):
         score = float(scores[k])
         if score <= threshold:
             continue
         # The forest says the minute is unusual, not why: name the series furthest from what
         # is usual at that time of day.
+        bucket = series[0].first + i
         row = test[k * d:(k + 1) * d]
-        expected = [u.at(bucket) for u in usual]
+        expected = [u.at(bucket, tod) for u, tod in zip(usual, by_bin)]
         z = [(row[j] - c) / sd for j, (c, sd) in enumerate(expected)]
-        j = max(range(len(series)), key=lambda i: abs(z[i]))
+        j = max(range(len(series)), key=lambda m: abs(z[m]))
         severity = "high" if score - threshold > 0.1 else "medium"
         points.append(Point(bucket, series[j].name, series[j].metric, "ml_based", row[j], expected[j][0],
                             z[j], score, severity))
@@ -320,8 +299,8 @@ def _describe(episode: Episode, by_name: dict, window_last: int) -> dict:
     stat = [p for p in episode.points if p.method == "statistical"]
     peak = max(stat, key=lambda p: abs(p.z)) if stat else max(episode.points, key=lambda p: p.score)
     stream = [sc for name in {p.series for p in episode.points}
-              for t, sc in zip(by_name[name].win_times, by_name[name].win_score)
-              if episode.first <= t <= episode.last and not math.isnan(sc)]
+              for sc in by_name[name].score[episode.first - by_name[name].first:episode.last - by_name[name].first + 1]
+              if sc == sc]
     stream_top = max(stream) if stream else None
     methods = sorted({p.method for p in episode.points})
     if stream_top is not None and stream_top >= STREAM_ANOMALOUS:
@@ -345,12 +324,14 @@ def _describe(episode: Episode, by_name: dict, window_last: int) -> dict:
 def _summary(series: list[Series]) -> dict:
     out: dict = {}
     for s in series:
-        entry = {"unit": METRICS[s.metric][2], "minutes": len(s.win_mean)}
-        if s.win_mean:
-            entry.update(mean=_round(sum(s.win_mean) / len(s.win_mean)), max=_round(max(s.win_max)),
-                         last=_round(s.win_mean[-1]))
-        if s.base_mean:
-            entry["baseline_median"] = _round(_robust(s.base_mean)[0])
+        window = _present(s.window(s.mean))
+        entry = {"unit": METRICS[s.metric][2], "minutes": len(window)}
+        if window:
+            entry.update(mean=_round(sum(window) / len(window)), max=_round(max(_present(s.window(s.high)))),
+                         last=_round(window[-1]))
+        center, _scale, n = s.usual().overall
+        if n:
+            entry["baseline_median"] = _round(center)
         out.setdefault(s.metric, {})[s.name] = entry
     return out
 
@@ -396,12 +377,13 @@ def run(args: dict, ctx: Context) -> dict:
     series = [_read(store, name, metric, first, split, last)
               for metric in dict.fromkeys(args["metrics"]) for name in _series_names(store, metric)]
     missing = [m for m in args["metrics"] if not any(s.metric == m for s in series)]
-    judged = [s for s in series if len(s.base_mean) >= MIN_BASELINE_POINTS and s.win_mean]
-    baseline_minutes = max((len(s.base_mean) for s in series), default=0)
+    usual = {s.name: s.usual() for s in series}
+    judged = [s for s in series if usual[s.name].overall[2] >= MIN_BASELINE_POINTS and _present(s.window(s.mean))]
+    baseline_minutes = max((usual[s.name].overall[2] for s in series), default=0)
     coverage = {
         "requested_s": baseline_s, "available_s": baseline_minutes * STEP_S,
         "needed_s": MIN_BASELINE_POINTS * STEP_S, "time_of_day_after_s": int(TOD_MIN_DAYS * 86400),
-        "time_of_day": any(Baseline(s.base_times, s.base_mean).time_of_day for s in judged),
+        "time_of_day": any(_time_of_day(usual[s.name]) for s in judged),
         "resolution_s": STEP_S, "sufficient": bool(judged),
     }
     if not judged:
