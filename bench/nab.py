@@ -47,7 +47,7 @@ import tempfile
 import time
 from bisect import bisect_left, bisect_right
 from collections import namedtuple
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from operator import itemgetter
 
@@ -322,7 +322,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", default=DEFAULT_DATA, help="NAB-layout directory (default: %(default)s)")
     parser.add_argument("--generated", action="store_true", help="also score bench/labelled.py's set")
-    parser.add_argument("--seed", type=int, default=1, help="seed of the generated set")
+    parser.add_argument("--seeds", default="1,2,3",
+                        help="seeds of the generated sets, scored as one corpus (default: %(default)s): "
+                             "one set has too few windows for a stable figure")
     parser.add_argument("--output", help="write the JSON report here")
     args = parser.parse_args()
 
@@ -338,9 +340,15 @@ def main() -> None:
     corpora = {"nab": (args.data, load_corpus(args.data))}
     if args.generated:
         import labelled
+        seeds = [int(x) for x in args.seeds.split(",")]
+        manifest, generated = {}, []
         with tempfile.TemporaryDirectory() as tmp:
-            manifest = labelled.generate(tmp, seed=args.seed)
-            corpora["generated"] = (f"bench/labelled.py seed {args.seed}", load_corpus(tmp))
+            for seed in seeds:
+                directory = os.path.join(tmp, f"seed{seed}")
+                for name, anomalies in labelled.generate(directory, seed=seed).items():
+                    manifest[f"seed{seed}/{name}"] = anomalies
+                generated += [replace(s, name=f"seed{seed}/{s.name}") for s in load_corpus(directory)]
+        corpora["generated"] = (f"bench/labelled.py seeds {args.seeds}", generated)
 
     report = {"detector": ours, "corpora": {}}
     for key, (source, corpus) in corpora.items():

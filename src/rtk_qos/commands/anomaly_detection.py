@@ -78,6 +78,7 @@ class Series:
     mean: array
     high: array
     score: array
+    _usual: Optional[_core.TimeOfDayBaseline] = None
 
     @property
     def split(self) -> int:
@@ -90,9 +91,13 @@ class Series:
         return column[self.n_base:]
 
     def usual(self, column: Optional[array] = None) -> _core.TimeOfDayBaseline:
-        """Median and scale of the baseline, per half-hour of the day and overall."""
-        return _core.TimeOfDayBaseline(self.base(self.mean if column is None else column), self.first, STEP_S,
-                                       TOD_BINS, TOD_MIN_POINTS)
+        """Median and scale of the baseline (of the means unless told), per half-hour of the
+        day and overall; the means' is computed once."""
+        if column is None:
+            if self._usual is None:
+                self._usual = self.usual(self.mean)
+            return self._usual
+        return _core.TimeOfDayBaseline(self.base(column), self.first, STEP_S, TOD_BINS, TOD_MIN_POINTS)
 
 
 @dataclass
@@ -177,32 +182,19 @@ def statistical(series: Series, threshold: float) -> list[Point]:
 
 # ---- Isolation Forest ----------------------------------------------------------------------------
 
-def _features(series: list[Series], rows: list) -> tuple[array, int]:
+def _features(series: list[Series], rows: range) -> tuple[array, int]:
     """Row-major per-minute vectors: each series' mean (a missing minute takes the baseline
-    median), then the time of day as sin/cos, so a forest sees what is usual when."""
-    fallback = [s.usual().overall[0] for s in series]
-    out = array("d")
-    first = series[0].first
-    for i in rows:
-        for s, usual in zip(series, fallback):
-            v = s.mean[i]
-            out.append(v if v == v else usual)
-        angle = 2 * math.pi * ((first + i) * STEP_S % 86400) / 86400
-        out.extend((math.sin(angle), math.cos(angle)))
-    return out, len(series) + 2
-
-
-def _standardize(rows: array, d: int, reference: array) -> array:
-    """(x - mean) / std per feature, with the reference rows' mean and std (StandardScaler)."""
-    n = len(reference) // d
-    out = array("d", rows)
-    for j in range(d):
-        column = reference[j::d]
-        mean = sum(column) / n
-        std = math.sqrt(sum((v - mean) ** 2 for v in column) / n) or 1.0
-        for i in range(j, len(out), d):
-            out[i] = (out[i] - mean) / std
-    return out
+    median), then the time of day as sin/cos, so a forest sees what is usual when. Built a
+    column at a time (strided slice assignment) rather than a value at a time."""
+    d = len(series) + 2
+    out = array("d", bytes(8 * d * len(rows)))
+    for j, s in enumerate(series):
+        usual = s.usual().overall[0]
+        out[j::d] = array("d", [v if v == v else usual for v in s.mean[rows.start:rows.stop]])
+    minute = [(series[0].first + i) * STEP_S % 86400 / 86400 * 2 * math.pi for i in rows]
+    out[d - 2::d] = array("d", map(math.sin, minute))
+    out[d - 1::d] = array("d", map(math.cos, minute))
+    return out, d
 
 
 def _quantile(values, q: float) -> float:
@@ -232,27 +224,30 @@ def _forest_scores(train: array, test: array, d: int, backend: str, contaminatio
                                 random_state=FOREST["seed"]).fit(x)
         scores = -model.score_samples(x)
     else:
+        # No scaler: a forest's splits are uniform between a feature's min and max, so
+        # rescaling a feature changes nothing.
         forest = _core.IsolationForest(**FOREST)
-        x = _standardize(both, d, train)
-        forest.fit(x, d)
-        scores = forest.score(x, d)
+        forest.fit(both, d)
+        scores = forest.score(both, d)
     return scores[n_train:], _quantile(scores[:n_train], 1 - contamination)
 
 
-def _rows_with_data(series: list[Series], rows: range) -> list:
-    return [i for i in rows if any(s.mean[i] == s.mean[i] for s in series)]
-
-
 def ml_based(series: list[Series], contamination: float, backend: str) -> tuple[list[Point], dict]:
-    n_base = series[0].n_base
-    base_rows = _rows_with_data(series, range(n_base))
-    win_rows = _rows_with_data(series, range(n_base, len(series[0].mean)))
-    info = {"backend": backend, "training_rows": len(base_rows), "contamination": contamination}
-    if len(base_rows) < MIN_FOREST_ROWS or not win_rows:
+    n_base, n = series[0].n_base, len(series[0].mean)
+    # Minutes with no data at all (the agent was down) are left out; a minute some series
+    # missed takes that series' usual value.
+    known = [False] * n
+    for s in series:
+        known = [k or v == v for k, v in zip(known, s.mean)]
+    base_known, win_known = sum(known[:n_base]), sum(known[n_base:])
+    info = {"backend": backend, "training_rows": base_known, "contamination": contamination}
+    if base_known < MIN_FOREST_ROWS or not win_known:
         info["status"] = "insufficient_history"
-        info["note"] = (f"a forest needs {MIN_FOREST_ROWS} baseline minutes, {len(base_rows)} exist"
-                        if win_rows else "no data in the detection window")
+        info["note"] = (f"a forest needs {MIN_FOREST_ROWS} baseline minutes, {base_known} exist"
+                        if win_known else "no data in the detection window")
         return [], info
+    base_first = known.index(True)
+    base_rows, win_rows = range(base_first, n_base), range(n_base, n)
     train, d = _features(series, base_rows)
     test, _ = _features(series, win_rows)
     scores, threshold = _forest_scores(train, test, d, backend, contamination)
@@ -263,7 +258,7 @@ def ml_based(series: list[Series], contamination: float, backend: str) -> tuple[
     points = []
     for k, i in enumerate(win_rows):
         score = float(scores[k])
-        if score <= threshold:
+        if score <= threshold or not known[i]:
             continue
         # The forest says the minute is unusual, not why: name the series furthest from what
         # is usual at that time of day.
