@@ -182,6 +182,17 @@ def statistical(series: Series, threshold: float) -> list[Point]:
 
 # ---- Isolation Forest ----------------------------------------------------------------------------
 
+def _time_of_day_columns(first: int, rows: range) -> tuple[array, array]:
+    """sin and cos of each row's minute of the day: one day's table, rotated and repeated."""
+    day = 86400 // STEP_S
+    angles = [2 * math.pi * k / day for k in range(day)]
+    start = (first + rows.start) % day
+    repeat = len(rows) // day + 2
+    sin = array("d", map(math.sin, angles)) * repeat
+    cos = array("d", map(math.cos, angles)) * repeat
+    return sin[start:start + len(rows)], cos[start:start + len(rows)]
+
+
 def _features(series: list[Series], rows: range) -> tuple[array, int]:
     """Row-major per-minute vectors: each series' mean (a missing minute takes the baseline
     median), then the time of day as sin/cos, so a forest sees what is usual when. Built a
@@ -191,9 +202,7 @@ def _features(series: list[Series], rows: range) -> tuple[array, int]:
     for j, s in enumerate(series):
         usual = s.usual().overall[0]
         out[j::d] = array("d", [v if v == v else usual for v in s.mean[rows.start:rows.stop]])
-    minute = [(series[0].first + i) * STEP_S % 86400 / 86400 * 2 * math.pi for i in rows]
-    out[d - 2::d] = array("d", map(math.sin, minute))
-    out[d - 1::d] = array("d", map(math.cos, minute))
+    out[d - 2::d], out[d - 1::d] = _time_of_day_columns(series[0].first, rows)
     return out, d
 
 
@@ -234,19 +243,20 @@ def _forest_scores(train: array, test: array, d: int, backend: str, contaminatio
 
 def ml_based(series: list[Series], contamination: float, backend: str) -> tuple[list[Point], dict]:
     n_base, n = series[0].n_base, len(series[0].mean)
-    # Minutes with no data at all (the agent was down) are left out; a minute some series
-    # missed takes that series' usual value.
-    known = [False] * n
-    for s in series:
-        known = [k or v == v for k, v in zip(known, s.mean)]
-    base_known, win_known = sum(known[:n_base]), sum(known[n_base:])
+
+    def known(i: int) -> bool:
+        return any(s.mean[i] == s.mean[i] for s in series)
+    # Training starts at the first minute with data; a minute some series missed takes that
+    # series' usual value. A window minute with no data at all (the agent was down) is not judged.
+    base_known = max(s.usual().overall[2] for s in series)
+    win_known = any(known(i) for i in range(n_base, n))
     info = {"backend": backend, "training_rows": base_known, "contamination": contamination}
     if base_known < MIN_FOREST_ROWS or not win_known:
         info["status"] = "insufficient_history"
         info["note"] = (f"a forest needs {MIN_FOREST_ROWS} baseline minutes, {base_known} exist"
                         if win_known else "no data in the detection window")
         return [], info
-    base_first = known.index(True)
+    base_first = min(next(i for i, v in enumerate(s.mean) if v == v) for s in series)
     base_rows, win_rows = range(base_first, n_base), range(n_base, n)
     train, d = _features(series, base_rows)
     test, _ = _features(series, win_rows)
@@ -258,7 +268,7 @@ def ml_based(series: list[Series], contamination: float, backend: str) -> tuple[
     points = []
     for k, i in enumerate(win_rows):
         score = float(scores[k])
-        if score <= threshold or not known[i]:
+        if score <= threshold or not known(i):
             continue
         # The forest says the minute is unusual, not why: name the series furthest from what
         # is usual at that time of day.
