@@ -5,6 +5,7 @@ Known values are asserted here; the deterministic results are also printed as JS
 """
 import json
 import math
+from array import array
 import sys
 import time
 
@@ -52,6 +53,24 @@ def main():
             "  eth0: 18446744073709551615 3 1 2 0 0 0 0 77 4 5 6 0 0 0 0\n")
     out["procfs"] = c.parse_proc_net_dev(text)
     assert out["procfs"][1][2] == 2**64 - 1, out["procfs"]
+
+    # Anomaly detection: a deterministic series with a daily peak and a spike, scored by the
+    # streaming detector; robust time-of-day baselines; the forest (bit-identical trees).
+    series = [10.0 + (40.0 if 1140 <= i % 1440 < 1260 else 0.0) + ((i * 7919) % 101) / 50.0
+              for i in range(3 * 1440)]
+    series[4000] += 60.0
+    scores = c.Detector().run([60.0 * i for i in range(len(series))], series)
+    assert all(0.0 <= x <= 1.0 for x in scores) and scores[4000] > max(scores[3000:4000]), scores[4000]
+    out["detector"] = {"spike": scores[4000], "sum": math.fsum(scores), "max_before": max(scores[:4000])}
+    usual = c.TimeOfDayBaseline(series, 0, 60)
+    assert usual.days == 3.0 and close(usual.at(1150)[0], 51.0, rel=0.05), usual.at(1150)
+    out["baseline"] = [usual.overall, usual.at(1150), list(usual.z(series[:3], 0))]
+    rows = [[float((i * 31 + j * 17) % 97) for j in range(3)] for i in range(300)] + [[500.0, 500.0, 500.0]]
+    flat = [v for row in rows for v in row]
+    forest = c.IsolationForest(n_trees=50, sample_size=64, seed=3).fit(array("d", flat), 3)
+    forest_scores = forest.score(array("d", flat), 3)
+    assert forest_scores[-1] == max(forest_scores), forest_scores[-1]
+    out["forest"] = {"outlier": forest_scores[-1], "sum": math.fsum(forest_scores)}
 
     # Live counters from this kernel (netlink, or /proc/net/dev when netlink is refused).
     r = c.CounterReader()
