@@ -26,6 +26,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests"))
 from mqtt_harness import Broker, Controller, flat_request, to_toml  # noqa: E402
+from report import write as write_report  # noqa: E402
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
@@ -161,8 +162,7 @@ def main() -> None:
         report["idle"]["imported"] = {name: re.search(rf"\|\s+{name}(\.|$)", imports, re.M) is not None
                                       for name in ("paho", "pyroute2", "sklearn", "numpy")}
     print(json.dumps(report, indent=2))
-    if ns.output:
-        Path(ns.output).write_text(json.dumps(report, indent=2) + "\n")
+    write_report(report, ns.output)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,6 @@ statistical < 10 ms; native forest >= 10x faster than scikit-learn at equal qual
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import random
@@ -29,6 +28,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 import labelled  # noqa: E402
 import nab  # noqa: E402
+from report import write as write_report  # noqa: E402
 
 DAY_MIN = 1440
 
@@ -127,9 +127,7 @@ def main() -> None:
               f"(target >= 10x; import sklearn {d['sklearn_import_ms']:.0f} ms more)")
     else:
         print(" (scikit-learn not installed)")
-    if args.output:
-        with open(args.output, "w") as f:
-            json.dump(report, f, indent=1)
+    write_report(report, args.output)
 
 
 if __name__ == "__main__":

@@ -31,6 +31,7 @@ import numpy as np
 from scipy.stats import spearmanr
 
 from rtk_qos._core import IsolationForest
+from report import write as write_report
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "tests", "native"))
@@ -169,10 +170,7 @@ def main() -> None:
         "f1_gap": {"value": round(worst_f1_gap, 4), "target": 0.05, "met": worst_f1_gap <= 0.05},
     }
     print("targets:", json.dumps(report["targets"]), flush=True)
-    if opts.output:
-        with open(opts.output, "w") as fh:
-            json.dump(report, fh, indent=2)
-        print(f"report written to {opts.output}")
+    write_report(report, opts.output)
 
 
 if __name__ == "__main__":

@@ -51,7 +51,10 @@ from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from operator import itemgetter
 
-DEFAULT_DATA = "/work/shared/anomaly-data/nab-artificial"
+from report import write as write_report
+
+DEFAULT_DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "anomaly-data",
+                            "nab-artificial")
 
 Profile = namedtuple("Profile", "tp fn fp")
 PROFILES = {
@@ -364,10 +367,7 @@ def main() -> None:
         }
     if args.generated:
         report["corpora"]["generated"]["anomalies"] = manifest
-    if args.output:
-        with open(args.output, "w") as fh:
-            json.dump(report, fh, indent=2)
-        print(f"\nwrote {args.output}")
+    write_report(report, args.output)
 
 
 if __name__ == "__main__":

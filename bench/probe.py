@@ -17,6 +17,8 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from report import write as write_report  # noqa: E402
 PREFIX = f"rtkpb{os.getpid()}"
 HOSTS = 50
 
@@ -47,8 +49,7 @@ def main() -> None:
         subprocess.run(["ip", "netns", "del", b], capture_output=True)
     report = json.loads(out)
     print(json.dumps(report, indent=2))
-    if ns.output:
-        Path(ns.output).write_text(json.dumps(report, indent=2) + "\n")
+    write_report(report, ns.output)
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ from rtk_qos import _core
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "tests"))
 import reference  # noqa: E402  (the tests' plain-Python reference)
+from report import write as write_report  # noqa: E402
 
 NAMESPACE = f"rtkbench{os.getpid()}"
 LINK_COUNTS = (1, 16, 64, 256)
@@ -108,10 +109,7 @@ def main() -> None:
                               "met": report["rolling"]["native_ns_per_update"] < 50},
     }
     print("targets:", json.dumps(report["targets"]), flush=True)
-    if opts.output:
-        with open(opts.output, "w") as fh:
-            json.dump(report, fh, indent=2)
-        print(f"report written to {opts.output}")
+    write_report(report, opts.output)
 
 
 if __name__ == "__main__":
