@@ -17,11 +17,13 @@ def test_history_survives_a_restart(start_agent, controller, agent_host):
     agent_host.ns.run("ping", "-c", "4", "-i", "0.5", "-q", agent_host.gateway)
     time.sleep(3)
     before = _state(ctl, agent, time.monotonic())["agent"]["history"]
-    assert before["series"] == 3 and before["samples"] >= 6 and before["problem"] is None
+    # 3 per interface, 3 from the continuous gateway probe
+    assert before["series"] == 6 and before["samples"] >= 12 and before["problem"] is None
     agent.stop()  # a clean stop saves
     store, problem = HistoryStore.load(str(agent.state_dir / "history.bin"))
     assert problem is None
-    assert sorted(store.series) == [f"{agent_host.agent_if}.{m}" for m in ("error_rate", "rx_mbps", "tx_mbps")]
+    assert sorted(store.series) == [f"{agent_host.agent_if}.{m}" for m in ("error_rate", "rx_mbps", "tx_mbps")] + [
+        f"probe.gateway.{m}" for m in ("jitter_ms", "latency_ms", "loss_pct")]
     rx = store.series[f"{agent_host.agent_if}.rx_mbps"]
     saved = sum(series.samples for series in store.series.values())
     # The pings' replies are in the 1 s tier: some second saw traffic.
@@ -31,7 +33,7 @@ def test_history_survives_a_restart(start_agent, controller, agent_host):
     agent.start()
     after = _state(ctl, agent, mark)["agent"]["history"]
     assert after["problem"] is None and after["samples"] >= saved  # loaded, then growing
-    assert "history: 3 series loaded" in agent.log()
+    assert "history: 6 series loaded" in agent.log()
 
 
 def test_a_damaged_history_file_is_set_aside(start_agent, controller, tmp_path):

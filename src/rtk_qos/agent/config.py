@@ -6,7 +6,9 @@ of the primary interface, the broker is localhost:1883.
 from __future__ import annotations
 
 import copy
+import importlib.util
 import os
+import re
 import tomllib
 from typing import Any, Mapping, Optional
 
@@ -60,7 +62,10 @@ DEFAULTS: dict[str, Any] = {
     "history": {
         "path": "",            # empty: <state_dir>/history.bin; a tmpfs path spares flash
         "save_every_s": 900,   # and at a clean shutdown
-        "max_interfaces": 16,  # 3 series each, 253,440 bytes per series
+        "max_interfaces": 16,  # 3 series each; per series 253,440 bytes of history + 33,464 of detector
+        "probe_interval_s": 1.0,  # continuous probe of the default gateway and probe_targets; 0: off
+        "probe_targets": [],      # extra hosts (names or addresses): series probe.<host>.*, 3 each
+        "ml_backend": "native",   # qos_anomaly_detection's forest: native, or sklearn (if installed)
     },
     "outbox": {
         "max_messages": 1000,
@@ -76,6 +81,9 @@ DEFAULTS: dict[str, Any] = {
 }
 
 ENV_PREFIX = "RTK_QOS_"
+MAX_PROBE_TARGETS = 8
+PROBE_INTERVAL_RANGE = (0.1, 60.0)
+PROBE_TARGET = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:%-]{0,252}$")  # a host name or an address
 
 
 class ConfigError(ValueError):
@@ -189,7 +197,29 @@ def _finish(config: dict) -> dict:
                               ("history", "save_every_s", 1), ("history", "max_interfaces", 1)):
         if config[section][key] < low:
             raise ConfigError(f"{section}.{key}: {config[section][key]} is below {low}")
+    _check_probe(config["history"])
+    if config["history"]["ml_backend"] not in ("native", "sklearn"):
+        raise ConfigError(f"history.ml_backend: {config['history']['ml_backend']!r} is not native or sklearn")
+    # Found, not imported: importing costs a second and 115 MB, paid only when a command needs it.
+    if config["history"]["ml_backend"] == "sklearn" and importlib.util.find_spec("sklearn") is None:
+        raise ConfigError("history.ml_backend: sklearn is not installed (pip install 'rtk-qos[ml]')")
     if not config["state_dir"]:
         config["state_dir"] = ("/var/lib/rtk-qos" if os.geteuid() == 0
                                else os.path.expanduser("~/.local/state/rtk-qos"))
     return config
+
+
+def _check_probe(history: dict) -> None:
+    interval, targets = history["probe_interval_s"], history["probe_targets"]
+    low, high = PROBE_INTERVAL_RANGE
+    if interval != 0 and not low <= interval <= high:  # NaN fails too
+        raise ConfigError(f"history.probe_interval_s: {interval} is not 0 (off) or between {low} and {high}")
+    if len(targets) > MAX_PROBE_TARGETS:
+        raise ConfigError(f"history.probe_targets: {len(targets)} hosts, at most {MAX_PROBE_TARGETS}")
+    for target in targets:
+        if not isinstance(target, str) or not PROBE_TARGET.match(target):
+            raise ConfigError(f"history.probe_targets: {target!r} is not a host name or address")
+        if target == "gateway":
+            raise ConfigError("history.probe_targets: 'gateway' names the default gateway, which is always probed")
+    if len(set(targets)) != len(targets):
+        raise ConfigError("history.probe_targets: a host is listed twice")

@@ -1,8 +1,10 @@
 """The agent: wires configuration, session, outbox, dispatcher and the monitor loop together.
 
 Threads: the MQTT network thread (parses, acks, dispatches), the outbox drain,
-the command workers, and one monitor thread that ticks the native sampler once
-a second and publishes state and telemetry on their periods.
+the command workers, one monitor thread that ticks the native sampler once
+a second, records the history and publishes state and telemetry on their periods,
+and the continuous probe's thread (gateway and configured hosts, see `probing.py`),
+whose samples the monitor thread takes and records each tick.
 """
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ from ..protocol.topics import Topics
 from . import device
 from .dispatcher import CANCEL_OP, Dispatcher, Replies
 from .outbox import Outbox
+from .probing import ContinuousProbe
 from .recorder import HistoryRecorder
 from .session import Session
 
@@ -37,14 +40,20 @@ class Agent(Replies):
         os.makedirs(config["state_dir"], mode=0o700, exist_ok=True)
         self.outbox = Outbox(os.path.join(config["state_dir"], "outbox"), config["outbox"]["max_messages"],
                              config["outbox"]["max_bytes"])
-        self.history = HistoryRecorder(config)
+        self._stop = threading.Event()
+        self._last_tick: Optional[float] = None  # monotonic time of the monitor's newest tick
+        settings = config["history"]
+        self.probes = ContinuousProbe(settings["probe_targets"], settings["probe_interval_s"],
+                                      config["probe"]["timeout_s"], self._stop, lambda: self._last_tick,
+                                      config["telemetry"]["sample_period_s"]
+                                      ) if settings["probe_interval_s"] > 0 else None
+        self.history = HistoryRecorder(config, len(self.probes.names) if self.probes else 0)
         self.dispatcher = Dispatcher(config, self.device_id, self, history=self.history.store)
         self.session = Session(config, self.topics.of("lwt"), self.device_id, self.outbox,
                                self._on_message, self._on_connected)
         self.session.subscriptions = [self.topics.cmd_req] + self.topics.shared_requests(
             config["subscribe_broadcast"])
         self.ops = sorted(load_all()) + [CANCEL_OP]
-        self._stop = threading.Event()
         self._state_due = False
         self._wake = threading.Event()
         self._health: tuple[str, list] = ("ok", [])
@@ -57,6 +66,8 @@ class Agent(Replies):
     def start(self) -> None:
         self.session.start()
         self._monitor.start()
+        if self.probes:
+            self.probes.start()
 
     def stop(self) -> None:
         """Cancel commands (their results are kept in the outbox), drain briefly, go offline cleanly."""
@@ -70,6 +81,8 @@ class Agent(Replies):
                                     {"status": "offline", "last_seen": messages.now_ms(), "reason": "normal"})
         self.session.stop(messages.encode(offline))
         self._monitor.join(timeout=5)
+        if self.probes:
+            self.probes.join(timeout=self.config["probe"]["timeout_s"] + 1)
         self.history.save()
 
     def _on_connected(self) -> None:
@@ -143,7 +156,8 @@ class Agent(Replies):
                       "running": self.dispatcher.running(), "requests": dict(self.dispatcher.counts),
                       "outbox": {"queued": len(self.outbox), "dropped": dict(self.outbox.dropped)},
                       "counter_source": self._sampler.source if self._sampler else None,
-                      "history": self.history.summary()},
+                      "history": self.history.summary(),
+                      "probe": self.probes.status() if self.probes else None},
             "interfaces": {name: {k: v for k, v in r.items() if k.endswith(("mbps", "pps"))}
                            for name, r in rates.items()},
         }
@@ -197,6 +211,9 @@ class Agent(Replies):
                     self.history.record(self.current_rates(), int(time.time()))
                 except OSError as exc:
                     self._counter_error = exc.strerror or str(exc)
+                if self.probes:
+                    self.history.record_probes(self.probes.take(), int(time.time()))
+                self._last_tick = now
                 next_tick += period
                 if next_tick < now:
                     next_tick = now + period  # fell behind (suspend, overload): do not burst

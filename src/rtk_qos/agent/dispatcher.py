@@ -61,7 +61,8 @@ class Dispatcher:
         self.replies = replies
         self.settings = {"broker_host": config["broker"]["host"],
                          "probe_interval_s": config["probe"]["interval_s"],
-                         "probe_timeout_s": config["probe"]["timeout_s"]}
+                         "probe_timeout_s": config["probe"]["timeout_s"],
+                         "ml_backend": config["history"]["ml_backend"]}
         self.clock = clock
         self.history = history
         self._lock = threading.Lock()

@@ -1,31 +1,58 @@
-"""Feeds the agent's 1 Hz measurements into the metric history and saves it rarely.
+"""Feeds the agent's 1 Hz measurements into the metric history, each with its anomaly score, and saves it rarely.
 
 Per interface: `<if>.rx_mbps`, `<if>.tx_mbps` and `<if>.error_rate` (errored and
 dropped packets, percent of packets; no sample in a second without packets).
-Anomaly scores are stored as NaN until the streaming detector scores them.
+Per probe target (`gateway`, or a configured host as written): `probe.<target>.latency_ms`,
+`probe.<target>.jitter_ms` and `probe.<target>.loss_pct` (see `probing.py`).
+Each kind has its own budget of series, so new interfaces cannot crowd out the
+probe or the reverse: 3 per interface (`history.max_interfaces`), 3 per probe
+target; series loaded from the file count in their kind's budget.
+
+Every sample is scored as it arrives by a streaming `Detector` of its own series
+and the score (in [0, 1]) is stored beside the value (a bucket keeps the largest
+score that fell in it); a gap has no sample and so no score. The detector's
+defaults suit per-minute series; the 1 Hz series use `DETECTOR_SETTINGS`: robust
+windows of 2 minutes (120 samples), scores 0 for the first minute, the long-run
+distribution of surprise over 10 minutes (600 samples), and a time-of-day
+baseline of 48 half-hour bins over 7 days (used once two days are seen).
+That is `DETECTOR_BYTES` = 33,464 bytes per series on x86-64 (the defaults take 124,632),
+beside the 253,440 of the series' history. Detector state is not persisted: after
+a restart the detectors start empty and re-warm in minutes (the time-of-day
+baseline in two days).
 """
 from __future__ import annotations
 
 import logging
 import math
-import os
 import time
 from typing import Optional
 
-from ..history import HistoryStore
+from .._core import Detector
+from ..history import HistoryStore, history_path
 
 log = logging.getLogger(__name__)
 SERIES_PER_INTERFACE = 3
+SERIES_PER_TARGET = 3
+DETECTOR_SETTINGS = {"window": 120, "warmup": 60, "bins": 48, "days": 7, "history": 600}
+DETECTOR_BYTES = Detector.memory_bytes(**DETECTOR_SETTINGS)
+
+
+def _is_probe(name: str) -> bool:
+    return name.startswith("probe.")
 
 
 class HistoryRecorder:
-    def __init__(self, config: dict):
+    def __init__(self, config: dict, probe_targets: int = 0):
+        """probe_targets: how many targets the continuous probe has (its series' budget)."""
         settings = config["history"]
-        self.path = settings["path"] or os.path.join(config["state_dir"], "history.bin")
+        self.path = history_path(config)
         self.save_every_s = settings["save_every_s"]
         self.max_interfaces = settings["max_interfaces"]
         self.store, self.problem = HistoryStore.load(self.path)
-        self.store.max_series = self.max_interfaces * SERIES_PER_INTERFACE
+        self.budget = {False: self.max_interfaces * SERIES_PER_INTERFACE, True: probe_targets * SERIES_PER_TARGET}
+        self.store.max_series = sum(self.budget.values())
+        self.used = {kind: sum(1 for name in self.store.series if _is_probe(name) == kind) for kind in self.budget}
+        self.detectors: dict[str, Detector] = {}
         if self.problem:
             log.warning("%s", self.problem)
         elif self.store.series:
@@ -39,8 +66,28 @@ class HistoryRecorder:
             packets = r["rx_pps"] + r["tx_pps"]
             error_rate = 100.0 * (r["errors_ps"] + r["drops_ps"]) / packets if packets > 0 else math.nan
             for metric, value in (("rx_mbps", r["rx_mbps"]), ("tx_mbps", r["tx_mbps"]), ("error_rate", error_rate)):
-                if not math.isnan(value):
-                    self.store.push(f"{name}.{metric}", t, value, math.nan)
+                self.push(f"{name}.{metric}", t, value)
+
+    def record_probes(self, samples: dict, t: int) -> None:
+        """samples: target -> {latency_ms, jitter_ms, loss_pct}, NaN where that second has none."""
+        for target, values in samples.items():
+            for metric, value in values.items():
+                self.push(f"probe.{target}.{metric}", t, value)
+
+    def push(self, name: str, t: int, value: float) -> None:
+        """Score the sample with its series' detector and store both; NaN (a gap) stores nothing."""
+        if math.isnan(value):
+            return
+        detector = self.detectors.get(name)
+        if detector is None:
+            if name not in self.store.series:
+                kind = _is_probe(name)
+                if self.used[kind] >= self.budget[kind]:
+                    self.store.refused += 1  # past its kind's budget: neither a series nor a detector
+                    return
+                self.used[kind] += 1
+            detector = self.detectors[name] = Detector(**DETECTOR_SETTINGS)
+        self.store.push(name, t, value, detector.update(t, value))
 
     def maybe_save(self) -> None:
         if time.monotonic() >= self._next_save:
@@ -58,5 +105,6 @@ class HistoryRecorder:
 
     def summary(self) -> dict:
         return {"series": len(self.store.series), "memory_bytes": self.store.memory_bytes(),
+                "detector_memory_bytes": len(self.detectors) * DETECTOR_BYTES,
                 "samples": sum(s.samples for s in self.store.series.values()), "path": self.path,
                 "saved_at": self.saved_at, "problem": self.problem}

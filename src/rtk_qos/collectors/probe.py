@@ -480,15 +480,23 @@ class EchoProber:
         return self._prober.run(duration, stop, callback)[self.address]
 
 
-def probe_gateway(duration: float, interval: float = 1.0, stop: Optional[threading.Event] = None
-                  ) -> tuple[Optional[ProbeReport], Optional[str]]:
-    """Echo-probe the IPv4 (else IPv6) default gateway; (None, reason) when there is none."""
+def gateway_address() -> tuple[Optional[str], Optional[str]]:
+    """(address, None) of the IPv4 (else IPv6) default gateway, scoped when link-local; (None, reason)."""
     route = links.default_gateway(4) or links.default_gateway(6)
     if route is None:
         return None, "no default gateway to probe"
     address = route.gateway
     if route.family == 6 and address.startswith("fe80"):
         address = f"{address}%{route.ifname}"
+    return address, None
+
+
+def probe_gateway(duration: float, interval: float = 1.0, stop: Optional[threading.Event] = None
+                  ) -> tuple[Optional[ProbeReport], Optional[str]]:
+    """Echo-probe the IPv4 (else IPv6) default gateway; (None, reason) when there is none."""
+    address, problem = gateway_address()
+    if address is None:
+        return None, problem
     return EchoProber(address, interval=interval).run(duration, stop), None
 
 

@@ -1,0 +1,231 @@
+"""The agent's continuous probe: the default gateway and configured hosts, about once a second each.
+
+It runs in its own thread: the `Prober` is a blocking select loop on its own
+absolute send schedule with kernel receive timestamps, and looking up routes
+and names (up to 5 s for a resolver that does not answer) must not delay the
+1 Hz monitor loop. The thread never touches the history: it keeps, per target,
+the replies not yet taken, the RFC 3550 jitter and the outcomes of the last
+probes, under a lock; once a second the monitor loop `take()`s one sample per
+target and records it (the history then has a single writer).
+
+Probes are ICMP echo only (like the traffic analysis's gateway probe): the
+Prober's TCP/UDP fallback would hide loss while it tries methods. A probe is
+lost when no reply came within `probe.timeout_s`, or when it could not be sent
+at all (no route, link down). `loss_pct` is the percent lost of the last
+`LOSS_WINDOW` (60) resolved probes, a minute at the default rate; `latency_ms`
+the round trip of the replies that arrived since the last take (their mean
+when the rate is above 1/s), none in a second without reply; `jitter_ms` the
+interarrival jitter (RFC 3550, native `Jitter`, over consecutive replies, the
+RTT standing for the transit time) after that second's replies, none without one.
+
+Sends are placed half a monitor period after the monitor's ticks, so a reply
+faster than that lands in the tick it belongs to. The Prober runs in segments of
+`SEGMENT_S` (5 min), after which the gateway and the names are looked up again
+(routes change, DHCP); the last probe of a segment is waited out, a gap of at
+most `probe.timeout_s` every 5 minutes. No gateway, no name, no ICMP socket:
+nothing is probed for that target, the reason is logged once and shown in the
+agent's state (`agent.probe.problems`), and it is looked up again at the next
+segment, or after `RETRY_S` (30 s) when there is nothing at all to probe.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import os
+import threading
+import time
+from collections import deque
+from typing import Callable, Optional
+
+from .. import _core
+from ..collectors.probe import Prober, ProbeUnavailable, gateway_address, resolve_hosts
+
+log = logging.getLogger(__name__)
+LOSS_WINDOW = 60     # probes in the sliding window of loss_pct
+SEGMENT_S = 300.0    # one Prober run between looking the targets up again
+RETRY_S = 30.0       # nothing to probe: look again after this long
+GATEWAY = "gateway"
+METRICS = ("latency_ms", "jitter_ms", "loss_pct")
+
+
+class _Target:
+    def __init__(self, name: str, address: str):
+        self.name = name
+        self.address = address
+        self.jitter = _core.Jitter()
+        self.outcomes: deque = deque(maxlen=LOSS_WINDOW)  # 1 lost, 0 answered, in resolution order
+        self.replies: list[float] = []                     # RTTs (ms) not yet taken
+
+
+class _ContinuousProber(Prober):
+    """A Prober that reports each probe's loss as it is known (timed out, or not sent)."""
+
+    def __init__(self, addresses: list[str], interval: float, timeout: float,
+                 on_lost: Callable[[str, int], None]):
+        super().__init__(addresses, interval, timeout, fallback=False)
+        # Raw ICMP sockets see every echo reply of the host: an identifier of our own keeps a
+        # command's concurrent probes of the same gateway (same pid, same sequence numbers) apart.
+        self.ident = (os.getpid() ^ 0x8000) & 0xFFFF
+        self._on_lost = on_lost
+
+    def _send(self, host) -> None:
+        seq = host.seq
+        super()._send(host)
+        if seq not in host.pending:  # the send failed (no route, link down): lost, not skipped
+            self._on_lost(host.address, seq)
+
+    def _expire(self, host, seq: int) -> None:
+        super()._expire(host, seq)
+        self._on_lost(host.address, seq)
+
+
+class ContinuousProbe:
+    """Probes the default gateway (series `probe.gateway.*`) and `targets` (`probe.<host>.*`)."""
+
+    def __init__(self, targets: list[str], interval: float, timeout: float, stop: threading.Event,
+                 anchor: Optional[Callable[[], Optional[float]]] = None, period: float = 1.0):
+        self.names = [GATEWAY] + [t for t in targets if t != GATEWAY]
+        self.configured = list(targets)
+        self.interval = interval
+        self.timeout = timeout
+        self.period = period
+        self._anchor = anchor
+        self._stop = stop
+        self._lock = threading.Lock()
+        self._targets: dict[str, _Target] = {}            # name -> target, those being probed
+        self._by_address: dict[str, list[_Target]] = {}
+        self.problems: dict[str, str] = {}                # name -> why it is not probed
+        self._thread = threading.Thread(target=self._run, name="rtk-qos-probe", daemon=True)
+
+    @property
+    def series_count(self) -> int:
+        return len(self.names) * len(METRICS)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def join(self, timeout: float) -> None:
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+
+    # ---- the monitor's side -------------------------------------------------------------------
+
+    def take(self) -> dict[str, dict[str, float]]:
+        """target -> {latency_ms, jitter_ms, loss_pct} for this second, NaN where there is no sample."""
+        out = {}
+        with self._lock:
+            for target in self._targets.values():
+                replies, target.replies = target.replies, []
+                outcomes = target.outcomes
+                out[target.name] = {
+                    "latency_ms": sum(replies) / len(replies) if replies else math.nan,
+                    "jitter_ms": target.jitter.jitter if replies and target.jitter.n >= 2 else math.nan,
+                    "loss_pct": 100.0 * sum(outcomes) / len(outcomes) if outcomes else math.nan,
+                }
+        return out
+
+    def status(self) -> dict:
+        with self._lock:
+            return {"interval_s": self.interval, "loss_window": LOSS_WINDOW,
+                    "targets": {t.name: t.address for t in self._targets.values()},
+                    "problems": dict(self.problems)}
+
+    # ---- the probe thread ---------------------------------------------------------------------
+
+    def _on_reply(self, address: str, _seq: int, rtt_ms: float) -> None:
+        with self._lock:
+            for target in self._by_address.get(address, ()):
+                target.replies.append(rtt_ms)
+                target.jitter.update(rtt_ms)
+                target.outcomes.append(0)
+
+    def _on_lost(self, address: str, _seq: int) -> None:
+        with self._lock:
+            for target in self._by_address.get(address, ()):
+                target.outcomes.append(1)
+
+    def _lookup(self) -> tuple[dict[str, str], dict[str, str]]:
+        """name -> address of what can be probed now, and name -> why not for the rest."""
+        found, problems = {}, {}
+        address, problem = gateway_address()
+        if address is None:
+            problems[GATEWAY] = problem
+        else:
+            found[GATEWAY] = address
+        names = [n for n in self.names if n != GATEWAY]
+        for name, (address, problem) in (resolve_hosts(names).items() if names else ()):
+            if address is None:
+                problems[name] = problem
+            else:
+                found[name] = address
+        return found, problems
+
+    def _set_problems(self, problems: dict[str, str]) -> None:
+        for name, why in problems.items():
+            if self.problems.get(name) != why:
+                log.warning("probe %s: %s; not probed until a later look-up finds it", name, why)
+        for name in self.problems.keys() - problems.keys():
+            log.info("probe %s: probing again", name)
+        self.problems = problems
+
+    def _use(self, found: dict[str, str]) -> None:
+        with self._lock:
+            targets = {}
+            for name, address in found.items():
+                target = self._targets.get(name)
+                if target is None or target.address != address:  # a new gateway starts afresh
+                    if target is not None:
+                        log.info("probe %s: now %s (was %s)", name, address, target.address)
+                    target = _Target(name, address)
+                targets[name] = target
+            self._targets = targets
+            self._by_address = {}
+            for target in targets.values():
+                self._by_address.setdefault(target.address, []).append(target)
+
+    def _align(self) -> None:
+        """Wait until half a monitor period after one of its ticks."""
+        anchor = self._anchor() if self._anchor else None
+        if anchor is None:
+            return
+        now = time.monotonic()
+        at = anchor + self.period / 2
+        if at < now:
+            at += math.ceil((now - at) / self.period) * self.period
+        self._stop.wait(at - now)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self._segment()
+            except Exception:  # the probe must outlive a bug in one segment
+                log.exception("continuous probe failed; starting it again")
+                self._stop.wait(RETRY_S)
+
+    def _segment(self) -> None:
+        found, problems = self._lookup()
+        if not found:
+            with self._lock:
+                self._set_problems(problems)
+            self._use({})
+            self._stop.wait(RETRY_S)
+            return
+        prober = _ContinuousProber(list(dict.fromkeys(found.values())), self.interval, self.timeout,
+                                   self._on_lost)
+        self._align()
+        if self._stop.is_set():
+            return
+        with self._lock:
+            self._set_problems(problems)
+        self._use(found)
+        try:
+            report = prober.run(SEGMENT_S, self._stop, self._on_reply)
+        except ProbeUnavailable as exc:
+            with self._lock:
+                self._set_problems({name: str(exc) for name in found} | problems)
+            self._use({})
+            self._stop.wait(RETRY_S)
+            return
+        for address, r in report.items():
+            if r.errors:
+                log.debug("probe %s: %d probes not sent (%s)", address, len(r.errors), r.errors[-1])
