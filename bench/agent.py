@@ -25,7 +25,8 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests"))
-from mqtt_harness import Broker, Controller, flat_request, to_toml  # noqa: E402
+from mqtt_harness import AgentHost, Broker, Controller, flat_request, to_toml  # noqa: E402
+from netns import Netns  # noqa: E402
 from report import write as write_report  # noqa: E402
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -48,17 +49,19 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
 
 
-def start_agent(workdir: Path, port: int, **limits) -> tuple[subprocess.Popen, str]:
+def start_agent(workdir: Path, port: int, host: AgentHost, **limits) -> tuple[subprocess.Popen, str]:
+    """The agent in its own namespace, as on a router: its default gateway (continuously probed,
+    like a real one) is this machine's end of a veth, where the broker listens too."""
     config = {"device_id": "0000000be0c4", "tenant": "bench", "site": "lab", "state_dir": str(workdir / "state"),
-              "log_level": "warning", "broker": {"host": "127.0.0.1", "port": port},
+              "log_level": "warning", "broker": {"host": host.gateway, "port": port},
               "limits": {"max_running": 12, "max_queued": 500, **limits},
               "telemetry": {"network_period_s": 10, "state_period_s": 60, "sample_period_s": 1.0}}
     path = workdir / "agent.toml"
     path.write_text(to_toml(config))
     log = open(workdir / "agent.log", "w")
     # -X importtime logs every module the agent imports: proof of what an idle agent loads.
-    proc = subprocess.Popen([sys.executable, "-X", "importtime", "-m", "rtk_qos", "agent", "--config", str(path)],
-                            stdout=log, stderr=subprocess.STDOUT)
+    proc = host.ns.popen(sys.executable, "-X", "importtime", "-m", "rtk_qos", "agent", "--config", str(path),
+                         stdout=log, stderr=subprocess.STDOUT)
     return proc, f"rtk/v1/bench/lab/{config['device_id']}"
 
 
@@ -127,7 +130,8 @@ def main() -> None:
         work = Path(tmp)
         (work / "broker").mkdir()
         broker = Broker(work / "broker")
-        agent, base = start_agent(work, broker.port)
+        host = AgentHost(Netns(f"rtkbench-agent{os.getpid()}"), os.getpid() % 250 + 1)
+        agent, base = start_agent(work, broker.port, host)
         try:
             ctl = Controller(broker.plain_port)
             ctl.subscribe(f"{base}/cmd/ack", f"{base}/cmd/res", f"{base}/lwt")
@@ -157,6 +161,7 @@ def main() -> None:
             agent.terminate()
             agent.wait(timeout=20)
             broker.stop()
+            host.delete()
         imports = (work / "agent.log").read_text(errors="replace")
         # paho is the positive control: the check must see what the agent does import.
         report["idle"]["imported"] = {name: re.search(rf"\|\s+{name}(\.|$)", imports, re.M) is not None
