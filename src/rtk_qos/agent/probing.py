@@ -97,10 +97,6 @@ class ContinuousProbe:
         self.problems: dict[str, str] = {}                # name -> why it is not probed
         self._thread = threading.Thread(target=self._run, name="rtk-qos-probe", daemon=True)
 
-    @property
-    def series_count(self) -> int:
-        return len(self.names) * len(METRICS)
-
     def start(self) -> None:
         self._thread.start()
 

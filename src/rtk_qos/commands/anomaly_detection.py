@@ -31,7 +31,6 @@ from typing import Optional
 
 from .. import _core
 from ..history import HistoryStore
-from ..protocol.errors import CommandError
 from .base import CommandSpec, Context, register
 
 OP = "qos_anomaly_detection"
