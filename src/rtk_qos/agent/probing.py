@@ -45,7 +45,6 @@ LOSS_WINDOW = 60     # probes in the sliding window of loss_pct
 SEGMENT_S = 300.0    # one Prober run between looking the targets up again
 RETRY_S = 30.0       # nothing to probe: look again after this long
 GATEWAY = "gateway"
-METRICS = ("latency_ms", "jitter_ms", "loss_pct")
 
 
 class _Target:
