@@ -50,6 +50,9 @@ DEFAULTS: dict[str, Any] = {
     "security": {
         "allow_router_changes": False,  # qos_config / applying qos_auto_optimization
     },
+    "shaping": {
+        "confirm_timeout_s": 120.0,  # an applied change not confirmed (qos_shaping_confirm) in time is reverted
+    },
     "telemetry": {
         "network_period_s": 30,
         "state_period_s": 60,

@@ -51,6 +51,7 @@ class Agent(Replies):
         self.dispatcher = Dispatcher(config, self.device_id, self, history=self.history.store)
         self.session = Session(config, self.topics.of("lwt"), self.device_id, self.outbox,
                                self._on_message, self._on_connected)
+        self.dispatcher.settings["broker_connected"] = self.session.connected.is_set
         self.session.subscriptions = [self.topics.cmd_req] + self.topics.shared_requests(
             config["subscribe_broadcast"])
         self.ops = sorted(load_all()) + [CANCEL_OP]
@@ -68,6 +69,18 @@ class Agent(Replies):
         self._monitor.start()
         if self.probes:
             self.probes.start()
+        if os.path.exists(os.path.join(self.config["state_dir"], "shaping.json")):
+            # Only then is pyroute2 imported: a change left pending by a killed agent is reverted.
+            threading.Thread(target=self._recover_shaping, name="rtk-qos-shaping", daemon=True).start()
+
+    def _recover_shaping(self) -> None:
+        from ..shaping.transaction import shaper
+        try:
+            shaper(self.config["state_dir"], lambda kind, payload: self.event(kind, payload, None),
+                   self.config["shaping"]["confirm_timeout_s"]).recover()
+        except Exception:
+            log.exception("reverting the pending shaping change failed")
+        self._request_state()
 
     def stop(self) -> None:
         """Cancel commands (their results are kept in the outbox), drain briefly, go offline cleanly."""
@@ -157,7 +170,8 @@ class Agent(Replies):
                       "outbox": {"queued": len(self.outbox), "dropped": dict(self.outbox.dropped)},
                       "counter_source": self._sampler.source if self._sampler else None,
                       "history": self.history.summary(),
-                      "probe": self.probes.status() if self.probes else None},
+                      "probe": self.probes.status() if self.probes else None,
+                      "shaping": device.shaping_status(self.config["state_dir"])},
             "interfaces": {name: {k: v for k, v in r.items() if k.endswith(("mbps", "pps"))}
                            for name, r in rates.items()},
         }

@@ -100,3 +100,15 @@ def network_telemetry(rows: list) -> list[dict]:
             "down", "lowerlayerdown", "notpresent") else "unknown")
         out.append(item)
     return out
+
+
+def shaping_status(state_dir: str) -> dict:
+    """The shaping change on record (none, pending, confirmed, reverted, rolled_back) and the
+    kernel's shaping features once a shaping command has probed them (never probed when idle)."""
+    from ..shaping import capabilities
+    from ..shaping.transaction import read_record
+    record = read_record(state_dir) or {}
+    caps = capabilities.cached()
+    return {"state": record.get("state", "none"), "transaction": record.get("id"), "op": record.get("op"),
+            "interfaces": record.get("interfaces"), "reason": record.get("reason"),
+            "features": capabilities.supported(caps) if caps else None}

@@ -62,7 +62,9 @@ class Dispatcher:
         self.settings = {"broker_host": config["broker"]["host"],
                          "probe_interval_s": config["probe"]["interval_s"],
                          "probe_timeout_s": config["probe"]["timeout_s"],
-                         "ml_backend": config["history"]["ml_backend"]}
+                         "ml_backend": config["history"]["ml_backend"],
+                         "allow_router_changes": self.allow_changes, "state_dir": config["state_dir"],
+                         "confirm_timeout_s": config["shaping"]["confirm_timeout_s"]}
         self.clock = clock
         self.history = history
         self._lock = threading.Lock()

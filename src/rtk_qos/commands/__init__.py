@@ -9,7 +9,7 @@ import importlib
 from .base import REGISTRY, CommandSpec, Context, register
 
 # One entry per command module; adding a command is one new module and one line here.
-_MODULES = ("traffic_analysis", "performance_monitor", "anomaly_detection")
+_MODULES = ("traffic_analysis", "performance_monitor", "anomaly_detection", "auto_optimization", "config")
 
 
 def load_all() -> dict[str, CommandSpec]:

@@ -284,6 +284,11 @@ ARGS: dict[str, Obj] = {
         }), max_items=128),
         "enable": Bool(default=True),
     }),
+    # Not in the published schemas: confirms the pending shaping change, or reverts it now.
+    "qos_shaping_confirm": Obj(fields={
+        "transaction": Str(max_len=64, doc="The pending transaction's id (default: whichever is pending)."),
+        "revert": Bool(default=False, doc="Revert the pending or confirmed change instead of confirming it."),
+    }),
     # Not in the published schemas: the agent's own control op (issue 3).
     "qos_cancel": Obj(fields={
         "id": Str(max_len=128, required=True, doc="The id of the running or queued command to cancel."),

@@ -1,0 +1,266 @@
+"""Change the router and never leave it worse: snapshot, apply, health check, confirm or revert.
+
+1. Before any change, every touched interface's qdiscs, classes and filters are read and the
+   snapshot is written to `<state_dir>/shaping.json` (temporary file, fsync, rename).
+2. The plan is applied step by step; a kernel error at any step restores the snapshot and
+   answers with the error and what was rolled back.
+3. The tree is read back and compared with the plan, then watched for `HEALTH_WINDOW_S`: the
+   root's counters must move when the link carries traffic, the shaper must not be starving
+   its senders (the GSO trap: most packets dropped while sending under half its rate), and the
+   default gateway and the broker must still answer. Anything else: revert at once.
+4. The change is then *pending* until confirmed (`qos_shaping_confirm`) within the confirm
+   timeout (default 120 s, netplan try's: long enough for a controller to see the result and
+   measure, short enough that a router cut off by the change comes back within two minutes).
+   Unconfirmed, it is reverted and a `shaping_reverted` event says why.
+5. An agent killed while a change is pending finds the file at start and reverts it.
+
+A revert deletes the roots now on the interface and re-creates the snapshot from the bytes the
+kernel dumped, then reads back and checks it equals the snapshot.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import time
+import uuid
+from typing import Callable, Optional
+
+from . import apply, tcstate
+from .plan import Plan
+
+log = logging.getLogger(__name__)
+CONFIRM_TIMEOUT_S = 120.0
+HEALTH_WINDOW_S = 3.0
+COLLAPSE_DROP_FRACTION = 0.2   # more dropped than this while...
+COLLAPSE_RATE_FRACTION = 0.5   # ...sending under half the shaped rate: senders starve
+BUSY_LINK_BYTES = 20_000       # a link that sent this much in the window was carrying traffic
+FILE = "shaping.json"
+
+
+class ShapingError(Exception):
+    """A change failed and was rolled back (or could not be): `details` says what happened."""
+
+    def __init__(self, message: str, details: dict):
+        super().__init__(message)
+        self.details = details
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def _write(path: str, data: dict) -> None:
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+        json.dump(data, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.rename(tmp, path)
+    dirfd = os.open(os.path.dirname(path) or ".", os.O_RDONLY)
+    try:
+        os.fsync(dirfd)
+    finally:
+        os.close(dirfd)
+
+
+def _ipr():
+    from pyroute2 import IPRoute
+    return IPRoute()
+
+
+def read_record(state_dir: str) -> Optional[dict]:
+    try:
+        with open(os.path.join(state_dir, FILE)) as f:
+            return json.load(f)
+    except FileNotFoundError:
+        return None
+
+
+class Shaper:
+    """The one writer of shaping state in a process: applies, confirms, reverts (thread-safe)."""
+
+    def __init__(self, state_dir: str, event: Callable[[str, dict], None] = lambda _t, _p: None,
+                 confirm_timeout_s: float = CONFIRM_TIMEOUT_S, ipr_factory=_ipr):
+        self.path = os.path.join(state_dir, FILE)
+        os.makedirs(state_dir, exist_ok=True)
+        self.event = event
+        self.confirm_timeout_s = confirm_timeout_s
+        self.ipr_factory = ipr_factory
+        self._lock = threading.RLock()
+        self._timer: Optional[threading.Timer] = None
+
+    # ---- status ------------------------------------------------------------------------------
+
+    def record(self) -> Optional[dict]:
+        with self._lock:
+            try:
+                with open(self.path) as f:
+                    return json.load(f)
+            except FileNotFoundError:
+                return None
+
+    def status(self) -> dict:
+        record = self.record()
+        if record is None:
+            return {"state": "none"}
+        return {k: record.get(k) for k in ("id", "state", "op", "interfaces", "applied_ms", "confirm_by_ms",
+                                           "reason", "summary")}
+
+    # ---- apply -------------------------------------------------------------------------------
+
+    def apply(self, plan: Plan, op: str, health: Callable[[], Optional[str]] = lambda: None,
+              interfaces_up: Optional[Callable] = None) -> dict:
+        """Apply `plan`; return what changed and the pending transaction, or raise ShapingError."""
+        with self._lock, self.ipr_factory() as ipr:
+            trees = {p.ifname: tcstate.read(ipr, p.ifname) for p in plan.interfaces}
+            ops = [op_ for p in plan.interfaces for op_ in apply.plan_ops(p, trees[p.ifname])]
+            if not ops:
+                return {"changed": False, "note": "the tree on the interface already matches the plan"}
+            previous = self.record()
+            if previous and previous.get("state") in ("pending", "confirmed") and set(previous["interfaces"]) & set(trees):
+                # Keep the original snapshot: reverting this change returns to what was there before us.
+                snapshot = previous["snapshot"]
+            else:
+                snapshot = {name: tree.as_json() for name, tree in trees.items()}
+            tx = {"id": uuid.uuid4().hex[:12], "state": "applying", "op": op, "interfaces": sorted(trees),
+                  "snapshot": snapshot, "applied_ms": _now_ms(), "plan": plan.summary(), "summary": None,
+                  "reason": None}
+            _write(self.path, tx)
+            start = time.monotonic()
+            done = []
+            for step in ops:
+                try:
+                    apply.execute(ipr, step, apply.ifindex_of(ipr, step.ifname))
+                    done.append(step.line())
+                except apply.KernelError as exc:
+                    rolled = self._restore(ipr, tx, f"kernel error: {exc}")
+                    raise ShapingError(f"{exc}; the snapshot was restored", {
+                        "error": exc.as_json(), "applied_before_error": done, "rolled_back": rolled}) from None
+            apply_ms = round((time.monotonic() - start) * 1000, 1)
+            readback = {p.ifname: tcstate.read(ipr, p.ifname) for p in plan.interfaces}
+            mismatch = [p.ifname for p in plan.interfaces if not apply.matches(p, readback[p.ifname])]
+            problem = f"read back differs from the plan on {', '.join(mismatch)}" if mismatch else None
+            problem = problem or self._watch(ipr, plan, health)
+            if problem:
+                rolled = self._restore(ipr, tx, f"health check: {problem}")
+                raise ShapingError(f"health check failed: {problem}; the snapshot was restored",
+                                   {"rolled_back": rolled, "applied": done})
+            tx.update(state="pending", confirm_by_ms=_now_ms() + int(self.confirm_timeout_s * 1000),
+                      summary={"steps": len(done), "apply_ms": apply_ms})
+            _write(self.path, tx)
+            self._arm(tx["id"])
+            return {"changed": True, "transaction": tx["id"], "state": "pending", "steps": done,
+                    "apply_ms": apply_ms, "confirm_timeout_s": self.confirm_timeout_s,
+                    "confirm_with": {"op": "qos_shaping_confirm", "args": {"transaction": tx["id"]}}}
+
+    def _watch(self, ipr, plan: Plan, health: Callable[[], Optional[str]]) -> Optional[str]:
+        """Counters over the health window, then the caller's reachability check."""
+        main = plan.interfaces[0].ifname
+        before = tcstate.read(ipr, main)
+        link_before = _tx_bytes(ipr, main)
+        time.sleep(HEALTH_WINDOW_S)
+        after = tcstate.read(ipr, main)
+        root_key = after.root.key if after.root else None
+        c0, c1 = before.counters.get(root_key), after.counters.get(root_key)
+        link_sent = _tx_bytes(ipr, main) - link_before
+        if c0 is not None and c1 is not None:
+            sent, packets = c1.bytes - c0.bytes, c1.packets - c0.packets
+            drops = c1.drops - c0.drops
+            if link_sent > BUSY_LINK_BYTES and sent == 0:
+                return f"{main} sent {link_sent} bytes but none through the shaper"
+            offered = packets + drops
+            rate = sent * 8 / HEALTH_WINDOW_S
+            if offered and drops / offered > COLLAPSE_DROP_FRACTION and rate < COLLAPSE_RATE_FRACTION * plan.shaped_bps:
+                return (f"throughput collapse: {drops} of {offered} packets dropped while sending "
+                        f"{rate / 1e6:.2f} Mbit/s of {plan.shaped_bps / 1e6:.2f}")
+        return health()
+
+    # ---- confirm and revert --------------------------------------------------------------------
+
+    def _arm(self, tx_id: str) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = threading.Timer(self.confirm_timeout_s, self._expire, args=(tx_id,))
+        self._timer.daemon = True
+        self._timer.start()
+
+    def _expire(self, tx_id: str) -> None:
+        with self._lock:
+            record = self.record()
+            if record and record["id"] == tx_id and record["state"] == "pending":
+                self.revert(f"not confirmed within {self.confirm_timeout_s:g} s")
+
+    def confirm(self, tx_id: Optional[str]) -> dict:
+        with self._lock:
+            record = self.record()
+            if record is None or record["state"] != "pending":
+                raise LookupError("no shaping change is pending")
+            if tx_id and tx_id != record["id"]:
+                raise LookupError(f"the pending change is {record['id']}, not {tx_id}")
+            if self._timer is not None:
+                self._timer.cancel()
+            record.update(state="confirmed", confirmed_ms=_now_ms())
+            _write(self.path, record)
+            return {"transaction": record["id"], "state": "confirmed"}
+
+    def revert(self, reason: str) -> dict:
+        """Restore the snapshot of the current transaction (pending, applying or confirmed)."""
+        with self._lock, self.ipr_factory() as ipr:
+            record = self.record()
+            if record is None or record["state"] in ("reverted", "rolled_back"):
+                raise LookupError("no shaping change to revert")
+            if self._timer is not None:
+                self._timer.cancel()
+            return {"transaction": record["id"], "state": "reverted", "reason": reason,
+                    "restored": self._restore(ipr, record, reason, state="reverted")}
+
+    def _restore(self, ipr, record: dict, reason: str, state: str = "rolled_back") -> dict:
+        out = {}
+        for name, data in record["snapshot"].items():
+            snapshot = tcstate.TcTree(name, 0, [tcstate.TcObject.from_json(o) for o in data["objects"]])
+            if apply.ifindex_of(ipr, name) is None:
+                out[name] = {"exact": None, "note": "interface gone; nothing to restore"}
+                continue
+            steps = apply.restore_ops(snapshot, tcstate.read(ipr, name))
+            index = apply.ifindex_of(ipr, name)
+            for step in steps:
+                apply.execute(ipr, step, index)
+            exact = tcstate.read(ipr, name).signature() == snapshot.signature()
+            out[name] = {"exact": exact, "steps": [s.line() for s in steps]}
+        record.update(state=state, reason=reason, reverted_ms=_now_ms(), restored=out)
+        _write(self.path, record)
+        log.warning("shaping %s %s: %s", record["id"], state, reason)
+        self.event("shaping_reverted", {"event_type": "shaping_reverted", "severity": "warning",
+                                        "transaction": record["id"], "state": state, "reason": reason,
+                                        "restored": out})
+        return out
+
+    def recover(self) -> Optional[dict]:
+        """At start: a change left applying or pending by a killed agent is reverted."""
+        record = self.record()
+        if record and record["state"] in ("applying", "pending"):
+            return self.revert(f"agent restarted while the change was {record['state']}")
+        return None
+
+
+def _tx_bytes(ipr, ifname: str) -> int:
+    index = apply.ifindex_of(ipr, ifname)
+    stats = ipr.get_links(index)[0].get_attr("IFLA_STATS64") if index is not None else None
+    return stats["tx_bytes"] if stats else 0
+
+
+_shapers: dict[str, Shaper] = {}
+_shapers_lock = threading.Lock()
+
+
+def shaper(state_dir: str, event: Callable[[str, dict], None] = lambda _t, _p: None,
+           confirm_timeout_s: float = CONFIRM_TIMEOUT_S) -> Shaper:
+    """The process's one Shaper for `state_dir` (its confirm timer outlives the command)."""
+    with _shapers_lock:
+        found = _shapers.get(state_dir)
+        if found is None:
+            found = _shapers[state_dir] = Shaper(state_dir, event, confirm_timeout_s)
+        found.event, found.confirm_timeout_s = event, confirm_timeout_s
+        return found
