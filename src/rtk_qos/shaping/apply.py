@@ -84,10 +84,10 @@ def plan_meaning(plan: InterfacePlan) -> set:
 
 
 def tree_meaning(tree: TcTree) -> set:
+    """The egress tree's meaning (plans shape egress; an ingress qdisc is left as it is)."""
     out = set()
     for o in tree.configured():
-        if o.parent == TC_H_INGRESS:
-            out.add(("qdisc", o.handle, o.parent, o.kind, ""))
+        if o.parent == TC_H_INGRESS or (o.what == "filter" and o.parent == TC_H_INGRESS & 0xFFFF0000):
             continue
         decoded = decode_options(o.what, o.kind, o.options)
         if o.what == "qdisc":
@@ -129,18 +129,33 @@ def plan_ops(plan: InterfacePlan, tree: TcTree) -> list[Op]:
     return ops
 
 
+def _is_ingress(o: TcObject) -> bool:
+    return o.parent == TC_H_INGRESS or (o.what == "filter" and o.parent == TC_H_INGRESS & 0xFFFF0000)
+
+
 def restore_ops(snapshot: TcTree, tree: TcTree) -> list[Op]:
-    """What turns `tree` back into `snapshot`: drop the configured roots now there (their
-    classes, leaves and filters go with them), then re-create the snapshot's objects, each after
-    its parent. A snapshot whose root was the kernel's default needs only the delete."""
-    if snapshot.signature() == tree.signature():
-        return []
-    ops = [Op("delete", "qdisc", o, tree.ifname) for o in tree.configured()
-           if o.what == "qdisc" and o.parent in (TC_H_ROOT, TC_H_INGRESS)]
-    pending = [o for o in snapshot.configured()
+    """What turns `tree` back into `snapshot`, per side (egress, ingress) that differs: drop the
+    configured top qdisc now there (its classes, leaves and filters go with it), then re-create
+    the snapshot's objects, each after its parent. A side that did not change is not touched; a
+    snapshot whose root was the kernel's default needs only the delete."""
+    ops = []
+    for ingress in (False, True):
+        then = [o for o in snapshot.objects if _is_ingress(o) == ingress]
+        now = [o for o in tree.objects if _is_ingress(o) == ingress]
+        if sorted((o.key, o.kind, o.options) for o in then) == sorted((o.key, o.kind, o.options) for o in now):
+            continue
+        ops += [Op("delete", "qdisc", o, tree.ifname) for o in now
+                if o.what == "qdisc" and o.handle != 0 and o.parent in (TC_H_ROOT, TC_H_INGRESS)]
+        ops += _create_in_order([o for o in then if not (o.what == "qdisc" and o.handle == 0)], snapshot, tree.ifname)
+    return ops
+
+
+def _create_in_order(objects: list[TcObject], snapshot: TcTree, ifname: str) -> list[Op]:
+    pending = [o for o in objects
                if not (o.what == "filter" and o.kind == "u32" and u32_selector(o.options)["divisor"] is not None
                        and (o.handle & 0x000FFFFF) == 0 and _root_hash_table(o, snapshot))]
     present = {TC_H_ROOT, TC_H_INGRESS}
+    ops = []
     while pending:
         ready = [o for o in pending if _parent_of(o) in present]
         if not ready:
@@ -148,7 +163,7 @@ def restore_ops(snapshot: TcTree, tree: TcTree) -> list[Op]:
                              + ", ".join(f"{o.what} {fmt_handle(o.handle)}" for o in pending))
         for o in ready:
             pending.remove(o)
-            ops.append(Op("add", o.what, o, tree.ifname))
+            ops.append(Op("add", o.what, o, ifname))
             if o.what != "filter":
                 present.add(o.handle)
     return ops

@@ -26,9 +26,11 @@ TCA_STATS_BASIC, TCA_STATS_QUEUE, TCA_STATS_BASIC_HW = 1, 3, 7
 # u32: attributes that are status, not configuration (dropped from snapshots and comparisons).
 TCA_U32_HASH, TCA_U32_PCNT, TCA_U32_FLAGS = 2, 9, 11
 TCA_CLS_FLAGS_CONFIG = 0x3  # skip_hw | skip_sw; not_in_hw/in_hw are the kernel's report
-# htb qdisc: tc_htb_glob.direct_pkts is a counter inside the options.
+# htb qdisc: tc_htb_glob.direct_pkts is a counter inside the options, and the version is
+# dumped whole (0x30011) while a request must give its major (3).
 TCA_HTB_INIT = 2
 HTB_DIRECT_PKTS_OFFSET = 16
+HTB_VERSION_REQUEST = 3
 
 
 def fmt_handle(handle: int) -> str:
@@ -165,7 +167,8 @@ def _normalise(what: str, kind: str, options: bytes) -> bytes:
         out = b""
         for attr, payload in nla_iter(options):
             if attr == TCA_HTB_INIT and len(payload) >= HTB_DIRECT_PKTS_OFFSET + 4:
-                payload = payload[:HTB_DIRECT_PKTS_OFFSET] + b"\0\0\0\0" + payload[HTB_DIRECT_PKTS_OFFSET + 4:]
+                payload = (struct.pack("=I", HTB_VERSION_REQUEST) + payload[4:HTB_DIRECT_PKTS_OFFSET] + b"\0\0\0\0"
+                           + payload[HTB_DIRECT_PKTS_OFFSET + 4:])
             out += nla_pack(attr, payload)
         return out
     return options
