@@ -102,7 +102,7 @@ class Rig:
         state = "on" if on else "off"
         for ns, ifname in ((self.lan, "eth0"), (self.router, "lan1"), (self.router, "wan0"),
                            (self.modem, "m_in"), (self.modem, "m_out"), (self.server, "eth0")):
-            ns.run("ethtool", "-K", ifname, "tso", state, "gso", state, "gro", state, check=False)
+            ns.run("ethtool", "-K", ifname, "tso", state, "gso", state, "gro", state)
 
     # ---- measurements --------------------------------------------------------------------------
 

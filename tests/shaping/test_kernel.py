@@ -175,3 +175,18 @@ def test_a_pending_change_found_at_start_is_reverted(ns, tmp_path):
     assert "agent restarted while the change was pending" == events[-1][1]["reason"]
     assert tcstate.read(ns.ipr, "v0").signature() == before.signature()
     assert restarted.recover() is None
+
+
+@pytest.mark.parametrize("leaf", ["bfifo", "pfifo"])
+def test_fifo_leaves_get_their_parent_and_limit(ns, leaf):
+    """A kernel with only fifos: the plan's leaves land under their classes with their limits."""
+    only = {**HERE_KERNEL, "qdiscs": {"htb": True, leaf: True}}
+    p = plan.build_auto("v0", 8_000_000, "test", only, ["minimize_latency"], [])
+    index = apply.ifindex_of(ns.ipr, "v0")
+    for step in apply.plan_ops(p.interfaces[0], tcstate.read(ns.ipr, "v0")):
+        apply.execute(ns.ipr, step, index)
+    tree = tcstate.read(ns.ipr, "v0")
+    leaves = {o.parent: tcstate.decode_options(o.what, o.kind, o.options)["limit"] for o in tree.of("qdisc")
+              if o.kind == leaf}
+    assert leaves == {q.parent: q.param("limit") for q in p.interfaces[0].qdiscs[1:]}
+    assert apply.matches(p.interfaces[0], tree)

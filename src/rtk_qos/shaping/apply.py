@@ -9,6 +9,7 @@ a `KernelError` naming the step, the errno and the object.
 from __future__ import annotations
 
 import errno as errno_names
+import struct
 from dataclasses import dataclass
 from typing import Optional
 
@@ -192,6 +193,11 @@ def execute(ipr, op: Op, ifindex: int) -> None:
         o = op.obj
         send(ipr, NEW_TYPE[o.what], NLM_F_CREATE | NLM_F_EXCL, ifindex, o.handle, o.parent, o.info, o.kind,
              o.options, step)
+    elif isinstance(op.obj, Qdisc) and op.obj.kind == "bfifo":
+        # pyroute2 has no bfifo plugin: its tc() would drop the parent and the limit.
+        q = op.obj
+        send(ipr, RTM_NEWQDISC, NLM_F_CREATE | NLM_F_EXCL, ifindex, q.handle, q.parent, 0, "bfifo",
+             struct.pack("=I", q.param("limit")), step)
     elif isinstance(op.obj, Qdisc):
         _call(step, ipr.tc, "add", op.obj.kind, ifindex, op.obj.handle, **_qdisc_kwargs(op.obj))
     elif isinstance(op.obj, HtbClass):
@@ -214,7 +220,7 @@ def _qdisc_kwargs(q: Qdisc) -> dict:
     parent = {} if q.parent == TC_H_ROOT else {"parent": q.parent}
     if q.kind == "htb":
         return {**parent, "default": q.param("default"), "r2q": q.param("r2q")}
-    if q.kind in ("bfifo", "pfifo"):
+    if q.kind == "pfifo":
         return {**parent, "limit": q.param("limit")}
     if q.kind == "tbf":
         return {**parent, "rate": f"{q.param('rate_bps')}bit", "burst": q.param("burst"), "limit": q.param("limit")}

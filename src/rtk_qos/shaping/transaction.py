@@ -33,8 +33,10 @@ from .plan import Plan
 log = logging.getLogger(__name__)
 CONFIRM_TIMEOUT_S = 120.0
 HEALTH_WINDOW_S = 3.0
-COLLAPSE_DROP_FRACTION = 0.2   # more dropped than this while...
-COLLAPSE_RATE_FRACTION = 0.5   # ...sending under half the shaped rate: senders starve
+# A leaf that drops while its class sends under half its ceiling is not full because of load:
+# its packets do not fit (64 kB GSO super-packets against a small byte limit), senders starve.
+COLLAPSE_RATE_FRACTION = 0.5
+COLLAPSE_MIN_DROPS = 5
 BUSY_LINK_BYTES = 20_000       # a link that sent this much in the window was carrying traffic
 FILE = "shaping.json"
 
@@ -162,19 +164,23 @@ class Shaper:
         link_before = _tx_bytes(ipr, main)
         time.sleep(HEALTH_WINDOW_S)
         after = tcstate.read(ipr, main)
-        root_key = after.root.key if after.root else None
-        c0, c1 = before.counters.get(root_key), after.counters.get(root_key)
         link_sent = _tx_bytes(ipr, main) - link_before
-        if c0 is not None and c1 is not None:
-            sent, packets = c1.bytes - c0.bytes, c1.packets - c0.packets
-            drops = c1.drops - c0.drops
-            if link_sent > BUSY_LINK_BYTES and sent == 0:
-                return f"{main} sent {link_sent} bytes but none through the shaper"
-            offered = packets + drops
-            rate = sent * 8 / HEALTH_WINDOW_S
-            if offered and drops / offered > COLLAPSE_DROP_FRACTION and rate < COLLAPSE_RATE_FRACTION * plan.shaped_bps:
-                return (f"throughput collapse: {drops} of {offered} packets dropped while sending "
-                        f"{rate / 1e6:.2f} Mbit/s of {plan.shaped_bps / 1e6:.2f}")
+        root_before = _by_handle(before, "qdisc").get(0x10000)
+        root_after = _by_handle(after, "qdisc").get(0x10000)
+        if root_before and root_after and link_sent > BUSY_LINK_BYTES and root_after.bytes == root_before.bytes:
+            return f"{main} sent {link_sent} bytes but none through the shaper"
+        classes0, classes1 = _by_handle(before, "class"), _by_handle(after, "class")
+        leaves0, leaves1 = _by_parent(before), _by_parent(after)
+        for cls in plan.interfaces[0].classes[1:]:
+            if cls.classid not in classes1 or cls.classid not in leaves1:
+                continue
+            drops = leaves1[cls.classid].drops - leaves0.get(cls.classid, tcstate.Counters()).drops
+            rate = (classes1[cls.classid].bytes - classes0.get(cls.classid, tcstate.Counters()).bytes) * 8 \
+                / HEALTH_WINDOW_S
+            if drops >= COLLAPSE_MIN_DROPS and rate < COLLAPSE_RATE_FRACTION * cls.ceil_bps:
+                return (f"throughput collapse in class {cls.name}: its queue dropped {drops} packets while it "
+                        f"sent {rate / 1e6:.2f} Mbit/s of its {cls.ceil_bps / 1e6:.2f} (packets too large for "
+                        "the queue)")
         return health()
 
     # ---- confirm and revert --------------------------------------------------------------------
@@ -243,6 +249,15 @@ class Shaper:
         if record and record["state"] in ("applying", "pending"):
             return self.revert(f"agent restarted while the change was {record['state']}")
         return None
+
+
+def _by_handle(tree: tcstate.TcTree, what: str) -> dict:
+    return {key[1]: c for key, c in tree.counters.items() if key[0] == what}
+
+
+def _by_parent(tree: tcstate.TcTree) -> dict:
+    """Leaf qdisc counters by the class they hang from."""
+    return {key[2]: c for key, c in tree.counters.items() if key[0] == "qdisc"}
 
 
 def _tx_bytes(ipr, ifname: str) -> int:
