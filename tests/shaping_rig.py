@@ -2,9 +2,10 @@
 
     lan (eth0) ── (lan1) router (wan0) ── (m_in) modem (m_out) ── (eth0) server
 
-The modem's egress toward the server is the slow link with a deep buffer (tbf, 8 Mbit/s and
-400 kB by default: half a second of queue), as a cable or DSL modem has. The router is where the
-agent shapes (its uplink wan0). Load: iperf3 uploads from lan to server; probes: a voip-like UDP
+The modem is a bridge (as a cable or DSL modem is) whose egress toward the server is the slow
+link with a deep buffer (tbf, 8 Mbit/s and 400 kB by default: 400 ms of queue). The server is
+also the router's default gateway (the ISP's side), so the agent's gateway probe crosses the
+modem's queue as it would at home. The router is where the agent shapes (its uplink wan0). Load: iperf3 uploads from lan to server; probes: a voip-like UDP
 echo (chosen DSCP and port) and ping, from lan to server, timed on lan.
 """
 from __future__ import annotations
@@ -89,7 +90,7 @@ class Rig:
     lan_addr: str
     router_lan_addr: str
     router_wan_addr: str
-    modem_addr: str
+    modem_addr: object  # None: the modem is a bridge
     server_addr: str
     uplink: str = "wan0"
 
@@ -172,16 +173,23 @@ def make_rig(rate_bps: int = BOTTLENECK_BPS, buffer_bytes: int = BUFFER_BYTES) -
             spaces.append(netns.Netns(name))
         lan, router, modem, server = spaces
         rig = Rig(lan, router, modem, server, f"10.80.{octet}.2", f"10.80.{octet}.1", f"10.81.{octet}.1",
-                  f"10.81.{octet}.2", f"10.82.{octet}.2")
+                  None, f"10.81.{octet}.2")
         netns._link(lan, router, "eth0", "lan1", rig.lan_addr, rig.router_lan_addr)
-        netns._link(router, modem, "wan0", "m_in", rig.router_wan_addr, rig.modem_addr)
-        netns._link(modem, server, "m_out", "eth0", f"10.82.{octet}.1", rig.server_addr)
+        for near, near_if, far_if in ((router, "wan0", "m_in"), (server, "eth0", "m_out")):
+            subprocess.run(["ip", "link", "add", near_if, "netns", near.name, "type", "veth", "peer", "name",
+                            far_if, "netns", modem.name], check=True)
+            near.run("ip", "link", "set", near_if, "up")
+        router.run("ip", "addr", "add", f"{rig.router_wan_addr}/24", "dev", "wan0")
+        server.run("ip", "addr", "add", f"{rig.server_addr}/24", "dev", "eth0")
+        modem.run("ip", "link", "add", "br0", "type", "bridge")
+        for ifname in ("m_in", "m_out"):
+            modem.run("ip", "link", "set", ifname, "master", "br0")
+            modem.run("ip", "link", "set", ifname, "up")
+        modem.run("ip", "link", "set", "br0", "up")
         lan.run("ip", "route", "add", "default", "via", rig.router_lan_addr)
-        router.run("ip", "route", "add", "default", "via", rig.modem_addr)
-        modem.run("ip", "route", "add", f"10.80.{octet}.0/24", "via", rig.router_wan_addr)
-        server.run("ip", "route", "add", "default", "via", f"10.82.{octet}.1")
-        for ns in (router, modem):
-            ns.sysctl("net.ipv4.ip_forward", "1")
+        router.run("ip", "route", "add", "default", "via", rig.server_addr)
+        server.run("ip", "route", "add", f"10.80.{octet}.0/24", "via", rig.router_wan_addr)
+        router.sysctl("net.ipv4.ip_forward", "1")
         # The modem's slow link: tbf drains at the line rate; its deep buffer is the bloat.
         modem.run("tc", "qdisc", "add", "dev", "m_out", "root", "tbf", "rate", str(rate_bps),
                   "burst", "5000", "limit", str(buffer_bytes))

@@ -22,6 +22,8 @@ MEASURE_S = 10.0
 PROBE_INTERVAL_S = 0.2
 LOADED_FRACTION = 0.5     # the uplink carried at least half its capacity: a loaded measurement
 IDLE_FRACTION = 0.1
+HISTORY_SECONDS = 3600
+MIN_SECONDS = 10
 # Latency increase under load -> grade (the DSLReports / Waveform scale).
 GRADES = ((5, "A+"), (30, "A"), (60, "B"), (200, "C"), (400, "D"))
 
@@ -79,6 +81,33 @@ def _summary(rtts: list[float]) -> Optional[dict]:
     return {"p50": round(statistics.median(rtts), 2), "p95": round(p95, 2)}
 
 
+def history_latency(ctx: Context, ifname: str, cap_bps: int, now: Optional[int] = None) -> dict:
+    """Gateway latency over the last hour's seconds, split by the uplink's load in the same
+    second (idle: at most 10 % of capacity sent; loaded: at least 50 %): the agent's history."""
+    from .anomaly_detection import _store
+    store, problem = _store(ctx)
+    tx_name, lat_name = f"{ifname}.tx_mbps", "probe.gateway.latency_ms"
+    if problem or tx_name not in store.series or lat_name not in store.series:
+        return {"idle": None, "loaded": None, "reason": problem or f"no {tx_name} / {lat_name} in the history"}
+    last = int(time.time()) if now is None else now
+    first = last - HISTORY_SECONDS
+    tx = store.series[tx_name].read_columns(0, first, last)[1]
+    latency = store.series[lat_name].read_columns(0, first, last)[1]
+    idle, loaded = [], []
+    for rate, rtt in zip(tx, latency):
+        if rate != rate or rtt != rtt:  # NaN: no sample that second
+            continue
+        fraction = rate * 1e6 / cap_bps
+        (idle if fraction <= IDLE_FRACTION else loaded if fraction >= LOADED_FRACTION else []).append(rtt)
+    out = {}
+    for name, values in (("idle", idle), ("loaded", loaded)):
+        out[name] = {**_summary(sorted(values)), "seconds": len(values)} if len(values) >= MIN_SECONDS else None
+    if not all(out.values()):
+        out["reason"] = (f"the last hour has {len(idle)} idle and {len(loaded)} loaded seconds with a gateway "
+                         f"probe; {MIN_SECONDS} of each are needed")
+    return out
+
+
 def bufferbloat(idle: Optional[dict], loaded: Optional[dict]) -> dict:
     if not idle or not loaded:
         return {"grade": None, "idle_ms": idle, "loaded_ms": loaded,
@@ -103,13 +132,15 @@ def run(args: dict, ctx: Context) -> dict:
     state = {"uplink": ifname, "gateway": gateway, "capacity_mbps": cap_bps / 1e6, "capacity_source": cap_source,
              "tc_tree": tree.describe(), "interface_errors": stats, "measurement": now,
              "condition": _condition(now, cap_bps)}
+    state["history"] = history_latency(ctx, ifname, cap_bps)
     issues = identify(state, tree, cap_bps)
     plan = shaping_plan.build_auto(ifname, cap_bps, cap_source, caps, args["optimization_goals"],
                                    constraints.get("priority_applications", []),
                                    constraints.get("time_window", "always"))
     ops = shaping_apply.plan_ops(plan.interfaces[0], tree)
-    loaded = now["latency_ms"] if state["condition"] == "loaded" else None
-    idle = now["latency_ms"] if state["condition"] == "idle" else None
+    # This run's measurement where it is one of the two conditions, else the history's.
+    loaded = now["latency_ms"] if state["condition"] == "loaded" else state["history"]["loaded"]
+    idle = now["latency_ms"] if state["condition"] == "idle" else state["history"]["idle"]
     result = {
         "current_state": state,
         "identified_issues": issues,
@@ -192,6 +223,11 @@ def identify(state: dict, tree, cap_bps: int) -> list[dict]:
         issues.append({"type": "bufferbloat", "severity": "high" if latency["p50"] >= 200 else "medium",
                        "details": f"gateway latency p50 {latency['p50']} ms, p95 {latency['p95']} ms while "
                                   f"{state['uplink']} sent {state['measurement']['tx_mbps']} Mbit/s"})
+    past = state.get("history", {})
+    if past.get("idle") and past.get("loaded") and past["loaded"]["p50"] - past["idle"]["p50"] >= 30:
+        issues.append({"type": "bufferbloat", "severity": "medium",
+                       "details": f"last hour: gateway latency p50 {past['idle']['p50']} ms idle, "
+                                  f"{past['loaded']['p50']} ms over {past['loaded']['seconds']} loaded seconds"})
     rate = state["interface_errors"].get("error_rate_percent")
     if rate is not None and rate > 1.0:
         issues.append({"type": "high_error_rate", "severity": "high" if rate > 5 else "medium",
