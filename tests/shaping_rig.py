@@ -11,7 +11,6 @@ echo (chosen DSCP and port) and ping, from lan to server, timed on lan.
 from __future__ import annotations
 
 import json
-import os
 import statistics
 import subprocess
 import sys

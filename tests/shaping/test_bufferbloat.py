@@ -6,7 +6,6 @@ UDP 5060) goes first and the bulk class holds only its target delay. Senders: cu
 most hosts use) and BBR; offloads on (the default) and off; and the router's own TCP, whose
 64 kB GSO super-packets starve a small byte-limited queue unless the leaf splits them.
 """
-import os
 import threading
 import time
 
@@ -18,18 +17,6 @@ from rtk_qos.shaping.transaction import ShapingError, Shaper
 
 SECONDS = 10.0
 GOALS = ["minimize_latency"]
-
-
-@pytest.fixture
-def rig():
-    if os.geteuid() != 0:
-        pytest.fail("bufferbloat tests need root")
-    built = shaping_rig.make_rig()
-    servers = built.start_servers()
-    yield built
-    for proc in servers:
-        proc.kill()
-    built.delete()
 
 
 def _router(rig):

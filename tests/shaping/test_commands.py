@@ -7,23 +7,8 @@ import subprocess
 import sys
 import time
 
-import pytest
-
-import shaping_rig
 from mqtt_harness import flat_request, online
 from rtk_qos.shaping import tcstate
-
-
-@pytest.fixture
-def rig():
-    if os.geteuid() != 0:
-        pytest.fail("these tests need root")
-    built = shaping_rig.make_rig()
-    servers = built.start_servers()
-    yield built
-    for proc in servers:
-        proc.kill()
-    built.delete()
 
 
 def tree_of(ns, ifname):

@@ -1,7 +1,6 @@
 """Capability probe, tc state, apply and the transaction against the real kernel, in a namespace."""
 import errno
 import os
-import subprocess
 import time
 
 import pytest
@@ -190,3 +189,33 @@ def test_fifo_leaves_get_their_parent_and_limit(ns, leaf):
               if o.kind == leaf}
     assert leaves == {q.parent: q.param("limit") for q in p.interfaces[0].qdiscs[1:]}
     assert apply.matches(p.interfaces[0], tree)
+
+
+def test_a_confirmed_plan_comes_back_after_a_link_flap_and_follows_its_time_window(ns, tmp_path):
+    from datetime import datetime
+    before = tcstate.read(ns.ipr, "v0")
+    shaper, events = _shaper(ns, tmp_path)
+    p = plan.build_auto("v0", 8_000_000, "test", HERE_KERNEL, ["minimize_latency"], [], "peak_hours")
+    monday_evening, monday_noon = datetime(2026, 11, 23, 20, 0), datetime(2026, 11, 23, 12, 0)
+    shaper.confirm(shaper.apply(p, "test")["transaction"])
+    assert shaper.maintain({}, monday_evening) is None  # in place, in its window: nothing to do
+    # A link that goes away and comes back loses its qdiscs, as a real reconnect does.
+    ns.run("ip", "link", "del", "v0")
+    ns.run("ip", "link", "add", "v0", "type", "veth", "peer", "name", "p0")
+    ns.run("ip", "link", "set", "v0", "up")
+    assert tcstate.read(ns.ipr, "v0").configured() == []
+    assert shaper.maintain({}, monday_evening) == "re-applied"
+    assert apply.matches(p.interfaces[0], tcstate.read(ns.ipr, "v0"))
+    assert shaper.maintain({}, monday_noon) == "removed: outside peak_hours"
+    assert tcstate.read(ns.ipr, "v0").signature() == before.signature()
+    assert shaper.maintain({"peak_hours": "11:00-13:00"}, monday_noon) == "applied: peak_hours began"
+    assert events[-1][1]["action"] == "applied: peak_hours began"
+
+
+def test_time_windows_in_local_time():
+    from datetime import datetime
+    saturday_ten, monday_ten = datetime(2026, 11, 28, 10, 0), datetime(2026, 11, 30, 10, 0)
+    assert plan.in_window("business_hours", {}, monday_ten) and not plan.in_window("business_hours", {}, saturday_ten)
+    assert plan.in_window("off_peak", {}, datetime(2026, 11, 28, 2, 30))  # wraps past midnight
+    assert not plan.in_window("off_peak", {}, datetime(2026, 11, 28, 12, 0))
+    assert plan.in_window("always", {}, saturday_ten)

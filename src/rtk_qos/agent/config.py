@@ -52,6 +52,10 @@ DEFAULTS: dict[str, Any] = {
     },
     "shaping": {
         "confirm_timeout_s": 120.0,  # an applied change not confirmed (qos_shaping_confirm) in time is reverted
+        "check_every_s": 10.0,       # a confirmed plan is re-applied if its tree is gone (link flap)
+        "business_hours": "09:00-18:00",  # time_window spans, local time (business hours: Mon-Fri)
+        "peak_hours": "19:00-23:00",
+        "off_peak": "23:00-07:00",
     },
     "telemetry": {
         "network_period_s": 30,

@@ -60,6 +60,8 @@ class Agent(Replies):
         self._health: tuple[str, list] = ("ok", [])
         self._counter_error: Optional[str] = None
         self._sampler = None
+        self._shaping_thread: Optional[threading.Thread] = None
+        self._shaping_lock = threading.Lock()
         self._monitor = threading.Thread(target=self._monitor_loop, name="rtk-qos-monitor", daemon=True)
 
     # ---- lifecycle ----------------------------------------------------------------------------
@@ -69,18 +71,37 @@ class Agent(Replies):
         self._monitor.start()
         if self.probes:
             self.probes.start()
-        if os.path.exists(os.path.join(self.config["state_dir"], "shaping.json")):
-            # Only then is pyroute2 imported: a change left pending by a killed agent is reverted.
-            threading.Thread(target=self._recover_shaping, name="rtk-qos-shaping", daemon=True).start()
+        self.start_shaping_upkeep()
+
+    def start_shaping_upkeep(self) -> None:
+        """Once a shaping record exists (at start, or after a shaping command): only then is
+        pyroute2 imported, so an agent that never shapes stays as small as before."""
+        with self._shaping_lock:
+            if self._shaping_thread is None and os.path.exists(os.path.join(self.config["state_dir"],
+                                                                            "shaping.json")):
+                self._shaping_thread = threading.Thread(target=self._recover_shaping, name="rtk-qos-shaping",
+                                                        daemon=True)
+                self._shaping_thread.start()
 
     def _recover_shaping(self) -> None:
+        """Revert a change left pending, then keep the confirmed plan in place (link flaps,
+        time windows) for as long as the agent runs."""
         from ..shaping.transaction import shaper
+        settings = self.config["shaping"]
+        tx = shaper(self.config["state_dir"], lambda kind, payload: self.event(kind, payload, None),
+                    settings["confirm_timeout_s"])
         try:
-            shaper(self.config["state_dir"], lambda kind, payload: self.event(kind, payload, None),
-                   self.config["shaping"]["confirm_timeout_s"]).recover()
+            tx.recover()
         except Exception:
             log.exception("reverting the pending shaping change failed")
         self._request_state()
+        hours = {name: settings[name] for name in ("business_hours", "peak_hours", "off_peak")}
+        while not self._stop.wait(settings["check_every_s"]):
+            try:
+                if tx.maintain(hours):
+                    self._request_state()
+            except Exception:
+                log.exception("keeping the confirmed shaping plan in place failed")
 
     def stop(self) -> None:
         """Cancel commands (their results are kept in the outbox), drain briefly, go offline cleanly."""
@@ -123,6 +144,7 @@ class Agent(Replies):
         topic = request.reply_to or self.topics.cmd_res
         self.outbox.put("result", topic, messages.encode(message), qos=1, correlation=request.correlation_data)
         self._request_state()  # the set of running commands changed
+        self.start_shaping_upkeep()
 
     def progress(self, request: messages.Request, op: str, payload: dict) -> None:
         event = {"event_type": "command_progress", "severity": "info", "id": request.id, "op": op,

@@ -8,7 +8,7 @@ u32 filters by DSCP, protocol, address and port; and a short queue at each leaf.
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Optional
 
 from .tcstate import TC_H_ROOT, fmt_handle
@@ -381,3 +381,40 @@ def _bounded(cls: HtbClass, limit_mbps: Optional[int], guarantee_mbps: Optional[
 def protocol_info(prio: int) -> int:
     """tcmsg.info of an IPv4 filter at `prio`: priority << 16 | htons(ETH_P_IP)."""
     return (prio << 16) | struct.unpack("=H", struct.pack("!H", ETH_P_IP))[0]
+
+
+# ---- persistence (the confirmed plan is re-applied after a link flap or a restart) ----------------
+
+def to_json(p: Plan) -> dict:
+    return asdict(p)
+
+
+def from_json(data: dict) -> Plan:
+    interfaces = [InterfacePlan(
+        i["ifname"],
+        [Qdisc(q["kind"], q["handle"], q["parent"], tuple(tuple(kv) for kv in q["params"])) for q in i["qdiscs"]],
+        [HtbClass(**c) for c in i["classes"]],
+        [Filter(f["parent"], f["prio"], f["classid"], tuple(tuple(m) for m in f["match"]), f["why"])
+         for f in i["filters"]]) for i in data["interfaces"]]
+    return Plan(interfaces, **{k: v for k, v in data.items() if k != "interfaces"})
+
+
+# ---- time windows (local time) ---------------------------------------------------------------------
+
+WINDOWS = {"business_hours": ("09:00-18:00", True), "peak_hours": ("19:00-23:00", False),
+           "off_peak": ("23:00-07:00", False)}
+
+
+def in_window(window: str, hours: dict, when) -> bool:
+    """Whether `when` (a local datetime) is inside `window`; hours {name: "HH:MM-HH:MM"} override
+    the defaults. business_hours are Monday to Friday; a span past midnight wraps."""
+    if window == "always":
+        return True
+    default, weekdays_only = WINDOWS[window]
+    span = hours.get(window, default)
+    start, _, end = span.partition("-")
+    minute = when.hour * 60 + when.minute
+    first = int(start[:2]) * 60 + int(start[3:5])
+    last = int(end[:2]) * 60 + int(end[3:5])
+    inside = first <= minute < last if first <= last else (minute >= first or minute < last)
+    return inside and (not weekdays_only or when.weekday() < 5)

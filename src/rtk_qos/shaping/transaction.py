@@ -25,9 +25,11 @@ import os
 import threading
 import time
 import uuid
+from datetime import datetime
 from typing import Callable, Optional
 
 from . import apply, tcstate
+from . import plan as plan_module
 from .plan import Plan
 
 log = logging.getLogger(__name__)
@@ -127,8 +129,8 @@ class Shaper:
             else:
                 snapshot = {name: tree.as_json() for name, tree in trees.items()}
             tx = {"id": uuid.uuid4().hex[:12], "state": "applying", "op": op, "interfaces": sorted(trees),
-                  "snapshot": snapshot, "applied_ms": _now_ms(), "plan": plan.summary(), "summary": None,
-                  "reason": None}
+                  "snapshot": snapshot, "applied_ms": _now_ms(), "plan": plan.summary(),
+                  "plan_data": plan_module.to_json(plan), "active": True, "summary": None, "reason": None}
             _write(self.path, tx)
             start = time.monotonic()
             done = []
@@ -242,6 +244,41 @@ class Shaper:
                                         "transaction": record["id"], "state": state, "reason": reason,
                                         "restored": out})
         return out
+
+    def maintain(self, hours: dict, now=None) -> Optional[str]:
+        """Keep the confirmed plan where it belongs: re-applied when the tree is gone (the link
+        went down and up, or was re-created), removed outside its time window and back inside
+        it. Returns what it did, or None. Called by the agent every few seconds."""
+        with self._lock:
+            record = self.record()
+            if not record or record["state"] != "confirmed" or "plan_data" not in record:
+                return None
+            plan = plan_module.from_json(record["plan_data"])
+            active = plan_module.in_window(plan.time_window, hours, now or datetime.now())
+            with self.ipr_factory() as ipr:
+                done = None
+                for target in plan.interfaces:
+                    index = apply.ifindex_of(ipr, target.ifname)
+                    if index is None:
+                        continue  # gone for now; put back when it returns
+                    tree = tcstate.read(ipr, target.ifname)
+                    if active and not apply.matches(target, tree):
+                        for step in apply.plan_ops(target, tree):
+                            apply.execute(ipr, step, index)
+                        done = "re-applied" if record.get("active", True) else f"applied: {plan.time_window} began"
+                    elif not active and apply.matches(target, tree):
+                        snapshot = tcstate.TcTree(target.ifname, 0, [tcstate.TcObject.from_json(o) for o in
+                                                                     record["snapshot"][target.ifname]["objects"]])
+                        for step in apply.restore_ops(snapshot, tree):
+                            apply.execute(ipr, step, index)
+                        done = f"removed: outside {plan.time_window}"
+            if done:
+                record.update(active=active, maintained_ms=_now_ms(), maintained=done)
+                _write(self.path, record)
+                log.info("shaping %s %s", record["id"], done)
+                self.event("shaping_maintained", {"event_type": "shaping_maintained", "severity": "info",
+                                                  "transaction": record["id"], "action": done})
+            return done
 
     def recover(self) -> Optional[dict]:
         """At start: a change left applying or pending by a killed agent is reverted."""
