@@ -68,7 +68,8 @@ def test_lifecycle_messages_describe_the_device_and_validate(start_agent, contro
     assert state["health"] in ("ok", "warning") and state["connection_status"] == "connected"
     assert "qos_traffic_analysis" in state["capabilities"]["diagnostics"]
     assert "qos_cancel" in state["capabilities"]["diagnostics"]
-    assert "qos_config" not in state["capabilities"]["diagnostics"]  # not implemented yet: not claimed
+    assert {"qos_config", "qos_auto_optimization", "qos_shaping_confirm"} <= set(state["capabilities"]["diagnostics"])
+    assert state["agent"]["shaping"]["state"] == "none"
     telemetry = ctl.wait_for(lambda m: m.topic == f"{agent.base}/telemetry/network", timeout=10)[0].json
     names = [i["name"] for i in telemetry["payload"]["interfaces"]]
     assert names == [agent_host.agent_if]

@@ -90,6 +90,7 @@ DEFAULTS: dict[str, Any] = {
 ENV_PREFIX = "RTK_QOS_"
 MAX_PROBE_TARGETS = 8
 PROBE_INTERVAL_RANGE = (0.1, 60.0)
+HOURS = re.compile(r"^([01]\d|2[0-3]):[0-5]\d-([01]\d|2[0-3]):[0-5]\d$")
 PROBE_TARGET = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:%-]{0,252}$")  # a host name or an address
 
 
@@ -205,6 +206,7 @@ def _finish(config: dict) -> dict:
         if config[section][key] < low:
             raise ConfigError(f"{section}.{key}: {config[section][key]} is below {low}")
     _check_probe(config["history"])
+    _check_shaping(config["shaping"])
     if config["history"]["ml_backend"] not in ("native", "sklearn"):
         raise ConfigError(f"history.ml_backend: {config['history']['ml_backend']!r} is not native or sklearn")
     # Found, not imported: importing costs a second and 115 MB, paid only when a command needs it.
@@ -214,6 +216,15 @@ def _finish(config: dict) -> dict:
         config["state_dir"] = ("/var/lib/rtk-qos" if os.geteuid() == 0
                                else os.path.expanduser("~/.local/state/rtk-qos"))
     return config
+
+
+def _check_shaping(shaping: dict) -> None:
+    for key, low in (("confirm_timeout_s", 5.0), ("check_every_s", 1.0)):
+        if not shaping[key] >= low:  # NaN fails too
+            raise ConfigError(f"shaping.{key}: {shaping[key]} is below {low}")
+    for key in ("business_hours", "peak_hours", "off_peak"):
+        if not HOURS.match(shaping[key]):
+            raise ConfigError(f"shaping.{key}: {shaping[key]!r} is not HH:MM-HH:MM (local time)")
 
 
 def _check_probe(history: dict) -> None:
