@@ -36,6 +36,7 @@ bench: $(VENV)/.built
 	$(PY) bench/anomaly.py --output bench/anomaly-report.json
 	$(PY) bench/iforest.py --output bench/iforest-report.json
 	$(PY) bench/nab.py --generated --output bench/nab-report.json
+	$(PY) bench/shaping.py --output bench/shaping-report.json
 
 native-test:
 	$(MAKE) -C native test
