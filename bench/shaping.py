@@ -2,7 +2,7 @@
 
 Topology (tests/shaping_rig.py): lan - router - modem (bridge, tbf 8 Mbit/s, 400 kB buffer) -
 server. A bulk upload from the LAN (iperf3, cubic: what most hosts use; then BBR) saturates the
-modem; a voip-like probe (UDP 5060, DSCP EF, 50/s) and a probe in the upload's own class (UDP
+modem (then a download, with the modem's queue in both directions and the plan's ifb shaper); a voip-like probe (UDP 5060, DSCP EF, 50/s) and a probe in the upload's own class (UDP
 40000, unmarked) measure latency; iperf3's receiver gives the goodput. Same run: without a
 shaper (before), then with the agent's plan applied on the router's uplink (after).
 
@@ -51,6 +51,7 @@ def _build_times(rig, p) -> dict:
     """The same tree built REPEATS times on a scratch veth in the router: pyroute2 vs tc."""
     rig.router.run("ip", "link", "add", "scratch0", "type", "veth", "peer", "name", "scratch1")
     rig.router.run("ip", "link", "set", "scratch0", "up")
+    # The egress tree alone (no ifb, no redirect): the same objects both tools can build.
     tree = plan.InterfacePlan("scratch0", p.interfaces[0].qdiscs, p.interfaces[0].classes, p.interfaces[0].filters)
     lines = [line.split("  #")[0] for line in render.plan_lines(tree)]
     batch = tempfile.NamedTemporaryFile("w", suffix=".tc", delete=False)
@@ -91,12 +92,12 @@ def _build_times(rig, p) -> dict:
             "note": "tc per line includes `ip netns exec` per process; tc -batch is one process"}
 
 
-def run(seconds: float, cc: str, state_dir: str) -> dict:
-    rig = shaping_rig.make_rig()
+def run(seconds: float, cc: str, state_dir: str, download: bool = False) -> dict:
+    rig = shaping_rig.make_rig(download=download)
     servers = rig.start_servers()
     try:
         idle = rig.measure(8, load=False)
-        before = rig.measure(seconds, cc=cc)
+        before = rig.measure(seconds, cc=cc, download=download)
         with _router(rig) as ipr:
             caps = capabilities.probe(ipr)
             original = tcstate.read(ipr, rig.uplink)
@@ -104,7 +105,7 @@ def run(seconds: float, cc: str, state_dir: str) -> dict:
         shaper = Shaper(state_dir, ipr_factory=lambda: _router(rig))
         applied = shaper.apply(p, "bench")
         shaper.confirm(applied["transaction"])
-        after = rig.measure(seconds, cc=cc)
+        after = rig.measure(seconds, cc=cc, download=download)
         start = time.perf_counter()
         reverted = shaper.revert("bench done")
         revert_ms = (time.perf_counter() - start) * 1000
@@ -114,7 +115,7 @@ def run(seconds: float, cc: str, state_dir: str) -> dict:
                "apply_ms": applied["apply_ms"], "apply_steps": len(applied["steps"]),
                "revert_ms": round(revert_ms, 1), "revert_exact": exact and reverted["restored"][rig.uplink]["exact"],
                "plan": {"leaf": p.leaf, "shaped_mbps": p.shaped_bps / 1e6, "target_delay_ms": p.target_delay_ms}}
-        if cc == "cubic":
+        if cc == "cubic" and not download:
             out["build"] = _build_times(rig, p)
         return out
     finally:
@@ -131,6 +132,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as state:
         cubic = run(ns.seconds, "cubic", os.path.join(state, "cubic"))
         bbr = run(ns.seconds, "bbr", os.path.join(state, "bbr"))
+        down = run(ns.seconds, "cubic", os.path.join(state, "download"), download=True)
 
     def pair(probe: str) -> dict:
         return {"before": cubic["before"][probe], "after": cubic["after"][probe]}
@@ -152,6 +154,9 @@ def main() -> int:
         "plan": cubic["plan"],
         "pyroute2_vs_tc": cubic["build"],
         "bbr": {k: bbr[k] for k in ("idle", "before", "after")},
+        "download": {"note": "the modem's queue in both directions; the server sends (iperf3 -R, cubic); the "
+                             "plan shapes arriving packets on an ifb (mirred redirect)",
+                     **{k: down[k] for k in ("idle", "before", "after")}},
         "notes": {"latency_under_load_ms": "the voip-like probe: UDP 5060, DSCP EF, 160 bytes every 20 ms",
                   "bulk_latency_under_load_ms": "a probe in the class the upload lands in (unclassified: the "
                                                 "default class), UDP 40000 every 20 ms",

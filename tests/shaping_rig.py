@@ -124,17 +124,20 @@ class Rig:
         return self.lan.popen("ping", "-n", "-i", str(interval), "-c", str(int(seconds / interval)),
                               "-W", "2", self.server_addr, stdout=subprocess.PIPE, text=True)
 
-    def upload(self, seconds: float, cc: str = "cubic", tos: int = 0, local: bool = False) -> subprocess.Popen:
+    def upload(self, seconds: float, cc: str = "cubic", tos: int = 0, local: bool = False,
+               download: bool = False) -> subprocess.Popen:
         """iperf3 from the LAN host through the router, or from the router itself (`local`: its
-        TCP stack hands 64 kB GSO super-packets to the uplink's queue when offloads are on)."""
-        return (self.router if local else self.lan).popen("iperf3", "-c", self.server_addr, "-t", str(seconds), "-C", cc, "-J",
-                              "-S", str(tos), "--omit", "2", stdout=subprocess.PIPE, text=True)
+        TCP stack hands 64 kB GSO super-packets to the uplink's queue when offloads are on);
+        `download`: the server sends (iperf3 -R)."""
+        return (self.router if local else self.lan).popen(
+            "iperf3", "-c", self.server_addr, "-t", str(seconds), "-C", cc, "-J", "-S", str(tos), "--omit", "2",
+            *(["-R"] if download else []), stdout=subprocess.PIPE, text=True)
 
     def measure(self, seconds: float = 12.0, load: bool = True, cc: str = "cubic",
-                voip=(5060, 0xB8), bulk=(40000, 0), local: bool = False) -> dict:
+                voip=(5060, 0xB8), bulk=(40000, 0), local: bool = False, download: bool = False) -> dict:
         """Latency of the voip-like probe, of a probe in the load's class, and of ping, with or
         without a bulk upload; goodput as a fraction of the bottleneck."""
-        upload = self.upload(seconds + 2, cc, local=local) if load else None
+        upload = self.upload(seconds + 2, cc, local=local, download=download) if load else None
         if load:
             time.sleep(3)  # the queue fills within a second at 8 Mbit/s; 3 s is past slow start
         voip_probe = self.udp_probe(voip[0], voip[1], seconds)
@@ -163,7 +166,9 @@ def _ping_summary(text: str) -> dict:
     return percentiles(rtts)
 
 
-def make_rig(rate_bps: int = BOTTLENECK_BPS, buffer_bytes: int = BUFFER_BYTES) -> Rig:
+def make_rig(rate_bps: int = BOTTLENECK_BPS, buffer_bytes: int = BUFFER_BYTES, download: bool = False) -> Rig:
+    """The topology; `download` puts the same slow deep queue on the modem's side toward the
+    router too (a download then bloats it)."""
     base, octet = netns._subnet()
     names = [base + suffix for suffix in ("lan", "rtr", "mdm", "srv")]
     spaces = []
@@ -190,8 +195,9 @@ def make_rig(rate_bps: int = BOTTLENECK_BPS, buffer_bytes: int = BUFFER_BYTES) -
         server.run("ip", "route", "add", f"10.80.{octet}.0/24", "via", rig.router_wan_addr)
         router.sysctl("net.ipv4.ip_forward", "1")
         # The modem's slow link: tbf drains at the line rate; its deep buffer is the bloat.
-        modem.run("tc", "qdisc", "add", "dev", "m_out", "root", "tbf", "rate", str(rate_bps),
-                  "burst", "5000", "limit", str(buffer_bytes))
+        for ifname in ("m_out", "m_in") if download else ("m_out",):
+            modem.run("tc", "qdisc", "add", "dev", ifname, "root", "tbf", "rate", str(rate_bps),
+                      "burst", "5000", "limit", str(buffer_bytes))
         return rig
     except Exception:
         for ns in spaces:

@@ -127,3 +127,16 @@ def test_health_check_reverts_a_shaper_that_collapses_throughput(rig, tmp_path):
     assert result["state"] == "pending"
     with _router(rig) as ipr:
         assert apply.matches(tree, tcstate.read(ipr, rig.uplink))
+
+
+def test_a_download_bloats_the_modem_and_the_ifb_shaper_removes_it(download_rig, tmp_path):
+    """Ingress shaping: arriving packets redirected (mirred) to an ifb and shaped there below
+    the modem's rate, so the modem's downstream queue stays empty."""
+    rig = download_rig
+    idle = rig.measure(5, load=False)
+    before = rig.measure(SECONDS, cc="cubic", download=True)
+    assert before["voip"]["p50"] > 100  # the replies wait in the modem's downstream queue
+    p = shape(rig, tmp_path)
+    assert p.ingress["shaped"]
+    after = rig.measure(SECONDS, cc="cubic", download=True)
+    assert_fixed(idle, after, p)

@@ -219,3 +219,30 @@ def test_time_windows_in_local_time():
     assert plan.in_window("off_peak", {}, datetime(2026, 11, 28, 2, 30))  # wraps past midnight
     assert not plan.in_window("off_peak", {}, datetime(2026, 11, 28, 12, 0))
     assert plan.in_window("always", {}, saturday_ten)
+
+
+def test_ingress_through_an_ifb_where_the_kernel_has_mirred_and_its_exact_revert(ns, tmp_path):
+    caps = capabilities.probe(ns.ipr)
+    assert caps["actions"]["mirred"]  # this kernel has tc actions: ingress is planned, not refused
+    ns.run("tc", "qdisc", "add", "dev", "v0", "ingress")  # someone's ingress qdisc, to be put back
+    before = tcstate.read(ns.ipr, "v0")
+    shaper, _ = _shaper(ns, tmp_path)
+    p = plan.build_auto("v0", 8_000_000, "test", caps, ["minimize_latency"], ["voip"])
+    assert p.ingress["shaped"] and p.ingress["ifb"] == "ifb4v0"
+    egress, inbound = p.interfaces
+    assert egress.redirect_to == "ifb4v0" and inbound.create == "ifb"
+    # On the ifb the remote end's port is the source: voip's SIP port matched as sport there.
+    sip = [f for f in inbound.filters if "5060-5061" in f.why]
+    assert sip and all(20 in {off for off, _v, _m in f.match} for f in sip)
+    result = shaper.apply(p, "test")
+    assert result["steps"][0] == "ip link add ifb4v0 type ifb && ip link set ifb4v0 up"
+    assert result["steps"][-1].endswith("action mirred egress redirect dev ifb4v0")
+    assert apply.matches(inbound, tcstate.read(ns.ipr, "ifb4v0"))
+    assert apply.has_redirect(tcstate.read(ns.ipr, "v0"))
+    assert shaper.apply(p, "test")["changed"] is False
+    reverted = shaper.revert("done")
+    assert reverted["restored"] == {"v0": reverted["restored"]["v0"], "ifb4v0": {"exact": True,
+                                                                              "steps": ["ip link del ifb4v0"]}}
+    assert reverted["restored"]["v0"]["exact"] is True
+    assert tcstate.read(ns.ipr, "v0").signature() == before.signature()
+    assert apply.ifindex_of(ns.ipr, "ifb4v0") is None

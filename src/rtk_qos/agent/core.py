@@ -71,30 +71,32 @@ class Agent(Replies):
         self._monitor.start()
         if self.probes:
             self.probes.start()
-        self.start_shaping_upkeep()
+        self.start_shaping_upkeep(at_start=True)
 
-    def start_shaping_upkeep(self) -> None:
+    def start_shaping_upkeep(self, at_start: bool = False) -> None:
         """Once a shaping record exists (at start, or after a shaping command): only then is
-        pyroute2 imported, so an agent that never shapes stays as small as before."""
+        pyroute2 imported, so an agent that never shapes stays as small as before. At start, a
+        change left pending by the previous process is reverted first."""
         with self._shaping_lock:
             if self._shaping_thread is None and os.path.exists(os.path.join(self.config["state_dir"],
                                                                             "shaping.json")):
-                self._shaping_thread = threading.Thread(target=self._recover_shaping, name="rtk-qos-shaping",
-                                                        daemon=True)
+                self._shaping_thread = threading.Thread(target=self._keep_shaping, args=(at_start,),
+                                                        name="rtk-qos-shaping", daemon=True)
                 self._shaping_thread.start()
 
-    def _recover_shaping(self) -> None:
-        """Revert a change left pending, then keep the confirmed plan in place (link flaps,
-        time windows) for as long as the agent runs."""
+    def _keep_shaping(self, recover: bool) -> None:
+        """Revert a change the previous process left pending (`recover`), then keep the
+        confirmed plan in place (link flaps, time windows) for as long as the agent runs."""
         from ..shaping.transaction import shaper
         settings = self.config["shaping"]
         tx = shaper(self.config["state_dir"], lambda kind, payload: self.event(kind, payload, None),
                     settings["confirm_timeout_s"])
-        try:
-            tx.recover()
-        except Exception:
-            log.exception("reverting the pending shaping change failed")
-        self._request_state()
+        if recover:
+            try:
+                tx.recover()
+            except Exception:
+                log.exception("reverting the pending shaping change failed")
+            self._request_state()
         hours = {name: settings[name] for name in ("business_hours", "peak_hours", "off_peak")}
         while not self._stop.wait(settings["check_every_s"]):
             try:

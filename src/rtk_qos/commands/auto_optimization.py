@@ -119,7 +119,7 @@ def bufferbloat(idle: Optional[dict], loaded: Optional[dict]) -> dict:
 
 def run(args: dict, ctx: Context) -> dict:
     from ..shaping import apply as shaping_apply, capabilities, plan as shaping_plan, render, tcstate
-    from ..shaping.transaction import _ipr
+    from ..shaping.transaction import _ipr, read_or_none
     ifname, gateway = uplink()
     cap_bps, cap_source = capacity(args, ifname)
     constraints = args.get("constraints", {})
@@ -137,14 +137,17 @@ def run(args: dict, ctx: Context) -> dict:
     plan = shaping_plan.build_auto(ifname, cap_bps, cap_source, caps, args["optimization_goals"],
                                    constraints.get("priority_applications", []),
                                    constraints.get("time_window", "always"))
-    ops = shaping_apply.plan_ops(plan.interfaces[0], tree)
+    with _ipr() as ipr:
+        trees = {p.ifname: read_or_none(ipr, p) for p in plan.interfaces}
+    ops = [op for p in plan.in_order() for op in shaping_apply.plan_ops(p, trees[p.ifname])]
     # This run's measurement where it is one of the two conditions, else the history's.
     loaded = now["latency_ms"] if state["condition"] == "loaded" else state["history"]["loaded"]
     idle = now["latency_ms"] if state["condition"] == "idle" else state["history"]["idle"]
     result = {
         "current_state": state,
         "identified_issues": issues,
-        "optimization_plan": {**plan.summary(), "tc_commands": render.plan_lines(plan.interfaces[0]),
+        "optimization_plan": {**plan.summary(),
+                              "tc_commands": [line for p in plan.in_order() for line in render.plan_lines(p)],
                               "capabilities": capabilities.supported(caps)},
         "diff": {"unchanged": not ops, "steps": [op.line() for op in ops]},
         "bufferbloat": bufferbloat(idle, loaded),

@@ -65,7 +65,7 @@ def run(args: dict, ctx: Context) -> dict:
     return {"enabled": True, "policy": args["policy"], "plan": plan.summary(),
             "resolved_devices": {mac: devices[mac] for mac in devices
                                  if any(r["match"].get("device_mac", "").lower() == mac for r in rules)},
-            "tc_commands": render.plan_lines(plan.interfaces[0]),
+            "tc_commands": [line for p in plan.in_order() for line in render.plan_lines(p)],
             "execution_result": apply_plan(plan, OP, ctx, gateway)}
 
 
@@ -73,8 +73,9 @@ def _capacity(ifname: str, state_dir) -> tuple[int, str]:
     """The capacity the last applied plan used (its source said there), else the link speed."""
     from ..shaping.transaction import read_record
     record = read_record(state_dir) if state_dir else None
-    root = (record or {}).get("plan", {}).get("root")
-    if root and (record or {}).get("interfaces") == [ifname]:
+    last_plan = (record or {}).get("plan", {})
+    root = last_plan.get("root")
+    if root and last_plan.get("interface") == ifname:
         return int(root["capacity_mbps"] * 1e6), f"the previous plan's ({root['capacity_source']})"
     try:
         return capacity({}, ifname)

@@ -15,11 +15,14 @@ from typing import Optional
 
 from . import render
 from .plan import Filter, HtbClass, InterfacePlan, Qdisc, protocol_info
-from .tcstate import TC_H_INGRESS, TC_H_ROOT, TcObject, TcTree, decode_options, fmt_handle, u32_selector
+from .tcstate import (TC_H_INGRESS, TC_H_ROOT, TcObject, TcTree, decode_options, fmt_handle, nla_iter,
+                      u32_selector)
 
 NLM_F_REQUEST, NLM_F_ACK, NLM_F_EXCL, NLM_F_CREATE = 0x1, 0x4, 0x200, 0x400
 RTM_NEWQDISC, RTM_DELQDISC, RTM_NEWTCLASS, RTM_NEWTFILTER = 36, 37, 40, 44
 NEW_TYPE = {"qdisc": RTM_NEWQDISC, "class": RTM_NEWTCLASS, "filter": RTM_NEWTFILTER}
+ETH_P_ALL = 0x0003
+TCA_U32_ACT = 7
 
 
 class KernelError(Exception):
@@ -81,14 +84,23 @@ def plan_meaning(plan: InterfacePlan) -> set:
         out.add(("class", c.classid, parent, "htb", repr((c.rate_bps // 8 * 8, c.ceil_bps // 8 * 8, c.prio))))
     for f in plan.filters:
         out.add(("filter", f.parent, protocol_info(f.prio), "u32", repr(sorted(_filter_meaning(f).items()))))
+    if plan.redirect_to:
+        out.add(("redirect",))
     return out
 
 
-def tree_meaning(tree: TcTree) -> set:
-    """The egress tree's meaning (plans shape egress; an ingress qdisc is left as it is)."""
-    out = set()
+def has_redirect(tree: TcTree) -> bool:
+    """An ingress qdisc with a u32 filter carrying an action: arriving packets are redirected."""
+    return any(o.what == "filter" and o.parent == TC_H_INGRESS & 0xFFFF0000 and o.kind == "u32"
+               and any(attr == TCA_U32_ACT for attr, _ in nla_iter(o.options)) for o in tree.objects)
+
+
+def tree_meaning(tree: TcTree, ingress: bool = False) -> set:
+    """The egress tree's meaning, and with `ingress` whether arriving packets are redirected
+    (a plan without a redirect leaves the ingress side as it is)."""
+    out = {("redirect",)} if ingress and has_redirect(tree) else set()
     for o in tree.configured():
-        if o.parent == TC_H_INGRESS or (o.what == "filter" and o.parent == TC_H_INGRESS & 0xFFFF0000):
+        if _is_ingress(o):
             continue
         decoded = decode_options(o.what, o.kind, o.options)
         if o.what == "qdisc":
@@ -110,23 +122,31 @@ def tree_meaning(tree: TcTree) -> set:
 
 
 def matches(plan: InterfacePlan, tree: TcTree) -> bool:
-    return plan_meaning(plan) == tree_meaning(tree)
+    return plan_meaning(plan) == tree_meaning(tree, ingress=plan.redirect_to is not None)
 
 
 # ---- the diff ---------------------------------------------------------------------------------------
 
-def plan_ops(plan: InterfacePlan, tree: TcTree) -> list[Op]:
-    """What turns `tree` into `plan`: nothing when it already matches, else replace the root."""
-    if matches(plan, tree):
-        return []
+def plan_ops(plan: InterfacePlan, tree: Optional[TcTree]) -> list[Op]:
+    """What turns `tree` (None: the link does not exist yet) into `plan`: nothing when it
+    already matches, else replace the root; the ingress redirect, when planned, goes in last
+    (arriving packets reach the ifb only once its tree is built)."""
     ops = []
-    root = tree.root
-    if root is not None and root.handle != 0:
-        ops.append(Op("delete", "qdisc", root, plan.ifname))
-    ops += [Op("add", "qdisc", plan.qdiscs[0], plan.ifname)]
-    ops += [Op("add", "class", c, plan.ifname) for c in plan.classes]
-    ops += [Op("add", "qdisc", q, plan.ifname) for q in plan.qdiscs[1:]]
-    ops += [Op("add", "filter", f, plan.ifname) for f in plan.filters]
+    if tree is None:
+        ops.append(Op("add", "link", plan.create, plan.ifname))
+        tree = TcTree(plan.ifname, 0)
+    if plan_meaning(plan) - {("redirect",)} != tree_meaning(tree):
+        root = tree.root
+        if root is not None and root.handle != 0:
+            ops.append(Op("delete", "qdisc", root, plan.ifname))
+        ops += [Op("add", "qdisc", plan.qdiscs[0], plan.ifname)]
+        ops += [Op("add", "class", c, plan.ifname) for c in plan.classes]
+        ops += [Op("add", "qdisc", q, plan.ifname) for q in plan.qdiscs[1:]]
+        ops += [Op("add", "filter", f, plan.ifname) for f in plan.filters]
+    if plan.redirect_to and not has_redirect(tree):
+        ops += [Op("delete", "qdisc", o, plan.ifname) for o in tree.configured()
+                if o.what == "qdisc" and o.parent == TC_H_INGRESS]  # someone's ingress: restored on revert
+        ops.append(Op("add", "redirect", plan.redirect_to, plan.ifname))
     return ops
 
 
@@ -184,8 +204,19 @@ def _root_hash_table(o: TcObject, snapshot: TcTree) -> bool:
 
 # ---- executing -------------------------------------------------------------------------------------
 
-def execute(ipr, op: Op, ifindex: int) -> None:
+def execute(ipr, op: Op, ifindex: Optional[int]) -> None:
     step = op.line()
+    if op.what == "link":
+        _call(step, ipr.link, "add", ifname=op.ifname, kind=op.obj)
+        _call(step, ipr.link, "set", index=ifindex_of(ipr, op.ifname), state="up")
+        return
+    if op.what == "redirect":
+        _call(step, ipr.tc, "add", "ingress", ifindex, 0xFFFF0000)
+        _call(step, ipr.tc, "add-filter", "u32", ifindex, parent=0xFFFF0000, prio=1, protocol=ETH_P_ALL,
+              target=0x10001, keys=["0x0/0x0+0"],
+              action={"kind": "mirred", "direction": "egress", "action": "redirect",
+                      "ifindex": ifindex_of(ipr, op.obj)})
+        return
     if op.action == "delete":
         delete_qdisc(ipr, ifindex, op.obj.handle, op.obj.parent, step)
         return

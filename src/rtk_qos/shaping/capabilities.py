@@ -10,10 +10,8 @@ import os
 import threading
 from typing import Optional
 
-from .apply import delete_qdisc
-from .tcstate import TC_H_INGRESS, TC_H_ROOT, nla_iter, read
-
-TCA_U32_ACT = 7
+from .apply import delete_qdisc, has_redirect
+from .tcstate import TC_H_INGRESS, TC_H_ROOT, read
 
 QDISCS = ("htb", "hfsc", "tbf", "cake", "fq_codel", "sfq", "pfifo", "bfifo", "ingress")
 _cache: Optional[dict] = None
@@ -74,9 +72,8 @@ def probe(ipr) -> dict:
                 "add-filter", "u32", index, parent=TC_H_INGRESS & 0xFFFF0000, prio=1, protocol=0x0003,
                 target=0x1, keys=["0x0/0x0+0"],
                 action={"kind": "mirred", "direction": "egress", "action": "redirect", "ifindex": index}))
-            # Read back: the filter must carry the action (TCA_U32_ACT), not merely exist.
-            filters = read(ipr, name).of("filter") if added else []
-            actions["mirred"] = any(kind == TCA_U32_ACT for f in filters for kind, _ in nla_iter(f.options))
+            # Read back: the filter must carry the action, not merely exist.
+            actions["mirred"] = added and has_redirect(read(ipr, name))
             delete_qdisc(ipr, index, 0xFFFF0000, TC_H_INGRESS)
         return {"qdiscs": qdiscs, "classifiers": classifiers, "actions": actions, "links": {"ifb": has_ifb},
                 "probed_on": "ifb" if has_ifb else "veth"}

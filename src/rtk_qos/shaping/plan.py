@@ -108,6 +108,8 @@ class InterfacePlan:
     qdiscs: list[Qdisc] = field(default_factory=list)
     classes: list[HtbClass] = field(default_factory=list)
     filters: list[Filter] = field(default_factory=list)
+    redirect_to: Optional[str] = None  # arriving packets go to this ifb (ingress qdisc + mirred)
+    create: Optional[str] = None       # the link kind to create when it is missing (ifb)
 
 
 @dataclass
@@ -122,6 +124,10 @@ class Plan:
     ingress: dict
     reasons: list[str]
     time_window: str = "always"
+
+    def in_order(self) -> list[InterfacePlan]:
+        """Links the plan creates (the ifb) first: the uplink's redirect to them goes in last."""
+        return sorted(self.interfaces, key=lambda p: p.create is None)
 
     def summary(self) -> dict:
         main = self.interfaces[0]
@@ -176,6 +182,9 @@ def port_blocks(low: int, high: int) -> list[tuple[int, int]]:
     return out
 
 
+INBOUND = {"sport": "dport", "dport": "sport", "src": "dst", "dst": "src"}
+
+
 def match_ports(direction: str, low: int, high: int) -> list[list[tuple]]:
     offset = 20 if direction == "sport" else 22
     # IHL must be 5 for the fixed port offset to be right (no IP options).
@@ -219,14 +228,17 @@ def _leaf(kind: str, handle: int, parent: int, ceil_bps: int, target_ms: float) 
     return Qdisc(kind, handle, parent, (("limit", max(4, target_bytes // MTU)),))
 
 
-def _app_filters(parent: int, apps: dict[str, str], classids: dict[str, int]) -> list[Filter]:
-    """ICMP first (tiny, and what people measure with), then DSCP marks, then ports."""
+def _app_filters(parent: int, apps: dict[str, str], classids: dict[str, int], inbound: bool = False
+                 ) -> list[Filter]:
+    """ICMP first (tiny, and what people measure with), then DSCP marks, then ports (on the
+    ingress ifb the remote end's port is the source port)."""
     out = [Filter(parent, 1, classids["express"], tuple(match_protocol("icmp")), "icmp -> express")]
     for app, cls in apps.items():
         for dscp in APPLICATIONS[app]["dscp"]:
             out.append(Filter(parent, 2, classids[cls], tuple(match_dscp(dscp)), f"{app}: dscp {dscp} -> {cls}"))
     for app, cls in apps.items():
         for proto, direction, low, high in APPLICATIONS[app]["match"]:
+            direction = INBOUND[direction] if inbound else direction
             for words in match_ports(direction, low, high):
                 out.append(Filter(parent, 3, classids[cls], tuple(match_protocol(proto) + words),
                                   f"{app}: {proto} {direction} {low}-{high} -> {cls}"))
@@ -264,16 +276,16 @@ def _tree(ifname: str, shaped: int, target_ms: float, leaf: str, goals: list[str
     return plan
 
 
-def _ingress(capabilities: dict) -> dict:
-    missing = [name for name, present in (("ifb", capabilities["links"].get("ifb")),
-                                          ("ingress qdisc", capabilities["qdiscs"].get("ingress")),
-                                          ("mirred action", capabilities["actions"].get("mirred")))
-               if not present]
-    if missing:
-        return {"shaped": False, "reason": "ingress shaping redirects arriving packets to an ifb with a mirred "
-                                           f"action; this kernel lacks: {', '.join(missing)}"}
-    return {"shaped": False, "reason": "this kernel could shape ingress through an ifb (mirred present); this "
-                                       "build shapes egress only"}
+def ingress_missing(capabilities: dict) -> list[str]:
+    return [name for name, present in (("ifb", capabilities["links"].get("ifb")),
+                                       ("ingress qdisc", capabilities["qdiscs"].get("ingress")),
+                                       ("mirred action", capabilities["actions"].get("mirred")),
+                                       ("u32", capabilities["classifiers"].get("u32")))
+            if not present]
+
+
+def ifb_name(uplink: str) -> str:
+    return f"ifb4{uplink}"[:15]  # sqm-scripts' naming
 
 
 def target_delay(goals: list[str]) -> float:
@@ -303,8 +315,23 @@ def build_auto(uplink: str, capacity_bps: int, capacity_source: str, capabilitie
     reasons += [f"{app} promoted to {apps[app]} (priority_applications)" for app in priority_apps]
     tree = _tree(uplink, shaped, target_ms, leaf, goals, lambda parent, ids: _app_filters(parent, apps, ids),
                  min_rates)
-    return Plan([tree], capacity_bps, capacity_source, shaped, target_ms, leaf, leaf_reason,
-                _ingress(capabilities), reasons, time_window)
+    interfaces = [tree]
+    missing = ingress_missing(capabilities)
+    if missing:
+        ingress = {"shaped": False, "reason": "ingress shaping redirects arriving packets to an ifb with a mirred "
+                                              f"action; this kernel lacks: {', '.join(missing)}"}
+    else:
+        ifb = ifb_name(uplink)
+        inbound = _tree(ifb, shaped, target_ms, leaf, goals,
+                        lambda parent, ids: _app_filters(parent, apps, ids, inbound=True), min_rates)
+        inbound.create = "ifb"
+        tree.redirect_to = ifb
+        interfaces.append(inbound)
+        ingress = {"shaped": True, "ifb": ifb, "shaped_rate_mbps": round(shaped / 1e6, 3),
+                   "reason": f"arriving packets on {uplink} are redirected (mirred) to {ifb} and shaped there like "
+                             "the egress; the one capacity figure is used for both directions"}
+    return Plan(interfaces, capacity_bps, capacity_source, shaped, target_ms, leaf, leaf_reason,
+                ingress, reasons, time_window)
 
 
 # ---- qos_config: policies and rules ----------------------------------------------------------------
@@ -319,25 +346,26 @@ POLICIES = {
 RULE_CLASS = {"high": "high", "medium": "medium", "low": "bulk"}
 
 
-def rule_matches(rule: dict, device_addresses: dict[str, list[str]]) -> list[list[tuple]]:
+def rule_matches(rule: dict, device_addresses: dict[str, list[str]], inbound: bool = False) -> list[list[tuple]]:
     """The u32 match alternatives of one qos_config rule (a port range gives one per block,
-    a device one per current address)."""
+    a device one per current address); `inbound` mirrors addresses and ports for the ifb."""
     match = rule["match"]
+    src, dst, dport = ("dst", "src", "sport") if inbound else ("src", "dst", "dport")
     base: list[tuple] = []
     proto = match.get("protocol", "any")
     if proto != "any":
         base += match_protocol(proto)
     if "src_ip" in match:
-        base += match_address("src", match["src_ip"])
+        base += match_address(src, match["src_ip"])
     if "dst_ip" in match:
-        base += match_address("dst", match["dst_ip"])
+        base += match_address(dst, match["dst_ip"])
     alternatives = [base]
     if "device_mac" in match:
         addresses = device_addresses.get(match["device_mac"].lower(), [])
-        alternatives = [base + match_address("src", address) for address in addresses]
+        alternatives = [base + match_address(src, address) for address in addresses]
     if "port_range" in match:
         low, _, high = match["port_range"].partition("-")
-        blocks = match_ports("dport", int(low), int(high or low))
+        blocks = match_ports(dport, int(low), int(high or low))
         alternatives = [alt + block for alt in alternatives for block in blocks]
     return alternatives
 
@@ -348,25 +376,28 @@ def build_config(uplink: str, capacity_bps: int, capacity_source: str, capabilit
     settings = POLICIES[policy]
     plan = build_auto(uplink, capacity_bps, capacity_source, capabilities, settings["goals"],
                       [app for app in settings["promote"]])
-    tree = plan.interfaces[0]
-    classids = {c.name: c.classid for c in tree.classes}
-    rule_filters = []
-    for rule in rules:
-        cls = RULE_CLASS[rule["priority"]]
-        for words in rule_matches(rule, device_addresses):
-            if not words:
-                raise PlanError(f"rule {rule['name']!r}: matches every packet; give it a protocol, port or address")
-            rule_filters.append(Filter(0x10000, 1, classids[cls], tuple(words), f"rule {rule['name']} -> {cls}"))
-        limit = rule.get("bandwidth_limit")
-        guarantee = rule.get("bandwidth_guarantee")
-        if limit or guarantee:
-            plan.reasons.append(f"rule {rule['name']}: {cls} class "
-                                + (f"ceiling {limit} Mbit/s " if limit else "")
-                                + (f"guarantee {guarantee} Mbit/s" if guarantee else ""))
-            tree.classes = [_bounded(c, limit, guarantee, plan.shaped_bps) if c.name == cls else c
-                            for c in tree.classes]
-    # Rules go before the profiles (prio 1 is looked at first); ICMP stays where it was.
-    tree.filters = rule_filters + [Filter(f.parent, f.prio + 1, f.classid, f.match, f.why) for f in tree.filters]
+    for tree in plan.interfaces:
+        inbound = tree.create is not None
+        classids = {c.name: c.classid for c in tree.classes}
+        rule_filters = []
+        for rule in rules:
+            cls = RULE_CLASS[rule["priority"]]
+            for words in rule_matches(rule, device_addresses, inbound):
+                if not words:
+                    raise PlanError(f"rule {rule['name']!r}: matches every packet; give it a protocol, port or "
+                                    "address")
+                rule_filters.append(Filter(0x10000, 1, classids[cls], tuple(words), f"rule {rule['name']} -> {cls}"))
+            limit = rule.get("bandwidth_limit")
+            guarantee = rule.get("bandwidth_guarantee")
+            if limit or guarantee:
+                if not inbound:
+                    plan.reasons.append(f"rule {rule['name']}: {cls} class "
+                                        + (f"ceiling {limit} Mbit/s " if limit else "")
+                                        + (f"guarantee {guarantee} Mbit/s" if guarantee else ""))
+                tree.classes = [_bounded(c, limit, guarantee, plan.shaped_bps) if c.name == cls else c
+                                for c in tree.classes]
+        # Rules go before the profiles (prio 1 is looked at first).
+        tree.filters = rule_filters + [Filter(f.parent, f.prio + 1, f.classid, f.match, f.why) for f in tree.filters]
     plan.reasons.insert(0, f"policy {policy}" + (f": promotes {', '.join(settings['promote'])}"
                                                  if settings["promote"] else ""))
     return plan
@@ -395,7 +426,7 @@ def from_json(data: dict) -> Plan:
         [Qdisc(q["kind"], q["handle"], q["parent"], tuple(tuple(kv) for kv in q["params"])) for q in i["qdiscs"]],
         [HtbClass(**c) for c in i["classes"]],
         [Filter(f["parent"], f["prio"], f["classid"], tuple(tuple(m) for m in f["match"]), f["why"])
-         for f in i["filters"]]) for i in data["interfaces"]]
+         for f in i["filters"]], i["redirect_to"], i["create"]) for i in data["interfaces"]]
     return Plan(interfaces, **{k: v for k, v in data.items() if k != "interfaces"})
 
 

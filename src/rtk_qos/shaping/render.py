@@ -44,9 +44,13 @@ def filter_line(ifname: str, f: Filter) -> str:
 
 
 def plan_lines(plan: InterfacePlan) -> list[str]:
-    return ([qdisc_line(plan.ifname, plan.qdiscs[0])] + [class_line(plan.ifname, c) for c in plan.classes]
+    create = [f"ip link add {plan.ifname} type {plan.create}", f"ip link set {plan.ifname} up"] if plan.create else []
+    redirect = [f"tc qdisc add dev {plan.ifname} ingress",
+                f"tc filter add dev {plan.ifname} parent ffff: protocol all prio 1 u32 match u32 0 0 action mirred "
+                f"egress redirect dev {plan.redirect_to}"] if plan.redirect_to else []
+    return (create + [qdisc_line(plan.ifname, plan.qdiscs[0])] + [class_line(plan.ifname, c) for c in plan.classes]
             + [qdisc_line(plan.ifname, q) for q in plan.qdiscs[1:]]
-            + [filter_line(plan.ifname, f) for f in plan.filters])
+            + [filter_line(plan.ifname, f) for f in plan.filters] + redirect)
 
 
 def object_line(ifname: str, o: TcObject, verb: str) -> str:
@@ -61,6 +65,11 @@ def object_line(ifname: str, o: TcObject, verb: str) -> str:
 
 def op_line(op) -> str:
     obj = op.obj
+    if op.what == "link":
+        return f"ip link add {op.ifname} type {obj} && ip link set {op.ifname} up"
+    if op.what == "redirect":
+        return (f"tc qdisc add dev {op.ifname} ingress && tc filter add dev {op.ifname} parent ffff: protocol all "
+                f"prio 1 u32 match u32 0 0 action mirred egress redirect dev {obj}")
     if op.action == "delete":
         return f"tc qdisc del dev {op.ifname} {_parent(obj.parent)}" + (
             f" handle {fmt_handle(obj.handle)}" if obj.handle else "")

@@ -118,8 +118,8 @@ class Shaper:
               interfaces_up: Optional[Callable] = None) -> dict:
         """Apply `plan`; return what changed and the pending transaction, or raise ShapingError."""
         with self._lock, self.ipr_factory() as ipr:
-            trees = {p.ifname: tcstate.read(ipr, p.ifname) for p in plan.interfaces}
-            ops = [op_ for p in plan.interfaces for op_ in apply.plan_ops(p, trees[p.ifname])]
+            trees = {p.ifname: read_or_none(ipr, p) for p in plan.interfaces}
+            ops = [op_ for p in plan.in_order() for op_ in apply.plan_ops(p, trees[p.ifname])]
             if not ops:
                 return {"changed": False, "note": "the tree on the interface already matches the plan"}
             previous = self.record()
@@ -127,7 +127,8 @@ class Shaper:
                 # Keep the original snapshot: reverting this change returns to what was there before us.
                 snapshot = previous["snapshot"]
             else:
-                snapshot = {name: tree.as_json() for name, tree in trees.items()}
+                snapshot = {name: tree.as_json() if tree else {"ifname": name, "objects": [], "absent": True}
+                             for name, tree in trees.items()}
             tx = {"id": uuid.uuid4().hex[:12], "state": "applying", "op": op, "interfaces": sorted(trees),
                   "snapshot": snapshot, "applied_ms": _now_ms(), "plan": plan.summary(),
                   "plan_data": plan_module.to_json(plan), "active": True, "summary": None, "reason": None}
@@ -226,8 +227,14 @@ class Shaper:
 
     def _restore(self, ipr, record: dict, reason: str, state: str = "rolled_back") -> dict:
         out = {}
-        for name, data in record["snapshot"].items():
+        # The uplink (and its redirect) first, then the links we created are deleted.
+        for name, data in sorted(record["snapshot"].items(), key=lambda item: bool(item[1].get("absent"))):
             snapshot = tcstate.TcTree(name, 0, [tcstate.TcObject.from_json(o) for o in data["objects"]])
+            if data.get("absent"):
+                if apply.ifindex_of(ipr, name) is not None:
+                    ipr.link("del", ifname=name)
+                out[name] = {"exact": apply.ifindex_of(ipr, name) is None, "steps": [f"ip link del {name}"]}
+                continue
             if apply.ifindex_of(ipr, name) is None:
                 out[name] = {"exact": None, "note": "interface gone; nothing to restore"}
                 continue
@@ -257,15 +264,18 @@ class Shaper:
             active = plan_module.in_window(plan.time_window, hours, now or datetime.now())
             with self.ipr_factory() as ipr:
                 done = None
-                for target in plan.interfaces:
+                for target in plan.in_order():
                     index = apply.ifindex_of(ipr, target.ifname)
-                    if index is None:
+                    if index is None and not (active and target.create):
                         continue  # gone for now; put back when it returns
-                    tree = tcstate.read(ipr, target.ifname)
-                    if active and not apply.matches(target, tree):
+                    tree = tcstate.read(ipr, target.ifname) if index is not None else None
+                    if active and (tree is None or not apply.matches(target, tree)):
                         for step in apply.plan_ops(target, tree):
-                            apply.execute(ipr, step, index)
+                            apply.execute(ipr, step, apply.ifindex_of(ipr, target.ifname))
                         done = "re-applied" if record.get("active", True) else f"applied: {plan.time_window} began"
+                    elif not active and target.create:
+                        ipr.link("del", ifname=target.ifname)
+                        done = f"removed: outside {plan.time_window}"
                     elif not active and apply.matches(target, tree):
                         snapshot = tcstate.TcTree(target.ifname, 0, [tcstate.TcObject.from_json(o) for o in
                                                                      record["snapshot"][target.ifname]["objects"]])
@@ -286,6 +296,13 @@ class Shaper:
         if record and record["state"] in ("applying", "pending"):
             return self.revert(f"agent restarted while the change was {record['state']}")
         return None
+
+
+def read_or_none(ipr, target) -> Optional[tcstate.TcTree]:
+    """The interface's tree; None for a link the plan creates that does not exist yet."""
+    if target.create and apply.ifindex_of(ipr, target.ifname) is None:
+        return None
+    return tcstate.read(ipr, target.ifname)
 
 
 def _by_handle(tree: tcstate.TcTree, what: str) -> dict:
