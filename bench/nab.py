@@ -9,30 +9,26 @@ Gaussian, a seeded random detector and the null detector on the NAB files in --d
 threshold). Prints normalised scores per detector and profile and our per-file detections; writes
 everything as JSON with --output.
 
-Scoring, as /work/shared/anomaly-data/README.md describes it; where it is silent we follow NAB:
+Scoring follows NAB's own scorer (nab/sweeper.py, nab/runner.py) row for row, so that on NAB's
+data this script and `../shared/anomaly-data/nab-score.sh` give the same scores:
   * A detection is a row whose score is >= the threshold; a NaN score (a gap) never is.
   * Probation: rows before min(floor(15 % of the rows), 750) count for nothing, in or out of a
-    window. A window still costs the FN weight if no later row detects it.
+    window. A window with no row after the probation neither earns nor costs anything.
   * A window [start, end] covers the rows from the first at or after `start` to the last at or
-    before `end` (rows left..right). Windows must not overlap.
-  * Relative position y = (i - right) / (right - left): -1 at the left edge, 0 at the right edge,
-    as the README says (NAB divides by the width in rows inside a window, so its right edge sits
-    at -1/width; we keep the README's exact ends). Past a window the same scale continues, as in
-    NAB. A one-row window has y = -1 on its row.
-  * sigma(y) = 2 / (1 + exp(5y)) - 1, and -1 for y > 3 as in NAB (so an FP well after a window
-    costs exactly the FP weight, not 0.9999994 of it).
-  * The first detection in a window is a TP worth A_tp * sigma(y) / sigma(-1): the full weight at
-    the left edge, 0 at the right edge. Later detections in that window count for nothing.
-  * A detection outside every window is an FP costing A_fp * sigma(y), y measured from the nearest
-    preceding window (about 0 just past it, the full weight from 3 window lengths on), or the full
+    before `end` (rows left..right, width = right - left + 1). Windows must not overlap.
+  * Inside a window, row i sits at y = -(right - i + 1) / width: -1 at the left edge, -1/width
+    at the right edge. Past a window, y = (i - right) / (width - 1) from the nearest preceding one.
+  * sigma(y) = 2 / (1 + exp(5y)) - 1, and -1 for y > 3.
+  * The first detection in a window is a TP worth A_tp * sigma(y) / sigma(-1). Later detections
+    in that window count for nothing.
+  * A detection outside every window is an FP costing A_fp * sigma(y) past a window, or the full
     A_fp when no window precedes it. Every such row counts: a score that stays high is many FPs.
   * Each window with no TP costs A_fn.
   * One threshold for every file of a corpus, per profile, maximising the raw total. The search is
     exact: every distinct score in the corpus is a candidate, and so is "never fire" (reported as
     1.1, NAB's starting value, above any score). Ties go to the higher threshold.
-  * Normalised = 100 (raw - null) / (perfect - null) with null = -A_fn * windows (never fires) and
-    perfect = A_tp * windows (fires at each left edge and nowhere else). A detector that only
-    loses can always choose to never fire, so the optimised score is never below 0.
+  * Normalised = 100 (raw - null) / (perfect - null) with null = -A_fn * (windows that count) and
+    perfect = A_tp * (every window), as NAB's runner computes them.
 """
 from __future__ import annotations
 
@@ -144,8 +140,9 @@ def load_corpus(directory: str) -> list[Series]:
 @dataclass
 class _Rows:
     """The rows of one file that can count, each as (anomaly score, unit value)."""
-    inside: list[list[tuple[float, float]]]  # per window: TP reward / A_tp, in [0, 1]
+    inside: list[list[tuple[float, float]]]  # per window after the probation: TP reward / A_tp
     outside: list[tuple[float, float]]  # FP cost / A_fp, in [-1, 0]
+    windows: int  # every labelled window, including those inside the probation
 
 
 def _rows(timestamps, scores, windows) -> _Rows:
@@ -158,9 +155,11 @@ def _rows(timestamps, scores, windows) -> _Rows:
         if left > right or (bounds and left <= bounds[-1][1]):
             raise ValueError(f"window {start}..{end} covers no row or overlaps another")
         bounds.append((left, right))
-    rows = _Rows([[] for _ in bounds], [])
+    probation = probation_rows(len(stamps))
+    rows = _Rows([[] for left, right in bounds if right >= probation], [], len(bounds))
+    first = len(bounds) - len(rows.inside)  # the windows before it lie inside the probation
     w = 0  # the window the row is in, or the next one
-    for i in range(probation_rows(len(stamps)), len(stamps)):
+    for i in range(probation, len(stamps)):
         s = scores[i]
         if s != s:
             continue
@@ -168,7 +167,7 @@ def _rows(timestamps, scores, windows) -> _Rows:
             w += 1
         if w < len(bounds) and bounds[w][0] <= i:
             left, right = bounds[w]
-            rows.inside[w].append((s, sigmoid((i - right) / (right - left) if right > left else -1.0) / MAX_TP))
+            rows.inside[w - first].append((s, sigmoid(-(right - i + 1) / (right - left + 1)) / MAX_TP))
         elif w:
             left, right = bounds[w - 1]
             rows.outside.append((s, sigmoid((i - right) / max(right - left, 1))))
@@ -207,10 +206,10 @@ def score_corpus(scored: dict, profile: str | Profile) -> CorpusScore:
     Timestamps and window ends are epoch seconds or ISO strings; `profile` a PROFILES name."""
     name, p = (profile, PROFILES[profile]) if isinstance(profile, str) else ("custom", profile)
     files = {key: _rows(*value) for key, value in scored.items()}
-    windows = sum(len(rows.inside) for rows in files.values())
+    windows = sum(rows.windows for rows in files.values())
     if not windows:
         raise ValueError("no labelled window in the corpus: the score is undefined")
-    null, perfect = -p.fn * windows, p.tp * windows
+    null, perfect = -p.fn * sum(len(rows.inside) for rows in files.values()), p.tp * windows
 
     events = [e for rows in files.values() for e in _events(rows, p)]
     events.sort(key=itemgetter(0), reverse=True)

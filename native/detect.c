@@ -7,6 +7,9 @@
 #define MIN_WINDOW 8      /* fewer values than this give no robust scale worth trusting */
 #define SCORE_STD_FLOOR 0.05 /* a perfectly calm past still leaves room for noise */
 #define SCORE_HALF 8.0 /* -log10 of the tail probability that scores 0.5 */
+#define ALARM 5.0 /* -log10 of the tail probability that raises an alarm (HTM's likelihood 1 - 1e-5) */
+#define TAIL_SHARE 0.025 /* each tail left out of the central spread that backs up the MAD */
+#define TAIL_Z 1.959964 /* the normal quantile of 1 - TAIL_SHARE */
 
 void rtk_detect_default_config(rtk_detect_config *c)
 {
@@ -19,13 +22,14 @@ void rtk_detect_default_config(rtk_detect_config *c)
     c->recent = 4;
     c->recent_long = 32;
     c->history = 2048;
+    c->quiet = 50;
 }
 
 static int config_ok(const rtk_detect_config *c)
 {
     return c->window >= MIN_WINDOW && c->bins >= 1 && c->days >= 2 && c->days <= 255 && c->period > 0 &&
            c->smooth_alpha > 0 && c->smooth_alpha <= 1 && c->recent >= 1 &&
-           c->recent_long >= c->recent && c->history >= 2;
+           c->recent_long >= c->recent && c->history >= 2 && c->quiet < UINT32_MAX;
 }
 
 static void wsum_init(rtk_wsum *w, double *ring, uint32_t cap)
@@ -67,6 +71,28 @@ size_t rtk_detect_arena_size(const rtk_detect_config *c)
     return doubles * sizeof(double) + floats_bytes + 2 * (size_t)c->bins;
 }
 
+/* Points the detector's windows into the arena, laid out as rtk_detect_arena_size counts it. */
+static void bind(rtk_detector *d, void *arena)
+{
+    const rtk_detect_config *c = &d->cfg;
+    double *p = arena;
+    for (int v = 0; v < RTK_DETECT_VIEWS; v++)
+        for (int f = 0; f < RTK_DETECT_FEATURES; f++, p += 2 * c->window) {
+            d->win[v][f].sorted = p;
+            d->win[v][f].fifo = p + c->window;
+        }
+    uint32_t horizon[RTK_DETECT_HORIZONS] = {c->recent, c->recent_long};
+    for (int v = 0; v < RTK_DETECT_VIEWS; v++)
+        for (int k = 0; k < RTK_DETECT_HORIZONS; k++) {
+            d->recent[v][k].ring = p;
+            d->history[v][k].ring = p + horizon[k];
+            p += horizon[k] + c->history;
+        }
+    d->day_means = (float *)p;
+    d->day_count = (uint8_t *)d->day_means + (((size_t)c->bins * c->days * sizeof(float) + 7) & ~(size_t)7);
+    d->day_next = d->day_count + c->bins;
+}
+
 int rtk_detect_init(rtk_detector *d, void *arena, const rtk_detect_config *c)
 {
     if (!config_ok(c))
@@ -84,12 +110,60 @@ int rtk_detect_init(rtk_detector *d, void *arena, const rtk_detect_config *c)
             wsum_init(&d->history[v][k], p + horizon[k], c->history);
             p += horizon[k] + c->history;
         }
-    d->day_means = (float *)p;
-    d->day_count = (uint8_t *)d->day_means + (((size_t)c->bins * c->days * sizeof(float) + 7) & ~(size_t)7);
-    d->day_next = d->day_count + c->bins;
+    bind(d, arena);
     memset(d->day_count, 0, 2 * (size_t)c->bins);
     d->acc_day = INT64_MIN;
     d->expected = NAN;
+    return 0;
+}
+
+/* The saved state: a header naming the layout, the detector, then its arena. Pointers in the
+   saved detector are stale and re-bound on load, so the state moves between processes of one
+   build (the agent's restart), not between builds with another struct layout. */
+typedef struct {
+    uint32_t magic, header_size, detector_size, pad;
+    uint64_t arena_size;
+} state_header;
+
+#define STATE_MAGIC 0x31544452u /* "RDT1" */
+
+size_t rtk_detect_state_size(const rtk_detector *d)
+{
+    return sizeof(state_header) + sizeof *d + rtk_detect_arena_size(&d->cfg);
+}
+
+void rtk_detect_save(const rtk_detector *d, const void *arena, void *out)
+{
+    state_header h = {STATE_MAGIC, sizeof h, sizeof *d, 0, rtk_detect_arena_size(&d->cfg)};
+    unsigned char *o = out;
+    memcpy(o, &h, sizeof h);
+    memcpy(o + sizeof h, d, sizeof *d);
+    memcpy(o + sizeof h + sizeof *d, arena, h.arena_size);
+}
+
+static int same_config(const rtk_detect_config *a, const rtk_detect_config *b)
+{
+    return a->window == b->window && a->warmup == b->warmup && a->bins == b->bins && a->days == b->days &&
+           a->period == b->period && a->smooth_alpha == b->smooth_alpha && a->recent == b->recent &&
+           a->recent_long == b->recent_long && a->history == b->history && a->quiet == b->quiet;
+}
+
+int rtk_detect_load(rtk_detector *d, void *arena, const void *state, size_t len)
+{
+    state_header h;
+    rtk_detector saved;
+    const unsigned char *s = state;
+    if (len < sizeof h + sizeof saved)
+        return -1;
+    memcpy(&h, s, sizeof h);
+    memcpy(&saved, s + sizeof h, sizeof saved);
+    if (h.magic != STATE_MAGIC || h.header_size != sizeof h || h.detector_size != sizeof saved ||
+        !same_config(&saved.cfg, &d->cfg) || h.arena_size != rtk_detect_arena_size(&d->cfg) ||
+        len != sizeof h + sizeof saved + h.arena_size)
+        return -1;
+    *d = saved;
+    memcpy(arena, s + sizeof h + sizeof saved, h.arena_size);
+    bind(d, arena);
     return 0;
 }
 
@@ -167,6 +241,11 @@ static double baseline_step(rtk_detector *d, double t, double x, double *spread)
 static double robust_scale(const rtk_sortwin *w, double median)
 {
     double s = 1.4826 * rtk_sortwin_mad(w, median);
+    /* A series that sits on a few values (quantised counters, an idle link) has a MAD near 0
+       that would make its every other value extreme: the central 95 % spread keeps a scale. */
+    double central = (rtk_sortwin_quantile(w, 1 - TAIL_SHARE) - rtk_sortwin_quantile(w, TAIL_SHARE)) / (2 * TAIL_Z);
+    if (central > s)
+        s = central;
     if (s > 0)
         return s;
     /* Over half the window is one value (an idle link's zeros): the mean absolute
@@ -261,8 +340,7 @@ static double score_step(rtk_detector *d, int v, double surprise)
         if (l > top)
             top = l;
     }
-    double l = top - log10(2.0);
-    return l > 0 ? l / (l + SCORE_HALF) : 0.0;
+    return top - log10(2.0);
 }
 
 double rtk_detect_update(rtk_detector *d, double t, double x)
@@ -273,7 +351,7 @@ double rtk_detect_update(rtk_detector *d, double t, double x)
     double spread;
     double e = baseline_step(d, t, x, &spread);
     double z[RTK_DETECT_VIEWS][RTK_DETECT_FEATURES] = {{0}};
-    double surprise[RTK_DETECT_VIEWS] = {0}, score[RTK_DETECT_VIEWS] = {0};
+    double surprise[RTK_DETECT_VIEWS] = {0};
     surprise[0] = view_step(d, 0, x, 0.0, z[0]);
     /* Each view's long-run mean surprise says how well it models the series: the view
        that is less often surprised wins (an expected evening peak surprises only view 0). */
@@ -283,21 +361,36 @@ double rtk_detect_update(rtk_detector *d, double t, double x)
     if (!isnan(e)) {
         surprise[1] = view_step(d, 1, x - e, spread, z[1]);
         d->fit[1] = d->seen[1] == 1 ? d->fit[0] : keep * d->fit[1] + (1 - keep) * surprise[1];
-        if (d->seen[1] > d->cfg.warmup && d->fit[1] < d->fit[0])
+        /* ...once its own long-run distribution of surprise holds enough to judge by. */
+        if (d->seen[1] > d->cfg.warmup + d->cfg.history / 4 && d->fit[1] < d->fit[0])
             view = 1;
     }
     /* Each view is judged against its own past surprises: the days before the baseline,
        when every evening peak surprised, say nothing of how surprising its residuals are.
        Surprises of a view's warm-up, judged by half-empty windows, are not kept either:
        they would widen the long-run distribution for as long as they stayed in it. */
+    double l[RTK_DETECT_VIEWS] = {0};
     for (int v = 0; v < RTK_DETECT_VIEWS; v++)
         if (d->seen[v] > d->cfg.warmup && (v == 0 || !isnan(e)))
-            score[v] = score_step(d, v, surprise[v]);
+            l[v] = score_step(d, v, surprise[v]);
     d->expected = e;
     d->view = view;
     memcpy(d->z, z[view], sizeof d->z);
     d->surprise = surprise[view];
-    d->score = score[view];
+    d->likelihood = l[view];
+    /* One alarm per episode: once the tail probability crosses the alarm level, the next
+       `quiet` samples score 0, so a lasting change (a level shift while the windows learn
+       it as the new normal) is reported once, at its start, instead of on every sample. */
+    if (d->quiet_left > 0) {
+        d->quiet_left--;
+        d->score = 0.0;
+    } else {
+        if (l[view] >= ALARM)
+            d->quiet_left = d->cfg.quiet;
+        /* L / (L + SCORE_HALF): 0.5 at p = 1e-8, rising without saturating, so a threshold
+           can still rank the extremes. */
+        d->score = l[view] > 0 ? l[view] / (l[view] + SCORE_HALF) : 0.0;
+    }
     return d->score;
 }
 

@@ -14,8 +14,11 @@
  *
  * The surprise of one sample is not the score: the score is how unusual the
  * recent mean surprise is against its own long-run distribution, as a tail
- * probability p on a log scale, L / (L + 8) with L = -log10(p): 0.5 is p = 1e-8. A noisy series whose samples are often
- * surprising needs more to score high than a quiet one. */
+ * probability p on a log scale (HTM's anomaly likelihood does the same with its
+ * prediction errors), L / (L + 8) with L = -log10(p): 0.5 is p = 1e-8. A noisy
+ * series whose samples are often surprising needs more to score high than a
+ * quiet one, so one threshold fits series of any scale and noise. An alarm
+ * (p < 1e-5) is reported once per episode: the next `quiet` samples score 0. */
 #ifndef RTK_DETECT_H
 #define RTK_DETECT_H
 
@@ -45,6 +48,7 @@ typedef struct {
     uint32_t recent;      /* samples in the recent mean of surprise */
     uint32_t recent_long; /* samples in the slower one (spikes coming denser) */
     uint32_t history;     /* samples in the long-run distribution of that mean */
+    uint32_t quiet;       /* samples scored 0 after an alarm (one alarm per episode) */
 } rtk_detect_config;
 
 /* Defaults suited to per-minute series; the agent's 1 Hz series use their own. */
@@ -70,6 +74,8 @@ typedef struct {
     double expected;  /* time-of-day expectation, NaN while not ready */
     int view;         /* which view scored it: 0 values, 1 residuals */
     double surprise, score;
+    double likelihood; /* -log10 of the tail probability, before the quiet time after an alarm */
+    uint32_t quiet_left;
 } rtk_detector;
 
 size_t rtk_detect_arena_size(const rtk_detect_config *c);
@@ -77,6 +83,12 @@ size_t rtk_detect_arena_size(const rtk_detect_config *c);
 int rtk_detect_init(rtk_detector *d, void *arena, const rtk_detect_config *c);
 /* Scores a sample at time t (seconds). NaN is a gap: NaN back, nothing changes. */
 double rtk_detect_update(rtk_detector *d, double t, double x);
+/* Persistence: the detector and its arena as one blob, restored by a process of the same build
+   into a detector initialised with the same config (and its arena). Load returns 0, or -1 for
+   a blob that is not such a state (the detector is then unchanged). */
+size_t rtk_detect_state_size(const rtk_detector *d);
+void rtk_detect_save(const rtk_detector *d, const void *arena, void *out);
+int rtk_detect_load(rtk_detector *d, void *arena, const void *state, size_t len);
 /* Scores n samples in order into out (the offline path). */
 void rtk_detect_run(rtk_detector *d, const double *t, const double *x, uint32_t n, double *out);
 

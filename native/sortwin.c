@@ -87,3 +87,10 @@ double rtk_sortwin_mad(const rtk_sortwin *w, double median)
         return kth_distance(w, p, median, h);
     return 0.5 * (kth_distance(w, p, median, h - 1) + kth_distance(w, p, median, h));
 }
+
+double rtk_sortwin_quantile(const rtk_sortwin *w, double q)
+{
+    if (w->n == 0)
+        return 0.0;
+    return w->sorted[(uint32_t)(q * (w->n - 1))];
+}
