@@ -8,6 +8,8 @@
 #define SCORE_STD_FLOOR 0.05 /* a perfectly calm past still leaves room for noise */
 #define SCORE_HALF 8.0 /* -log10 of the tail probability that scores 0.5 */
 #define ALARM 5.0 /* -log10 of the tail probability that raises an alarm (HTM's likelihood 1 - 1e-5) */
+#define EPISODE_Z 3.0 /* a recent mean this many standard deviations up opens an episode of surprise */
+#define RECURRING 3   /* episodes at least as high in the long-run window that make a surprise recurring */
 #define TAIL_SHARE 0.025 /* each tail left out of the central spread that backs up the MAD */
 #define TAIL_Z 1.959964 /* the normal quantile of 1 - TAIL_SHARE */
 
@@ -312,9 +314,21 @@ static double neglog10_tail(double z)
     return (0.5 * z * z + log(z * sqrt(2.0 * 3.141592653589793))) / log(10.0);
 }
 
+/* A past episode of surprise peaked at least this high within the long-run window? */
+static uint32_t episodes_as_high(const rtk_episodes *e, uint64_t now, uint32_t span, double level)
+{
+    uint32_t k = 0;
+    for (int i = 0; i < RTK_DETECT_EPISODES; i++)
+        k += e->at[i] != 0 && e->at[i] + span > now && e->peak[i] >= level;
+    return k;
+}
+
 /* How unusual the mean of the newest surprises is against the long-run distribution
-   of that mean (-log10 of its tail probability); the mean then joins that distribution. */
-static double tail_step(rtk_wsum *recent, rtk_wsum *history, double surprise)
+   of that mean (-log10 of its tail probability); the mean then joins that distribution.
+   The normal tail is right for a one-off, not for what recurs (a nightly job's spike, a
+   load balancer's regular bursts): when at least RECURRING past episodes in the long-run
+   window peaked as high, the probability is at least their share of that window. */
+static double tail_step(rtk_wsum *recent, rtk_wsum *history, rtk_episodes *e, uint64_t now, double surprise)
 {
     wsum_push(recent, surprise);
     double mean_recent = recent->sum / recent->n, z = 0;
@@ -325,7 +339,25 @@ static double tail_step(rtk_wsum *recent, rtk_wsum *history, double surprise)
         z = (mean_recent - mean) / (sd > SCORE_STD_FLOOR ? sd : SCORE_STD_FLOOR);
     }
     wsum_push(history, mean_recent);
-    return neglog10_tail(z);
+    double l = neglog10_tail(z);
+    uint32_t k = episodes_as_high(e, now, history->cap, mean_recent);
+    if (k >= RECURRING) {
+        double recurring = -log10((double)k * recent->cap / history->n);
+        if (recurring < l)
+            l = recurring;
+    }
+    /* Episodes are recorded by their peak when they end. */
+    if (z >= EPISODE_Z) {
+        if (!e->open || mean_recent > e->open_peak)
+            e->open_peak = mean_recent;
+        e->open = 1;
+    } else if (e->open) {
+        e->peak[e->next] = e->open_peak;
+        e->at[e->next] = now;
+        e->next = (e->next + 1) % RTK_DETECT_EPISODES;
+        e->open = 0;
+    }
+    return l;
 }
 
 /* Over two horizons: a burst of surprise, and a slower rise in how often samples
@@ -336,7 +368,7 @@ static double score_step(rtk_detector *d, int v, double surprise)
 {
     double top = 0;
     for (int k = 0; k < RTK_DETECT_HORIZONS; k++) {
-        double l = tail_step(&d->recent[v][k], &d->history[v][k], surprise);
+        double l = tail_step(&d->recent[v][k], &d->history[v][k], &d->episodes[v][k], d->samples, surprise);
         if (l > top)
             top = l;
     }

@@ -38,6 +38,15 @@ typedef struct {
     double sum, sumsq;
 } rtk_wsum;
 
+/* The latest episodes of high surprise: when each ended (sample count) and its peak. */
+#define RTK_DETECT_EPISODES 32
+typedef struct {
+    double peak[RTK_DETECT_EPISODES];
+    uint64_t at[RTK_DETECT_EPISODES];
+    uint32_t next, open;
+    double open_peak;
+} rtk_episodes;
+
 typedef struct {
     uint32_t window;      /* samples in each robust window */
     uint32_t warmup;      /* samples scored 0 while the windows fill */
@@ -68,6 +77,7 @@ typedef struct {
     double acc_sum;
     /* per view and horizon: the newest surprises, and the long-run window of their mean */
     rtk_wsum recent[RTK_DETECT_VIEWS][RTK_DETECT_HORIZONS], history[RTK_DETECT_VIEWS][RTK_DETECT_HORIZONS];
+    rtk_episodes episodes[RTK_DETECT_VIEWS][RTK_DETECT_HORIZONS];
     uint64_t samples;
     /* the last sample's workings, for explanations and tests */
     double z[RTK_DETECT_FEATURES];
