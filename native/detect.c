@@ -25,13 +25,15 @@ void rtk_detect_default_config(rtk_detect_config *c)
     c->recent_long = 32;
     c->history = 2048;
     c->quiet = 50;
+    c->weeks = 4;
 }
 
 static int config_ok(const rtk_detect_config *c)
 {
     return c->window >= MIN_WINDOW && c->bins >= 1 && c->days >= 2 && c->days <= 255 && c->period > 0 &&
            c->smooth_alpha > 0 && c->smooth_alpha <= 1 && c->recent >= 1 &&
-           c->recent_long >= c->recent && c->history >= 2 && c->quiet < UINT32_MAX;
+           c->recent_long >= c->recent && c->history >= 2 && c->quiet < UINT32_MAX &&
+           (c->weeks == 0 || (c->weeks >= 2 && c->weeks <= 255)) && (uint64_t)c->bins * 7 <= UINT32_MAX;
 }
 
 static void wsum_init(rtk_wsum *w, double *ring, uint32_t cap)
@@ -63,14 +65,30 @@ static void wsum_push(rtk_wsum *w, double x)
     }
 }
 
+/* The seasons: time of day over `days` days, and time of week over `weeks` weeks (none at 0). */
+static void season_shape(const rtk_detect_config *c, int k, uint32_t *bins, uint32_t *keep, double *period)
+{
+    *bins = k == 0 ? c->bins : 7 * c->bins;
+    *keep = k == 0 ? c->days : c->weeks;
+    *period = k == 0 ? c->period : 7 * c->period;
+}
+
+static size_t season_bytes(const rtk_detect_config *c, int k)
+{
+    uint32_t bins, keep;
+    double period;
+    season_shape(c, k, &bins, &keep, &period);
+    if (keep == 0)
+        return 0;
+    return (((size_t)bins * keep * sizeof(float) + 7) & ~(size_t)7) + ((2 * (size_t)bins + 7) & ~(size_t)7);
+}
+
 size_t rtk_detect_arena_size(const rtk_detect_config *c)
 {
     size_t doubles = (size_t)RTK_DETECT_FEATURES * 2 * c->window + c->recent +
                      c->recent_long + RTK_DETECT_HORIZONS * (size_t)c->history;
     doubles *= RTK_DETECT_VIEWS;
-    size_t floats = (size_t)c->bins * c->days;
-    size_t floats_bytes = (floats * sizeof(float) + 7) & ~(size_t)7;
-    return doubles * sizeof(double) + floats_bytes + 2 * (size_t)c->bins;
+    return doubles * sizeof(double) + season_bytes(c, 0) + season_bytes(c, 1);
 }
 
 /* Points the detector's windows into the arena, laid out as rtk_detect_arena_size counts it. */
@@ -90,9 +108,20 @@ static void bind(rtk_detector *d, void *arena)
             d->history[v][k].ring = p + horizon[k];
             p += horizon[k] + c->history;
         }
-    d->day_means = (float *)p;
-    d->day_count = (uint8_t *)d->day_means + (((size_t)c->bins * c->days * sizeof(float) + 7) & ~(size_t)7);
-    d->day_next = d->day_count + c->bins;
+    unsigned char *b = (unsigned char *)p;
+    for (int k = 0; k < RTK_DETECT_SEASONS; k++) {
+        rtk_season *sn = &d->season[k];
+        season_shape(c, k, &sn->bins, &sn->keep, &sn->period);
+        if (sn->keep == 0) {
+            sn->means = NULL;
+            sn->count = sn->next = NULL;
+            continue;
+        }
+        sn->means = (float *)b;
+        sn->count = b + (((size_t)sn->bins * sn->keep * sizeof(float) + 7) & ~(size_t)7);
+        sn->next = sn->count + sn->bins;
+        b += season_bytes(c, k);
+    }
 }
 
 int rtk_detect_init(rtk_detector *d, void *arena, const rtk_detect_config *c)
@@ -113,8 +142,11 @@ int rtk_detect_init(rtk_detector *d, void *arena, const rtk_detect_config *c)
             p += horizon[k] + c->history;
         }
     bind(d, arena);
-    memset(d->day_count, 0, 2 * (size_t)c->bins);
-    d->acc_day = INT64_MIN;
+    for (int k = 0; k < RTK_DETECT_SEASONS; k++) {
+        if (d->season[k].keep)
+            memset(d->season[k].count, 0, 2 * (size_t)d->season[k].bins);
+        d->season[k].acc_period = INT64_MIN;
+    }
     d->expected = NAN;
     return 0;
 }
@@ -147,7 +179,8 @@ static int same_config(const rtk_detect_config *a, const rtk_detect_config *b)
 {
     return a->window == b->window && a->warmup == b->warmup && a->bins == b->bins && a->days == b->days &&
            a->period == b->period && a->smooth_alpha == b->smooth_alpha && a->recent == b->recent &&
-           a->recent_long == b->recent_long && a->history == b->history && a->quiet == b->quiet;
+           a->recent_long == b->recent_long && a->history == b->history && a->quiet == b->quiet &&
+           a->weeks == b->weeks;
 }
 
 int rtk_detect_load(rtk_detector *d, void *arena, const void *state, size_t len)
@@ -169,72 +202,75 @@ int rtk_detect_load(rtk_detector *d, void *arena, const void *state, size_t len)
     return 0;
 }
 
-/* ---- time-of-day baseline ------------------------------------------------------------------ */
+/* ---- seasonal baselines (time of day, time of week) ---------------------------------------- */
 
-static void fold_bin(rtk_detector *d)
+static void fold_bin(rtk_season *sn)
 {
-    if (d->acc_n == 0)
+    if (sn->acc_n == 0)
         return;
-    uint32_t b = d->acc_bin, days = d->cfg.days;
-    d->day_means[(size_t)b * days + d->day_next[b]] = (float)(d->acc_sum / d->acc_n);
-    d->day_next[b] = (uint8_t)((d->day_next[b] + 1) % days);
-    if (d->day_count[b] < days)
-        d->day_count[b]++;
+    uint32_t b = sn->acc_bin;
+    sn->means[(size_t)b * sn->keep + sn->next[b]] = (float)(sn->acc_sum / sn->acc_n);
+    sn->next[b] = (uint8_t)((sn->next[b] + 1) % sn->keep);
+    if (sn->count[b] < sn->keep)
+        sn->count[b]++;
 }
 
-/* The median of the bin's past daily means (NaN until two days are known) and, from
-   three days on, their spread (scaled MAD): the noise at this time of day, which the
-   rest of the day's samples would understate where noise grows with the level. */
-static double expectation(const rtk_detector *d, uint32_t b, double *spread)
+static float median_of_sorted(const float *v, uint32_t n)
 {
-    uint32_t n = d->day_count[b];
-    *spread = 0;
-    if (n < 2)
-        return NAN;
-    float v[255];
-    memcpy(v, d->day_means + (size_t)b * d->cfg.days, n * sizeof(float));
-    for (uint32_t i = 1; i < n; i++) { /* n <= days: insertion sort is the fast one here */
+    return n & 1 ? v[n / 2] : (float)(0.5 * ((double)v[n / 2 - 1] + v[n / 2]));
+}
+
+static void sort_floats(float *v, uint32_t n)
+{
+    for (uint32_t i = 1; i < n; i++) { /* n <= 255 and mostly 7: insertion sort is the fast one here */
         float x = v[i];
         uint32_t j = i;
         for (; j > 0 && v[j - 1] > x; j--)
             v[j] = v[j - 1];
         v[j] = x;
     }
-    double m = n & 1 ? v[n / 2] : 0.5 * ((double)v[n / 2 - 1] + v[n / 2]);
+}
+
+/* The median of the bin's means in past periods (NaN until two are known) and, from three
+   on, their spread (scaled MAD): the noise at this time of the day (week), which the rest of
+   the period's samples would understate where noise grows with the level. */
+static double expectation(const rtk_season *sn, uint32_t b, double *spread)
+{
+    uint32_t n = sn->count[b];
+    *spread = 0;
+    if (n < 2)
+        return NAN;
+    float v[255], dev[255];
+    memcpy(v, sn->means + (size_t)b * sn->keep, n * sizeof(float));
+    sort_floats(v, n);
+    double m = median_of_sorted(v, n);
     if (n >= 3) {
-        float dev[255];
         for (uint32_t i = 0; i < n; i++)
             dev[i] = (float)fabs(v[i] - m);
-        for (uint32_t i = 1; i < n; i++) {
-            float x = dev[i];
-            uint32_t j = i;
-            for (; j > 0 && dev[j - 1] > x; j--)
-                dev[j] = dev[j - 1];
-            dev[j] = x;
-        }
-        *spread = 1.4826 * (n & 1 ? dev[n / 2] : 0.5 * ((double)dev[n / 2 - 1] + dev[n / 2]));
+        sort_floats(dev, n);
+        *spread = 1.4826 * median_of_sorted(dev, n);
     }
     return m;
 }
 
-/* Expected value at t from earlier days only, then t's sample joins today's bin. */
-static double baseline_step(rtk_detector *d, double t, double x, double *spread)
+/* Expected value at t from earlier periods only, then t's sample joins this period's bin. */
+static double baseline_step(rtk_season *sn, double t, double x, double *spread)
 {
-    double day_f = floor(t / d->cfg.period);
-    uint32_t b = (uint32_t)((t - day_f * d->cfg.period) / d->cfg.period * d->cfg.bins);
-    if (b >= d->cfg.bins)
-        b = d->cfg.bins - 1;
-    int64_t day = (int64_t)day_f;
-    if (day != d->acc_day || b != d->acc_bin) {
-        fold_bin(d);
-        d->acc_day = day;
-        d->acc_bin = b;
-        d->acc_sum = 0;
-        d->acc_n = 0;
+    double period_f = floor(t / sn->period);
+    uint32_t b = (uint32_t)((t - period_f * sn->period) / sn->period * sn->bins);
+    if (b >= sn->bins)
+        b = sn->bins - 1;
+    int64_t period = (int64_t)period_f;
+    if (period != sn->acc_period || b != sn->acc_bin) {
+        fold_bin(sn);
+        sn->acc_period = period;
+        sn->acc_bin = b;
+        sn->acc_sum = 0;
+        sn->acc_n = 0;
     }
-    double e = expectation(d, b, spread);
-    d->acc_sum += x;
-    d->acc_n++;
+    double e = expectation(sn, b, spread);
+    sn->acc_sum += x;
+    sn->acc_n++;
     return e;
 }
 
@@ -380,22 +416,26 @@ double rtk_detect_update(rtk_detector *d, double t, double x)
     if (isnan(x))
         return NAN;
     d->samples++;
-    double spread;
-    double e = baseline_step(d, t, x, &spread);
+    /* View 0 judges the values; view 1 + k their residual from season k's expectation, once
+       season k has two periods for this bin. */
+    double expected[RTK_DETECT_VIEWS], spread[RTK_DETECT_VIEWS] = {0};
+    expected[0] = 0;
+    for (int k = 0; k < RTK_DETECT_SEASONS; k++)
+        expected[1 + k] = d->season[k].keep ? baseline_step(&d->season[k], t, x, &spread[1 + k]) : NAN;
     double z[RTK_DETECT_VIEWS][RTK_DETECT_FEATURES] = {{0}};
     double surprise[RTK_DETECT_VIEWS] = {0};
-    surprise[0] = view_step(d, 0, x, 0.0, z[0]);
     /* Each view's long-run mean surprise says how well it models the series: the view
-       that is less often surprised wins (an expected evening peak surprises only view 0). */
+       that is less often surprised wins (an expected evening peak surprises only view 0),
+       once its own long-run distribution of surprise holds enough to judge by. */
     double keep = 1.0 - 1.0 / d->cfg.history;
-    d->fit[0] = d->samples == 1 ? surprise[0] : keep * d->fit[0] + (1 - keep) * surprise[0];
     int view = 0;
-    if (!isnan(e)) {
-        surprise[1] = view_step(d, 1, x - e, spread, z[1]);
-        d->fit[1] = d->seen[1] == 1 ? d->fit[0] : keep * d->fit[1] + (1 - keep) * surprise[1];
-        /* ...once its own long-run distribution of surprise holds enough to judge by. */
-        if (d->seen[1] > d->cfg.warmup + d->cfg.history / 4 && d->fit[1] < d->fit[0])
-            view = 1;
+    for (int v = 0; v < RTK_DETECT_VIEWS; v++) {
+        if (isnan(expected[v]))
+            continue;
+        surprise[v] = view_step(d, v, x - expected[v], spread[v], z[v]);
+        d->fit[v] = d->seen[v] == 1 ? d->fit[0] : keep * d->fit[v] + (1 - keep) * surprise[v];
+        if (v > 0 && d->seen[v] > d->cfg.warmup + d->cfg.history / 4 && d->fit[v] < d->fit[view])
+            view = v;
     }
     /* Each view is judged against its own past surprises: the days before the baseline,
        when every evening peak surprised, say nothing of how surprising its residuals are.
@@ -403,9 +443,9 @@ double rtk_detect_update(rtk_detector *d, double t, double x)
        they would widen the long-run distribution for as long as they stayed in it. */
     double l[RTK_DETECT_VIEWS] = {0};
     for (int v = 0; v < RTK_DETECT_VIEWS; v++)
-        if (d->seen[v] > d->cfg.warmup && (v == 0 || !isnan(e)))
+        if (d->seen[v] > d->cfg.warmup && !isnan(expected[v]))
             l[v] = score_step(d, v, surprise[v]);
-    d->expected = e;
+    d->expected = view ? expected[view] : NAN;
     d->view = view;
     memcpy(d->z, z[view], sizeof d->z);
     d->surprise = surprise[view];

@@ -28,7 +28,8 @@
 #include "sortwin.h"
 
 #define RTK_DETECT_FEATURES 3 /* level, difference, smoothed level */
-#define RTK_DETECT_VIEWS 2    /* the values, and their residual from the time-of-day baseline */
+#define RTK_DETECT_SEASONS 2  /* time of day, time of week */
+#define RTK_DETECT_VIEWS 3    /* the values, and their residuals from the seasonal baselines */
 #define RTK_DETECT_HORIZONS 2 /* recent means of surprise: short and long */
 
 /* Sum and sum of squares of a sliding window. */
@@ -47,6 +48,18 @@ typedef struct {
     double open_peak;
 } rtk_episodes;
 
+/* A seasonal baseline: per bin of the period, a ring of the bin's means in the last `keep`
+   periods, and the bin being accumulated now. */
+typedef struct {
+    float *means;
+    uint8_t *count, *next;
+    uint32_t bins, keep;
+    double period;
+    int64_t acc_period;
+    uint32_t acc_bin, acc_n;
+    double acc_sum;
+} rtk_season;
+
 typedef struct {
     uint32_t window;      /* samples in each robust window */
     uint32_t warmup;      /* samples scored 0 while the windows fill */
@@ -58,6 +71,7 @@ typedef struct {
     uint32_t recent_long; /* samples in the slower one (spikes coming denser) */
     uint32_t history;     /* samples in the long-run distribution of that mean */
     uint32_t quiet;       /* samples scored 0 after an alarm (one alarm per episode) */
+    uint32_t weeks;       /* weekly means kept per time-of-week bin (7 x bins): 0 (no weekly view) or >= 2 */
 } rtk_detect_config;
 
 /* Defaults suited to per-minute series; the agent's 1 Hz series use their own. */
@@ -69,20 +83,15 @@ typedef struct {
     double prev[RTK_DETECT_VIEWS], smooth[RTK_DETECT_VIEWS];
     uint32_t seen[RTK_DETECT_VIEWS];
     double fit[RTK_DETECT_VIEWS]; /* long-run mean surprise of each view */
-    /* time-of-day baseline: per bin a ring of the last `days` daily means */
-    float *day_means;
-    uint8_t *day_count, *day_next;
-    int64_t acc_day;
-    uint32_t acc_bin, acc_n;
-    double acc_sum;
+    rtk_season season[RTK_DETECT_SEASONS];
     /* per view and horizon: the newest surprises, and the long-run window of their mean */
     rtk_wsum recent[RTK_DETECT_VIEWS][RTK_DETECT_HORIZONS], history[RTK_DETECT_VIEWS][RTK_DETECT_HORIZONS];
     rtk_episodes episodes[RTK_DETECT_VIEWS][RTK_DETECT_HORIZONS];
     uint64_t samples;
     /* the last sample's workings, for explanations and tests */
     double z[RTK_DETECT_FEATURES];
-    double expected;  /* time-of-day expectation, NaN while not ready */
-    int view;         /* which view scored it: 0 values, 1 residuals */
+    double expected;  /* the scoring view's seasonal expectation, NaN for view 0 */
+    int view;         /* which view scored it: 0 values, 1 time-of-day residuals, 2 time-of-week */
     double surprise, score;
     double likelihood; /* -log10 of the tail probability, before the quiet time after an alarm */
     uint32_t quiet_left;

@@ -3,12 +3,12 @@ cdef extern from "detect.h" nogil:
     ctypedef struct rtk_detect_config:
         uint32_t window, warmup, bins, days
         double period, smooth_alpha
-        uint32_t recent, recent_long, history, quiet
+        uint32_t recent, recent_long, history, quiet, weeks
     ctypedef struct rtk_detector:
         rtk_detect_config cfg
         uint64_t samples
         double z[3]
-        double fit[2]
+        double fit[3]
         double expected, surprise, score, likelihood
         int view
         uint32_t quiet_left
@@ -22,7 +22,7 @@ cdef extern from "detect.h" nogil:
     void rtk_detect_run(rtk_detector *d, const double *t, const double *x, uint32_t n, double *out)
 
 DETECTOR_FIELDS = ("window", "warmup", "bins", "days", "period", "smooth_alpha", "recent", "recent_long", "history",
-                   "quiet")
+                   "quiet", "weeks")
 
 
 def detector_defaults():
@@ -101,6 +101,6 @@ cdef class Detector:
         return {"score": self.d.score, "surprise": self.d.surprise,
                 "tail_neg_log10": self.d.likelihood, "quiet_after_alarm": self.d.quiet_left,
                 "z": {"level": self.d.z[0], "change": self.d.z[1], "smoothed": self.d.z[2]},
-                "baseline": "time_of_day" if self.d.view else "recent",
+                "baseline": ("recent", "time_of_day", "time_of_week")[self.d.view],
                 "expected": None if self.d.expected != self.d.expected else self.d.expected,
-                "fit": {"recent": self.d.fit[0], "time_of_day": self.d.fit[1]}}
+                "fit": {"recent": self.d.fit[0], "time_of_day": self.d.fit[1], "time_of_week": self.d.fit[2]}}

@@ -138,3 +138,22 @@ def test_the_same_series_in_other_units_gives_the_same_detections():
     assert _alarms(small) == _alarms(large)
     assert _alarms(small)[:1] == [2500]
     assert list(large) == pytest.approx(list(small), abs=1e-9)
+
+
+def test_the_weekly_view_expects_the_weekend_once_two_weeks_are_known():
+    # Four weeks at 5-minute steps: busy office hours on weekdays, quiet weekends.
+    rng = random.Random(5)
+    t = [1_700_006_400 + 300 * i for i in range(4 * 7 * 288)]
+
+    def value(ts):
+        weekday = (ts // 86400 + 3) % 7  # 1970-01-01 was a Thursday; 0 = Monday
+        busy = weekday < 5 and 9 * 3600 <= ts % 86400 < 17 * 3600
+        return 20 + (60 if busy else 0) + rng.gauss(0, 2)
+    x = [value(ts) for ts in t]
+    fourth_week = slice(3 * 7 * 288, None)
+    daily_only = Detector(weeks=0)
+    assert _alarms(daily_only.run(t, x)[fourth_week]) != []  # a weekday's peak missing on a weekend
+    weekly = Detector()
+    assert _alarms(weekly.run(t, x)[fourth_week]) == []
+    assert weekly.explain()["baseline"] == "time_of_week"
+    assert Detector.memory_bytes(weeks=0) < Detector.memory_bytes()
