@@ -129,6 +129,7 @@ int rtk_detect_init(rtk_detector *d, void *arena, const rtk_detect_config *c)
     if (!config_ok(c))
         return -1;
     memset(d, 0, sizeof *d);
+    memset(arena, 0, rtk_detect_arena_size(c)); /* no stale bytes in a saved state */
     d->cfg = *c;
     double *p = arena;
     for (int v = 0; v < RTK_DETECT_VIEWS; v++)
@@ -151,9 +152,9 @@ int rtk_detect_init(rtk_detector *d, void *arena, const rtk_detect_config *c)
     return 0;
 }
 
-/* The saved state: a header naming the layout, the detector, then its arena. Pointers in the
-   saved detector are stale and re-bound on load, so the state moves between processes of one
-   build (the agent's restart), not between builds with another struct layout. */
+/* The saved state: a header naming the layout, the detector (its pointers nulled, re-bound
+   on load), then its arena: it moves between processes of one build (the agent's restart),
+   not between builds with another struct layout. */
 typedef struct {
     uint32_t magic, header_size, detector_size, pad;
     uint64_t arena_size;
@@ -169,9 +170,22 @@ size_t rtk_detect_state_size(const rtk_detector *d)
 void rtk_detect_save(const rtk_detector *d, const void *arena, void *out)
 {
     state_header h = {STATE_MAGIC, sizeof h, sizeof *d, 0, rtk_detect_arena_size(&d->cfg)};
+    /* Without its pointers, the same learning gives the same bytes in any detector. */
+    rtk_detector copy;
+    memcpy(&copy, d, sizeof copy);
+    for (int v = 0; v < RTK_DETECT_VIEWS; v++) {
+        for (int f = 0; f < RTK_DETECT_FEATURES; f++)
+            copy.win[v][f].sorted = copy.win[v][f].fifo = NULL;
+        for (int k = 0; k < RTK_DETECT_HORIZONS; k++)
+            copy.recent[v][k].ring = copy.history[v][k].ring = NULL;
+    }
+    for (int k = 0; k < RTK_DETECT_SEASONS; k++) {
+        copy.season[k].means = NULL;
+        copy.season[k].count = copy.season[k].next = NULL;
+    }
     unsigned char *o = out;
     memcpy(o, &h, sizeof h);
-    memcpy(o + sizeof h, d, sizeof *d);
+    memcpy(o + sizeof h, &copy, sizeof copy);
     memcpy(o + sizeof h + sizeof *d, arena, h.arena_size);
 }
 
