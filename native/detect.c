@@ -281,8 +281,11 @@ static double baseline_step(rtk_season *sn, double t, double x, double *spread)
         sn->acc_bin = b;
         sn->acc_sum = 0;
         sn->acc_n = 0;
+        /* A bin's past means change only when a bin is folded: once per bin entered. */
+        sn->expected = expectation(sn, b, &sn->spread);
     }
-    double e = expectation(sn, b, spread);
+    double e = sn->expected;
+    *spread = sn->spread;
     sn->acc_sum += x;
     sn->acc_n++;
     return e;
@@ -390,10 +393,12 @@ static double tail_step(rtk_wsum *recent, rtk_wsum *history, rtk_episodes *e, ui
     }
     wsum_push(history, mean_recent);
     double l = neglog10_tail(z);
-    uint32_t k = episodes_as_high(e, now, history->cap, mean_recent);
-    if (k >= RECURRING) {
+    /* Past episodes can lower l to -log10(RTK_DETECT_EPISODES x horizon / window) at most:
+       below that no count changes it, and the scan is skipped (most samples). */
+    if (l > -log10((double)RTK_DETECT_EPISODES * recent->cap / history->n)) {
+        uint32_t k = episodes_as_high(e, now, history->cap, mean_recent);
         double recurring = -log10((double)k * recent->cap / history->n);
-        if (recurring < l)
+        if (k >= RECURRING && recurring < l)
             l = recurring;
     }
     /* Episodes are recorded by their peak when they end. */

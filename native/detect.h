@@ -58,6 +58,7 @@ typedef struct {
     int64_t acc_period;
     uint32_t acc_bin, acc_n;
     double acc_sum;
+    double expected, spread; /* the current bin's, from past periods */
 } rtk_season;
 
 typedef struct {
