@@ -401,8 +401,9 @@ static double tail_step(rtk_wsum *recent, rtk_wsum *history, rtk_episodes *e, ui
         if (k >= RECURRING && recurring < l)
             l = recurring;
     }
-    /* Episodes are recorded by their peak when they end. */
-    if (z >= EPISODE_Z) {
+    /* Episodes are recorded by their peak when they end, and only once the long-run window
+       is a quarter full: a z against a handful of means says little. */
+    if (z >= EPISODE_Z && history->n >= history->cap / 4) {
         if (!e->open || mean_recent > e->open_peak)
             e->open_peak = mean_recent;
         e->open = 1;
