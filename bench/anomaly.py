@@ -22,6 +22,7 @@ import time
 
 from rtk_qos import _core
 from rtk_qos.commands import anomaly_detection as command
+from rtk_qos.agent.recorder import DETECTOR_SETTINGS
 from rtk_qos.history import HistoryStore
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -61,7 +62,8 @@ def streaming(samples: int = 200_000) -> dict:
     gauss = nab.WindowedGaussian()
     gauss_s = best_of(lambda: [gauss.update(t, v) for t, v in zip(times[:n_gauss], values[:n_gauss])], 1) / n_gauss
     return {"detector_us": detector * 1e6, "rolling_zscore_us": rolling_s * 1e6, "windowed_gaussian_python_us":
-            gauss_s * 1e6, "detector_memory_bytes": _core.Detector.memory_bytes()}
+            gauss_s * 1e6, "detector_memory_bytes": _core.Detector.memory_bytes(),
+            "agent_detector_memory_bytes": _core.Detector.memory_bytes(**DETECTOR_SETTINGS)}
 
 
 def week_of_history(seed: int = 7) -> tuple[HistoryStore, int]:
@@ -116,7 +118,8 @@ def main() -> None:
     print(f"streaming detector: {s['detector_us']:.2f} us/sample (target < 2), "
           f"{s['detector_us'] / s['rolling_zscore_us']:.1f}x the native rolling z-score "
           f"({s['rolling_zscore_us']:.3f} us), NAB's windowed Gaussian in Python "
-          f"{s['windowed_gaussian_python_us']:.2f} us; {s['detector_memory_bytes']} bytes per series")
+          f"{s['windowed_gaussian_python_us']:.2f} us; {s['detector_memory_bytes']} bytes per series "
+          f"({s['agent_detector_memory_bytes']} with the agent's 1 Hz settings)")
     store, now = week_of_history()
     report["detection"] = d = detection(store, now)
     print(f"qos_anomaly_detection, 7 days + 1 day window at 1 min, {d['series']} series ({d['rows']} rows):")

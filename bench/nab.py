@@ -1,11 +1,12 @@
 """Numenta Anomaly Benchmark (NAB) scoring in plain Python, with reference detectors measured in
 the same run.
 
-    python bench/nab.py [--data DIR] [--generated] [--seed N] [--output FILE]
+    python bench/nab.py [--data DIR] [--halves] [--generated] [--seeds 1,2,3] [--output FILE]
 
 Scores our detector (`rtk_qos.detect.make_detector`, when importable) beside NAB's windowed
-Gaussian, a seeded random detector and the null detector on the NAB files in --data, and with
---generated on the labelled traffic-like week of bench/labelled.py (a separate corpus with its own
+Gaussian, a seeded random detector and the null detector on the NAB files in --data (with --halves
+also on its even- and odd-numbered files in name order as corpora of their own: the design and
+held-out halves the detector was designed with), and with --generated on the labelled traffic-like week of bench/labelled.py (a separate corpus with its own
 threshold). Prints normalised scores per detector and profile and our per-file detections; writes
 everything as JSON with --output.
 
@@ -323,6 +324,8 @@ def show(title: str, corpus: list[Series], results: dict, primary: str) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", default=DEFAULT_DATA, help="NAB-layout directory (default: %(default)s)")
+    parser.add_argument("--halves", action="store_true",
+                        help="also score the even- and odd-numbered NAB files (name order) apart")
     parser.add_argument("--generated", action="store_true", help="also score bench/labelled.py's set")
     parser.add_argument("--seeds", default="1,2,3",
                         help="seeds of the generated sets, scored as one corpus (default: %(default)s): "
@@ -340,6 +343,10 @@ def main() -> None:
     print(f"our detector: {ours}")
 
     corpora = {"nab": (args.data, load_corpus(args.data))}
+    if args.halves:
+        ordered = sorted(corpora["nab"][1], key=lambda s: s.name)
+        corpora["nab_even"] = (f"{args.data}, files 0, 2, 4, ... in name order (design)", ordered[0::2])
+        corpora["nab_odd"] = (f"{args.data}, files 1, 3, 5, ... in name order (held out)", ordered[1::2])
     if args.generated:
         import labelled
         seeds = [int(x) for x in args.seeds.split(",")]
