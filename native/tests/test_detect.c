@@ -163,6 +163,11 @@ static void test_detector_config_checked(void)
     rtk_detect_default_config(&c);
     c.window = 2;
     CHECK(rtk_detect_init(&det, arena, &c) == -1);
+    rtk_detect_default_config(&c);
+    c.weeks = 1; /* a weekly median needs two weeks; 0 turns the view off */
+    CHECK(rtk_detect_init(&det, arena, &c) == -1);
+    c.weeks = 0;
+    CHECK(rtk_detect_init(&det, arena, &c) == 0);
 }
 
 int main(void)
