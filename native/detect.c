@@ -87,7 +87,7 @@ size_t rtk_detect_arena_size(const rtk_detect_config *c)
 {
     size_t doubles = (size_t)RTK_DETECT_FEATURES * 2 * c->window + c->recent +
                      c->recent_long + RTK_DETECT_HORIZONS * (size_t)c->history;
-    doubles *= RTK_DETECT_VIEWS;
+    doubles *= RTK_DETECT_STREAMS;
     return doubles * sizeof(double) + season_bytes(c, 0) + season_bytes(c, 1);
 }
 
@@ -96,13 +96,13 @@ static void bind(rtk_detector *d, void *arena)
 {
     const rtk_detect_config *c = &d->cfg;
     double *p = arena;
-    for (int v = 0; v < RTK_DETECT_VIEWS; v++)
+    for (int v = 0; v < RTK_DETECT_STREAMS; v++)
         for (int f = 0; f < RTK_DETECT_FEATURES; f++, p += 2 * c->window) {
             d->win[v][f].sorted = p;
             d->win[v][f].fifo = p + c->window;
         }
     uint32_t horizon[RTK_DETECT_HORIZONS] = {c->recent, c->recent_long};
-    for (int v = 0; v < RTK_DETECT_VIEWS; v++)
+    for (int v = 0; v < RTK_DETECT_STREAMS; v++)
         for (int k = 0; k < RTK_DETECT_HORIZONS; k++) {
             d->recent[v][k].ring = p;
             d->history[v][k].ring = p + horizon[k];
@@ -132,11 +132,11 @@ int rtk_detect_init(rtk_detector *d, void *arena, const rtk_detect_config *c)
     memset(arena, 0, rtk_detect_arena_size(c)); /* no stale bytes in a saved state */
     d->cfg = *c;
     double *p = arena;
-    for (int v = 0; v < RTK_DETECT_VIEWS; v++)
+    for (int v = 0; v < RTK_DETECT_STREAMS; v++)
         for (int f = 0; f < RTK_DETECT_FEATURES; f++, p += 2 * c->window)
             rtk_sortwin_init(&d->win[v][f], p, c->window);
     uint32_t horizon[RTK_DETECT_HORIZONS] = {c->recent, c->recent_long};
-    for (int v = 0; v < RTK_DETECT_VIEWS; v++)
+    for (int v = 0; v < RTK_DETECT_STREAMS; v++)
         for (int k = 0; k < RTK_DETECT_HORIZONS; k++) {
             wsum_init(&d->recent[v][k], p, horizon[k]);
             wsum_init(&d->history[v][k], p + horizon[k], c->history);
@@ -173,7 +173,7 @@ void rtk_detect_save(const rtk_detector *d, const void *arena, void *out)
     /* Without its pointers, the same learning gives the same bytes in any detector. */
     rtk_detector copy;
     memcpy(&copy, d, sizeof copy);
-    for (int v = 0; v < RTK_DETECT_VIEWS; v++) {
+    for (int v = 0; v < RTK_DETECT_STREAMS; v++) {
         for (int f = 0; f < RTK_DETECT_FEATURES; f++)
             copy.win[v][f].sorted = copy.win[v][f].fifo = NULL;
         for (int k = 0; k < RTK_DETECT_HORIZONS; k++)
@@ -424,7 +424,7 @@ static double score_step(rtk_detector *d, int v, double surprise)
 {
     double top = 0;
     for (int k = 0; k < RTK_DETECT_HORIZONS; k++) {
-        double l = tail_step(&d->recent[v][k], &d->history[v][k], &d->episodes[v][k], d->samples, surprise);
+        double l = tail_step(&d->recent[v][k], &d->history[v][k], &d->episodes[v][k], d->seen[v], surprise);
         if (l > top)
             top = l;
     }
@@ -465,11 +465,26 @@ double rtk_detect_update(rtk_detector *d, double t, double x)
     for (int v = 0; v < RTK_DETECT_VIEWS; v++)
         if (d->seen[v] > d->cfg.warmup && !isnan(expected[v]))
             l[v] = score_step(d, v, surprise[v]);
+    /* The coarse scale: the same features and tail on the means of `recent` consecutive
+       samples (a change spread over a few samples, each ordinary in its noise, is plain in
+       their mean), scored at the sample that completes a block. Two scales looked at: the
+       smaller tail probability, doubled. */
+    double coarse = 0;
+    d->coarse_sum += x;
+    if (++d->coarse_n == d->cfg.recent) {
+        double zc[RTK_DETECT_FEATURES];
+        double s = view_step(d, RTK_DETECT_COARSE, d->coarse_sum / d->coarse_n, 0.0, zc);
+        if (d->seen[RTK_DETECT_COARSE] > d->cfg.warmup)
+            coarse = score_step(d, RTK_DETECT_COARSE, s);
+        d->coarse_sum = 0;
+        d->coarse_n = 0;
+    }
+    double top = (coarse > l[view] ? coarse : l[view]) - log10(2.0);
     d->expected = view ? expected[view] : NAN;
     d->view = view;
     memcpy(d->z, z[view], sizeof d->z);
     d->surprise = surprise[view];
-    d->likelihood = l[view];
+    d->likelihood = top;
     /* One alarm per episode: once the tail probability crosses the alarm level, the next
        `quiet` samples score 0, so a lasting change (a level shift while the windows learn
        it as the new normal) is reported once, at its start, instead of on every sample. */
@@ -477,11 +492,11 @@ double rtk_detect_update(rtk_detector *d, double t, double x)
         d->quiet_left--;
         d->score = 0.0;
     } else {
-        if (l[view] >= ALARM)
+        if (top >= ALARM)
             d->quiet_left = d->cfg.quiet;
         /* L / (L + SCORE_HALF): 0.5 at p = 1e-8, rising without saturating, so a threshold
            can still rank the extremes. */
-        d->score = l[view] > 0 ? l[view] / (l[view] + SCORE_HALF) : 0.0;
+        d->score = top > 0 ? top / (top + SCORE_HALF) : 0.0;
     }
     return d->score;
 }

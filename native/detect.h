@@ -1,24 +1,29 @@
 /* Streaming anomaly detector: one instance per metric, one call per sample,
- * causal (a score uses the samples up to its own only), fixed memory.
+ * causal (a score uses the samples up to its own only, never the series'
+ * range), fixed memory.
  *
  * Each sample becomes three features that see different kinds of change: the
  * level, the difference from the previous sample (spikes, variance changes) and
  * an exponentially smoothed level (small sustained shifts and drifts). Each
- * feature is scored by its robust z (median/MAD of a sliding window, so one
- * outlier does not inflate the scale it is judged by) and the largest becomes
- * the sample's surprise. Once two days are seen, the same features are also
- * computed on the residual from a time-of-day baseline (the median of the last
- * days' means in the sample's time-of-day bin), and used instead when that
- * view is less often surprised in the long run: a regular evening peak is then
- * expected, and a missing one is the anomaly.
+ * feature is scored by its robust z (median/MAD of a sliding window, backed up
+ * by the central 95 % spread, so one outlier does not inflate the scale it is
+ * judged by and a series on a few values keeps one) and the largest becomes
+ * the sample's surprise. Once two days (weeks) are seen, the same features are
+ * also computed on the residual from a time-of-day (time-of-week) baseline, the
+ * median of past periods' means in the sample's bin, and the view least often
+ * surprised in the long run scores: a regular evening peak is then expected,
+ * and a missing one is the anomaly. A coarse scale, the means of `recent`
+ * consecutive samples, is judged the same way beside them.
  *
  * The surprise of one sample is not the score: the score is how unusual the
  * recent mean surprise is against its own long-run distribution, as a tail
  * probability p on a log scale (HTM's anomaly likelihood does the same with its
  * prediction errors), L / (L + 8) with L = -log10(p): 0.5 is p = 1e-8. A noisy
  * series whose samples are often surprising needs more to score high than a
- * quiet one, so one threshold fits series of any scale and noise. An alarm
- * (p < 1e-5) is reported once per episode: the next `quiet` samples score 0. */
+ * quiet one, so one threshold fits series of any scale and noise; a surprise
+ * that recurred in 3 past episodes is no rarer than their share of the window.
+ * An alarm (p < 1e-5) is reported once per episode: the next `quiet` samples
+ * score 0. */
 #ifndef RTK_DETECT_H
 #define RTK_DETECT_H
 
@@ -30,6 +35,8 @@
 #define RTK_DETECT_FEATURES 3 /* level, difference, smoothed level */
 #define RTK_DETECT_SEASONS 2  /* time of day, time of week */
 #define RTK_DETECT_VIEWS 3    /* the values, and their residuals from the seasonal baselines */
+#define RTK_DETECT_COARSE RTK_DETECT_VIEWS /* the coarse scale's stream, after the views' */
+#define RTK_DETECT_STREAMS (RTK_DETECT_VIEWS + 1)
 #define RTK_DETECT_HORIZONS 2 /* recent means of surprise: short and long */
 
 /* Sum and sum of squares of a sliding window. */
@@ -80,14 +87,16 @@ void rtk_detect_default_config(rtk_detect_config *c);
 
 typedef struct {
     rtk_detect_config cfg;
-    rtk_sortwin win[RTK_DETECT_VIEWS][RTK_DETECT_FEATURES];
-    double prev[RTK_DETECT_VIEWS], smooth[RTK_DETECT_VIEWS];
-    uint32_t seen[RTK_DETECT_VIEWS];
+    rtk_sortwin win[RTK_DETECT_STREAMS][RTK_DETECT_FEATURES];
+    double prev[RTK_DETECT_STREAMS], smooth[RTK_DETECT_STREAMS];
+    uint32_t seen[RTK_DETECT_STREAMS];
     double fit[RTK_DETECT_VIEWS]; /* long-run mean surprise of each view */
     rtk_season season[RTK_DETECT_SEASONS];
     /* per view and horizon: the newest surprises, and the long-run window of their mean */
-    rtk_wsum recent[RTK_DETECT_VIEWS][RTK_DETECT_HORIZONS], history[RTK_DETECT_VIEWS][RTK_DETECT_HORIZONS];
-    rtk_episodes episodes[RTK_DETECT_VIEWS][RTK_DETECT_HORIZONS];
+    rtk_wsum recent[RTK_DETECT_STREAMS][RTK_DETECT_HORIZONS], history[RTK_DETECT_STREAMS][RTK_DETECT_HORIZONS];
+    rtk_episodes episodes[RTK_DETECT_STREAMS][RTK_DETECT_HORIZONS];
+    double coarse_sum; /* the coarse scale's block being summed */
+    uint32_t coarse_n;
     uint64_t samples;
     /* the last sample's workings, for explanations and tests */
     double z[RTK_DETECT_FEATURES];
