@@ -188,3 +188,17 @@ def test_a_live_agent_answers_from_its_own_history(start_agent, controller):
     assert summary["baseline"]["needed_s"] == 1800 and summary["baseline"]["requested_s"] == 86400
     assert summary["metrics_without_data"] == []  # its interfaces' throughput is being recorded
     assert result["current_metrics_summary"]["throughput"]
+
+
+def test_the_estimate_prices_the_work_asked_for():
+    from rtk_qos.commands import anomaly_detection as command
+
+    def estimate(series=None, **args):
+        return command.estimate_ms(prepare(command.OP, {"detection_window": 3600, "metrics": ["latency"], **args})[1],
+                                   series)
+    week, day = estimate(baseline_period=7 * DAY), estimate(baseline_period=DAY)
+    assert week > 5 * day  # (1 h + 7 d) against (1 h + 1 d) of minutes
+    assert estimate(detection_methods=["statistical", "ml_based"]) > estimate(detection_methods=["statistical"])
+    # By default the most series the history can hold for the metrics: all four cost the most.
+    assert estimate(metrics=["throughput", "error_rate", "latency", "jitter"]) > estimate()
+    assert estimate(series=command.MAX_SERIES["latency"]) == estimate()

@@ -65,8 +65,27 @@ METRICS = {
 }
 
 
-def estimate_ms(args: dict) -> int:
-    return 5000
+# What the work costs, measured by bench/anomaly.py on its x86-64 machine (bench/anomaly-report.json,
+# "estimate_basis", rounded up): per 1-minute row of one series, the whole command with the
+# statistical method (reading, judging, episodes, the result); per row of the forest's table,
+# the whole command with the forest.
+SERIES_ROW_NS = 71
+FOREST_ROW_NS = 1120
+# The most series the agent's history holds per metric (its budget): 16 interfaces with rx and tx
+# and an error rate each; the gateway and up to 8 probe targets.
+MAX_SERIES = {"throughput": 32, "error_rate": 16, "latency": 9, "jitter": 9}
+
+
+def estimate_ms(args: dict, series: Optional[int] = None) -> int:
+    """The run time for the window and baseline asked, with `series` series (by default the most
+    the history can hold for the metrics asked, so the estimate bounds the run on the bench's CPU)."""
+    rows = (args["detection_window"] + args["baseline_period"]) // STEP_S
+    if series is None:
+        series = sum(MAX_SERIES[m] for m in set(args["metrics"]))
+    ns = rows * series * SERIES_ROW_NS
+    if "ml_based" in args["detection_methods"]:
+        ns += rows * FOREST_ROW_NS
+    return math.ceil(ns / 1e6)
 
 
 @dataclass
