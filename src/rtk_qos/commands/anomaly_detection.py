@@ -71,7 +71,7 @@ METRICS = {
 # the whole command with the forest.
 SERIES_ROW_NS = 71
 FOREST_ROW_NS = 1120
-# The most series the agent's history holds per metric (its budget): 16 interfaces with rx and tx
+# The most series the agent's history holds per metric at its default budget: 16 interfaces with rx and tx
 # and an error rate each; the gateway and up to 8 probe targets.
 MAX_SERIES = {"throughput": 32, "error_rate": 16, "latency": 9, "jitter": 9}
 
