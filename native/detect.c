@@ -142,12 +142,9 @@ int rtk_detect_init(rtk_detector *d, void *arena, const rtk_detect_config *c)
             wsum_init(&d->history[v][k], p + horizon[k], c->history);
             p += horizon[k] + c->history;
         }
-    bind(d, arena);
-    for (int k = 0; k < RTK_DETECT_SEASONS; k++) {
-        if (d->season[k].keep)
-            memset(d->season[k].count, 0, 2 * (size_t)d->season[k].bins);
+    bind(d, arena); /* the seasons' counts start at 0 with the zeroed arena */
+    for (int k = 0; k < RTK_DETECT_SEASONS; k++)
         d->season[k].acc_period = INT64_MIN;
-    }
     d->expected = NAN;
     return 0;
 }
