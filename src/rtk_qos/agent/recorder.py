@@ -19,11 +19,18 @@ That is `DETECTOR_BYTES` = 33,464 bytes per series on x86-64 (the defaults take 
 beside the 253,440 of the series' history. Detector state is not persisted: after
 a restart the detectors start empty and re-warm in minutes (the time-of-day
 baseline in two days).
+
+Threads: the monitor thread records (the detectors and the budgets are its own);
+a saver thread of its own writes the file every `history.save_every_s` and once
+more when the agent stops, so a save (megabytes, fsynced, slow on flash) never
+delays a tick; commands read the store. The store's lock gives the saver and the
+readers every series as of one instant.
 """
 from __future__ import annotations
 
 import logging
 import math
+import threading
 import time
 from typing import Optional
 
@@ -57,8 +64,24 @@ class HistoryRecorder:
             log.warning("%s", self.problem)
         elif self.store.series:
             log.info("history: %d series loaded from %s", len(self.store.series), self.path)
-        self.saved_at: Optional[int] = None
-        self._next_save = time.monotonic() + self.save_every_s
+        self.saved_at: Optional[int] = None  # wall ms of the last save, written by the saver thread
+        self._saver: Optional[threading.Thread] = None
+
+    def start(self, stop: threading.Event) -> None:
+        """Save every `save_every_s` on a thread of its own, and once more when `stop` is set."""
+        def saver() -> None:
+            while not stop.wait(self.save_every_s):
+                self.save()
+            self.save()
+        self._saver = threading.Thread(target=saver, name="rtk-qos-history", daemon=True)
+        self._saver.start()
+
+    def join(self, timeout: float) -> bool:
+        """Wait for the final save; False if it has not finished within `timeout` (stalled storage)."""
+        if self._saver is None:
+            return True
+        self._saver.join(timeout)
+        return not self._saver.is_alive()
 
     def record(self, rates: dict, t: int) -> None:
         """rates: interface -> {rx_mbps, tx_mbps, rx_pps, tx_pps, errors_ps, drops_ps}."""
@@ -89,22 +112,17 @@ class HistoryRecorder:
             detector = self.detectors[name] = Detector(**DETECTOR_SETTINGS)
         self.store.push(name, t, value, detector.update(t, value))
 
-    def maybe_save(self) -> None:
-        if time.monotonic() >= self._next_save:
-            self.save()
-
     def save(self) -> None:
-        self._next_save = time.monotonic() + self.save_every_s
         try:
             size = self.store.save(self.path)
         except OSError as exc:
             log.warning("history not saved to %s: %s", self.path, exc.strerror or exc)
             return
         self.saved_at = int(time.time() * 1000)
-        log.info("history saved: %d series, %d bytes, %s", len(self.store.series), size, self.path)
+        log.info("history saved: %d series, %d bytes, %s", len(self.store.names()), size, self.path)
 
     def summary(self) -> dict:
-        return {"series": len(self.store.series), "memory_bytes": self.store.memory_bytes(),
+        return {"series": len(self.store.names()), "memory_bytes": self.store.memory_bytes(),
                 "detector_memory_bytes": len(self.detectors) * DETECTOR_BYTES,
-                "samples": sum(s.samples for s in self.store.series.values()), "path": self.path,
+                "samples": self.store.samples(), "path": self.path,
                 "saved_at": self.saved_at, "problem": self.problem}
