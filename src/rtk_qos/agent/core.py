@@ -21,6 +21,7 @@ from ..commands import load_all
 from ..protocol import messages
 from ..protocol.topics import Topics
 from . import device
+from .config import MAX_INTERFACES
 from .dispatcher import CANCEL_OP, Dispatcher, Replies
 from .outbox import Outbox
 from .probing import ContinuousProbe
@@ -28,7 +29,7 @@ from .recorder import HistoryRecorder
 from .session import Session
 
 log = logging.getLogger(__name__)
-SAMPLER_LINKS = 64
+SAMPLER_LINKS = MAX_INTERFACES
 SAMPLER_WINDOW = 60
 HEALTH_EVERY_S = 10.0
 # All of a stop within systemd's TimeoutStopSec (20 s, cross/systemd/rtk-qos.service), with margin.
