@@ -34,6 +34,7 @@ SAMPLER_WINDOW = 60
 HEALTH_EVERY_S = 10.0
 # All of a stop within systemd's TimeoutStopSec (20 s, cross/systemd/rtk-qos.service), with margin.
 STOP_BUDGET_S = 15.0
+SAVE_ON_STOP_S = 5.0  # the final history save; flash that takes longer is abandoned (the last save stays)
 COMMANDS_STOP_S = 5.0  # cancelled commands return what they measured within this
 DRAIN_ON_STOP_S = 3.0  # queued results get this long to reach a connected broker
 
@@ -86,6 +87,10 @@ class Agent(Replies):
             return max(0.0, min(at_most, deadline - time.monotonic()))
         self._stop.set()  # the history's saver starts its final save now
         self._wake.set()
+        if not self.history.join(remaining(SAVE_ON_STOP_S)):
+            log.error("history save to %s unfinished after %.0f s; the previous save stays in place",
+                      self.history.path, SAVE_ON_STOP_S)
+        log.info("stop: cancelling %d running or queued commands", len(self.dispatcher.running()))
         self.dispatcher.shutdown(remaining(COMMANDS_STOP_S))
         drained = time.monotonic() + remaining(DRAIN_ON_STOP_S)
         while len(self.outbox) and self.session.connected.is_set() and time.monotonic() < drained:
@@ -93,9 +98,6 @@ class Agent(Replies):
         offline = messages.envelope("lwt/1.0", self.device_id,
                                     {"status": "offline", "last_seen": messages.now_ms(), "reason": "normal"})
         self.session.stop(messages.encode(offline), remaining())
-        if not self.history.join(remaining()):
-            log.error("history save to %s still unfinished at the end of the stop budget; the previous "
-                      "save stays in place", self.history.path)
         self._monitor.join(remaining())
         if self.probes:
             self.probes.join(remaining())
