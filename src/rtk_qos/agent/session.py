@@ -4,6 +4,12 @@ paho-mqtt 2.x (callback API version 2) does the protocol; this module owns the
 policy: a stable client id and a persistent session (commands sent while the
 agent was away still arrive), Last Will `offline`, reconnect 1 s doubling to
 60 s with jitter, and an ordered outbox drained only while connected.
+
+Threads: the network thread runs paho's loop and its callbacks (and so the
+dispatcher's intake); the drain thread publishes the outbox; `publish_now` is
+called from any thread (paho's publish takes its own lock). `connected` is an
+Event; `status`, `last_error` and `connects` are written by the network thread
+only and read elsewhere as plain values.
 """
 from __future__ import annotations
 
