@@ -1,13 +1,15 @@
 """Numenta Anomaly Benchmark (NAB) scoring in plain Python, with reference detectors measured in
 the same run.
 
-    python bench/nab.py [--data DIR] [--generated] [--seed N] [--output FILE]
+    python bench/nab.py [--data DIR] [--generated] [--seeds 1,2,3] [--sweep KEY=V1,V2 ...] [--output FILE]
 
 Scores our detector (`rtk_qos.detect.make_detector`, when importable) beside NAB's windowed
 Gaussian, a seeded random detector and the null detector on the NAB files in --data, and with
 --generated on the labelled traffic-like week of bench/labelled.py (a separate corpus with its own
 threshold). Prints normalised scores per detector and profile and our per-file detections; writes
-everything as JSON with --output.
+everything as JSON with --output. Each --sweep KEY=V1,V2,... scores our detector again on every
+corpus with that one setting changed (`rtk-qos detect --set` names), so the report shows how much
+the figures depend on it.
 
 Scoring, as /work/shared/anomaly-data/README.md describes it; where it is silent we follow NAB:
   * A detection is a row whose score is >= the threshold; a NaN score (a gap) never is.
@@ -321,6 +323,23 @@ def show(title: str, corpus: list[Series], results: dict, primary: str) -> None:
         print(f"    {name:52s}{f.tp:3d}{f.fp:4d}{f.fn:4d}{f.raw:8.3f}  {shares}")
 
 
+def sweep(corpora: dict, sweeps: list) -> dict:
+    """Normalised scores per profile of our detector with one setting changed at a time."""
+    from rtk_qos.detect import make_detector, _settings
+    out: dict = {}
+    for key, values in sweeps:
+        for value in values:
+            settings = _settings([f"{key}={value}"])
+            label = f"{key}={value}"
+            out[label] = {}
+            for name, (_source, corpus) in corpora.items():
+                scored = run(lambda: make_detector(**settings), corpus)
+                out[label][name] = {p: round(score_corpus(scored, p).score, 1) for p in PROFILES}
+            print(f"  sweep {label:24s}" + "".join(
+                f"  {name}: " + " / ".join(f"{v:.1f}" for v in scores.values()) for name, scores in out[label].items()))
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", default=DEFAULT_DATA, help="NAB-layout directory (default: %(default)s)")
@@ -328,8 +347,11 @@ def main() -> None:
     parser.add_argument("--seeds", default="1,2,3",
                         help="seeds of the generated sets, scored as one corpus (default: %(default)s): "
                              "one set has too few windows for a stable figure")
+    parser.add_argument("--sweep", action="append", default=[], metavar="KEY=V1,V2,...",
+                        help="also score our detector with KEY set to each value in turn")
     parser.add_argument("--output", help="write the JSON report here")
     args = parser.parse_args()
+    sweeps = [(key, values.split(",")) for key, _, values in (s.partition("=") for s in args.sweep)]
 
     detectors = {}
     try:
@@ -367,6 +389,8 @@ def main() -> None:
         }
     if args.generated:
         report["corpora"]["generated"]["anomalies"] = manifest
+    if sweeps and "rtk_qos" in detectors:
+        report["sweep"] = sweep(corpora, sweeps)
     write_report(report, args.output)
 
 
