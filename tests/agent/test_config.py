@@ -40,6 +40,7 @@ def test_device_id_defaults_to_the_primary_mac(netns_pair):
     ('device_id = "aabbccddeeff"\n[shaping]\npeak_hours = "7pm-11pm"\n', {},
      "shaping.peak_hours: '7pm-11pm' is not HH:MM-HH:MM (local time)"),
     ('device_id = "aabbccddeeff"\n[shaping]\nconfirm_timeout_s = 1\n', {}, "shaping.confirm_timeout_s: 1.0 is below 5.0"),
+    ('device_id = "aabbccddeeff"\n[history]\nmax_interfaces = 65\n', {}, "history.max_interfaces: 65 is above 64"),
 ])
 def test_bad_settings_are_named(tmp_path, text, env, message):
     path = tmp_path / "agent.toml"

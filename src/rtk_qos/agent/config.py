@@ -89,6 +89,7 @@ DEFAULTS: dict[str, Any] = {
 
 ENV_PREFIX = "RTK_QOS_"
 MAX_PROBE_TARGETS = 8
+MAX_INTERFACES = 64  # the agent's sampler follows at most 64 links (core.SAMPLER_LINKS)
 PROBE_INTERVAL_RANGE = (0.1, 60.0)
 HOURS = re.compile(r"^([01]\d|2[0-3]):[0-5]\d-([01]\d|2[0-3]):[0-5]\d$")
 PROBE_TARGET = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:%-]{0,252}$")  # a host name or an address
@@ -205,6 +206,9 @@ def _finish(config: dict) -> dict:
                               ("history", "save_every_s", 1), ("history", "max_interfaces", 1)):
         if config[section][key] < low:
             raise ConfigError(f"{section}.{key}: {config[section][key]} is below {low}")
+    if config["history"]["max_interfaces"] > MAX_INTERFACES:
+        raise ConfigError(f"history.max_interfaces: {config['history']['max_interfaces']} is above {MAX_INTERFACES} "
+                          "(the links the agent samples at most)")
     _check_probe(config["history"])
     _check_shaping(config["shaping"])
     if config["history"]["ml_backend"] not in ("native", "sklearn"):
