@@ -145,6 +145,12 @@ RESULT_SHAPES = {
         alerts={"type": "array", "items": _obj("timestamp", "metric", "value", "threshold", "severity",
                                                "duration_s")},
         recommendations=_STRINGS),
+    "qos_auto_optimization": _obj(
+        "current_state", "identified_issues", "optimization_plan", "execution_result", "estimated_improvement",
+        current_state={"type": "object"},
+        identified_issues={"type": "array", "items": _obj("type", "severity", "details")},
+        optimization_plan={"type": "object"}, execution_result={"type": "object"},
+        estimated_improvement={"type": "object"}),
     "qos_anomaly_detection": _obj(
         "detection_summary", "anomalies", "current_metrics_summary", "recommendations",
         detection_summary=_obj("total_anomalies", "detection_methods", "severity_distribution", "affected_metrics",
