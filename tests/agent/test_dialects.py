@@ -1,10 +1,13 @@
 """Both request dialects end to end through a real broker, and the lifecycle messages around them."""
 import time
 
+import pytest
+
 from mqtt_harness import online
 from mqtt_harness import enveloped_request, flat_request
 
 
+@pytest.mark.guest(host=True)  # the agent end to end on the guest rig's kernel too (tests/guest)
 def test_flat_request_gets_a_fast_ack_and_a_measured_result(start_agent, controller, agent_host):
     agent = start_agent()
     ctl = controller()
