@@ -7,13 +7,15 @@ GUEST_BUILD ?= build/guest
 GUEST_ARGS ?=
 GUEST_TESTS ?= -m guest tests
 GUEST_REPORT ?= $(GUEST_BUILD)/report.json
+# Seconds for the whole guest run (run.py --help lists the other limits).
+GUEST_TIMEOUT ?= 1200
 # The rig's packages: a command or file that shows each is installed, and the package.
 GUEST_PACKAGES := /usr/bin/qemu-system-x86_64:qemu-system-x86 /sbin/depmod:kmod
 
 .PHONY: test-guest guest-packages
 
 test-guest: $(VENV)/.built guest-packages
-	$(PY) $(GUEST_RIG)/run.py --build $(GUEST_BUILD) --report $(GUEST_REPORT) -- $(GUEST_TESTS) $(GUEST_ARGS)
+	$(PY) $(GUEST_RIG)/run.py --build $(GUEST_BUILD) --report $(GUEST_REPORT) --timeout $(GUEST_TIMEOUT) -- $(GUEST_TESTS) $(GUEST_ARGS)
 
 # apt-get only what is missing (a kernel counts when /boot has one whose modules are installed),
 # so later runs stay offline; each step has a time limit.

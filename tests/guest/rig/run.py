@@ -185,9 +185,12 @@ def main() -> int:
     # replies kept their order (two CPUs delivering reordered one now and then).
     parser.add_argument("--cpus", type=int, default=1)
     parser.add_argument("--memory", default="2G")
-    parser.add_argument("--boot-timeout", type=float, default=300, help="seconds until the guest is up")
-    parser.add_argument("--idle-timeout", type=float, default=600, help="seconds without console output")
-    parser.add_argument("--timeout", type=float, default=1800, help="seconds for the whole run")
+    # Measured on a busy 2-core machine: up after 6-14 s, the whole run 162 s, at most ~80 s without
+    # output (the netem test). The limits leave 5-20x for a slower machine, not more: a hung
+    # guest must not eat `make test`'s time.
+    parser.add_argument("--boot-timeout", type=float, default=180, help="seconds until the guest is up")
+    parser.add_argument("--idle-timeout", type=float, default=400, help="seconds without console output")
+    parser.add_argument("--timeout", type=float, default=1200, help="seconds for the whole run")
     parser.add_argument("pytest_args", nargs="*", help="arguments to pytest in the guest (after --)")
     args = parser.parse_args()
     pytest_args = args.pytest_args or DEFAULT_PYTEST_ARGS
