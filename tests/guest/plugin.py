@@ -73,15 +73,16 @@ def pytest_configure(config):
 
 
 def pytest_collection_modifyitems(config, items):
-    kept = []
+    kept, deselected = [], []
     for item in items:
         mark = _guest_mark(item)
         if mark and not IN_GUEST and not mark.kwargs.get("host", False):
-            _deselected_here.append(item.nodeid)
+            deselected.append(item)
         else:
             kept.append(item)
-    if len(kept) != len(items):
-        config.hook.pytest_deselected(items=[i for i in items if i.nodeid in set(_deselected_here)])
+    if deselected:
+        _deselected_here.extend(item.nodeid for item in deselected)
+        config.hook.pytest_deselected(items=deselected)
         items[:] = kept
 
 
