@@ -1,7 +1,9 @@
 import os
+import time
 
 import pytest
 
+import netns
 import shaping_rig
 
 
@@ -26,3 +28,21 @@ def rig():
 def download_rig():
     """The same with the modem's deep queue in both directions."""
     yield from _running(download=True)
+
+
+@pytest.fixture
+def ns():
+    """A namespace with two veth pairs (v0/p0 and other/p1) and a pyroute2 socket in it (`.ipr`)."""
+    if os.geteuid() != 0:
+        pytest.fail("kernel tests need root")
+    space = netns.Netns(f"{netns.PREFIX}-{os.getpid()}-shp{time.monotonic_ns() % 100000}")
+    for a, b in (("v0", "p0"), ("other", "p1")):
+        space.run("ip", "link", "add", a, "type", "veth", "peer", "name", b)
+        for name in (a, b):
+            space.run("ip", "link", "set", name, "up")
+    from pyroute2 import NetNS
+    ipr = NetNS(space.name)
+    space.ipr = ipr
+    yield space
+    ipr.close()
+    space.delete()

@@ -1,33 +1,14 @@
 """Capability probe, tc state, apply and the transaction against the real kernel, in a namespace."""
 import errno
-import os
 import time
 
 import pytest
 
-import netns
 from rtk_qos.shaping import apply, capabilities, plan, render, tcstate
 from rtk_qos.shaping.transaction import ShapingError, Shaper, read_record
 
 HERE_KERNEL = {"qdiscs": {"htb": True, "tbf": True, "pfifo": True, "bfifo": True, "ingress": True},
                "classifiers": {"u32": True}, "actions": {}, "links": {"ifb": True}}
-
-
-@pytest.fixture
-def ns():
-    if os.geteuid() != 0:
-        pytest.fail("kernel tests need root")
-    space = netns.Netns(f"{netns.PREFIX}-{os.getpid()}-shp{time.monotonic_ns() % 100000}")
-    for a, b in (("v0", "p0"), ("other", "p1")):
-        space.run("ip", "link", "add", a, "type", "veth", "peer", "name", b)
-        for name in (a, b):
-            space.run("ip", "link", "set", name, "up")
-    from pyroute2 import NetNS
-    ipr = NetNS(space.name)
-    space.ipr = ipr
-    yield space
-    ipr.close()
-    space.delete()
 
 
 def tc(space, line: str):
