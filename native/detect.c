@@ -3,6 +3,8 @@
 #include <math.h>
 #include <string.h>
 
+#include "stats.h"
+
 #define Z_CAP 30.0        /* |z| beyond this is equally certain: caps one sample's weight */
 #define MIN_WINDOW 8      /* fewer values than this give no robust scale worth trusting */
 #define SCORE_STD_FLOOR 0.05 /* a perfectly calm past still leaves room for noise */
@@ -136,7 +138,7 @@ static double expectation(const rtk_detector *d, uint32_t b, double *spread)
                 dev[j] = dev[j - 1];
             dev[j] = x;
         }
-        *spread = 1.4826 * (n & 1 ? dev[n / 2] : 0.5 * ((double)dev[n / 2 - 1] + dev[n / 2]));
+        *spread = RTK_MAD_TO_SIGMA * (n & 1 ? dev[n / 2] : 0.5 * ((double)dev[n / 2 - 1] + dev[n / 2]));
     }
     return m;
 }
@@ -166,7 +168,7 @@ static double baseline_step(rtk_detector *d, double t, double x, double *spread)
 
 static double robust_scale(const rtk_sortwin *w, double median)
 {
-    double s = 1.4826 * rtk_sortwin_mad(w, median);
+    double s = RTK_MAD_TO_SIGMA * rtk_sortwin_mad(w, median);
     if (s > 0)
         return s;
     /* Over half the window is one value (an idle link's zeros): the mean absolute

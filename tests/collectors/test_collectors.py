@@ -37,16 +37,17 @@ def test_echo_probe_counts_loss_bursts_from_replies_switched_off(netns_pair):
     # B answers the first probes, then ignores echo for a stretch, then answers again.
     script = f"""
 import json, subprocess
-from rtk_qos.collectors.probe import EchoProber
+from rtk_qos.collectors.probe import Prober
 def toggle(value):
     subprocess.run(["ip", "netns", "exec", {netns_pair.b.name!r}, "sysctl", "-qw",
                     f"net.ipv4.icmp_echo_ignore_all={{value}}"], check=True)
-def on_reply(seq, rtt):
+def on_reply(_address, seq, rtt):
     if seq == 3:
         toggle(1)
         import threading
         threading.Timer(0.45, toggle, args=(0,)).start()
-report = EchoProber({netns_pair.b_addr!r}, interval=0.1, timeout=0.5).run(2.0, on_reply=on_reply)
+address = {netns_pair.b_addr!r}
+report = Prober([address], interval=0.1, timeout=0.5, fallback=False).run(2.0, on_reply=on_reply)[address]
 print(json.dumps(dict(sent=report.sent, received=report.received, lost=report.lost,
                       bursts=report.loss_bursts, rtts=list(report.rtts_ms), method=report.method,
                       dup=report.duplicates, reordered=report.reordered, pct=report.loss_percent)))
@@ -62,7 +63,7 @@ print(json.dumps(dict(sent=report.sent, received=report.received, lost=report.lo
 
 
 def test_gateway_probe_without_a_default_route_says_why(netns_pair):
-    assert call(netns_pair.b, "probe.probe_gateway(1.0)") == [None, "no default gateway to probe"]
+    assert call(netns_pair.b, "probe.gateway_address()") == [None, "no default gateway to probe"]
 
 
 def test_socket_flows_see_a_tcp_connection_and_its_rtt(netns_pair):
@@ -293,3 +294,24 @@ print(json.dumps(dict(first=sorted({why for _, why in first.values()}), during=d
     assert len(out["first"]) == 40 and all(why.endswith("no answer within 1 s") for why in out["first"])
     assert out["second"] == [None, "cannot resolve 'another.hang.test': every one of the 8 resolver threads "
                                    "is still waiting for an earlier lookup"]
+
+
+def test_collectors_share_one_shape_and_read_in_a_namespace(netns_pair):
+    listing = json.loads(netns_pair.a.run(sys.executable, "-m", "rtk_qos", "collect", "--list").stdout)
+    assert sorted(listing) == ["flows", "links", "probe", "snmp"]
+    assert all(c["cost"] and c["summary"] for c in listing.values())
+    assert [name for name, c in listing.items() if not c["enabled"]] == ["probe"]  # it sends packets
+    default = json.loads(netns_pair.a.run(sys.executable, "-m", "rtk_qos", "collect").stdout)
+    assert sorted(default) == ["flows", "links", "snmp"]
+    out = json.loads(netns_pair.a.run(sys.executable, "-m", "rtk_qos", "collect", "links", "probe").stdout)
+    assert sorted(out) == ["links", "probe"]
+    assert {link["name"] for link in out["links"]["links"]} == {"lo", netns_pair.a_if}
+    assert out["links"]["default_routes"] == [{"family": 4, "gateway": netns_pair.b_addr, "ifname": netns_pair.a_if,
+                                               "metric": 0}]
+    probe = out["probe"]
+    assert (probe["gateway"], probe["sent"], probe["received"], probe["loss_percent"]) == (netns_pair.b_addr, 3, 3, 0)
+    assert default["snmp"]["counters"]["Ip.InReceives"] >= 0
+    assert default["flows"]["sockets"]["source"] == "sock_diag"
+    wrong = netns_pair.a.run(sys.executable, "-m", "rtk_qos", "collect", "nope", check=False)
+    assert wrong.returncode == 2
+    assert wrong.stderr.strip() == "error: no collector named 'nope'; known: flows, links, probe, snmp"

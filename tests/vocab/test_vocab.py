@@ -93,9 +93,11 @@ def test_rules_reject_nonsense():
         EpisodeRules(error_at=0.5)
 
 
-def test_units():
+def test_units_and_the_one_mad_constant():
+    from rtk_qos import _core
     assert units.mbps(125_000) == 1.0
     assert units.MAD_TO_SIGMA == pytest.approx(1 / 0.6744897501960817, abs=1e-4)
+    assert _core.MAD_TO_SIGMA == units.MAD_TO_SIGMA  # the native core's copy (native/stats.h)
 
 
 def test_vocab_imports_nothing_of_ours():

@@ -39,6 +39,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Optional
 
 from . import links
+from .base import Collector, register
 
 ICMP_ECHO, ICMP_ECHOREPLY = 8, 0
 ICMP6_ECHO, ICMP6_ECHOREPLY = 128, 129
@@ -268,6 +269,16 @@ class Prober:
             self._close()
         return {h.address: self._finish(h) for h in hosts}
 
+    def icmp_method(self, address: str) -> Optional[str]:
+        """The ICMP socket kind (icmp-dgram, icmp-raw) probing `address`, once run() has opened it."""
+        icmp = getattr(self, "_icmp", {}).get(socket.AF_INET6 if ":" in address else socket.AF_INET)
+        return icmp[1] if icmp else None
+
+    def sequences_used(self, address: str) -> int:
+        """How many sequence numbers the last run() gave `address`."""
+        host = self._by_address.get(address)
+        return host.seq if host else 0
+
     def _close(self) -> None:
         for key in list(self._selector.get_map().values()):
             key.fileobj.close()
@@ -309,6 +320,10 @@ class Prober:
                 self._send(host)
                 if host.seq < count:
                     heapq.heappush(due, (start + host.offset + host.seq * self.interval, i))
+            if self._expiries and self._expiries[0][0] <= now:
+                # Replies already queued (this thread was late: a loaded CPU) are answers, not
+                # losses: read them before expiring anything.
+                self._dispatch(0.0)
             while self._expiries and self._expiries[0][0] <= now:
                 _, host, seq = self._expiries.popleft()
                 if seq in host.pending:
@@ -320,14 +335,18 @@ class Prober:
                 wake = min(wake, due[0][0])
             if self._expiries:
                 wake = min(wake, self._expiries[0][0])
-            for key, _events in self._selector.select(max(0.0, wake - time.monotonic())):
-                kind = key.data[0]
-                if kind == "icmp":
-                    self._read_icmp(key.fileobj)
-                elif kind == "udp":
-                    self._read_udp(key.data[1], key.fileobj)
-                else:
-                    self._tcp_done(key.fileobj, *key.data[1:])
+            self._dispatch(max(0.0, wake - time.monotonic()))
+
+    def _dispatch(self, timeout: float) -> None:
+        """Handle what is ready on any socket, waiting up to `timeout` seconds for something."""
+        for key, _events in self._selector.select(timeout):
+            kind = key.data[0]
+            if kind == "icmp":
+                self._read_icmp(key.fileobj)
+            elif kind == "udp":
+                self._read_udp(key.data[1], key.fileobj)
+            else:
+                self._tcp_done(key.fileobj, *key.data[1:])
 
     def _send(self, host: _Host) -> None:
         seq = host.seq
@@ -383,12 +402,15 @@ class Prober:
             self._maybe_fall_back(host)
 
     def _answer(self, host: _Host, seq: int, arrival_ns: int) -> None:
-        send_ns = host.pending.pop(seq, None)
+        send_ns = host.pending.get(seq)
         if send_ns is None:
             if host.was_answered(seq):
                 host.report.duplicates += 1
             return  # a late answer to a probe already counted lost, or not ours
         rtt_ms = (arrival_ns - send_ns) / 1e6
+        if rtt_ms > self.timeout * 1000:
+            return  # arrived after its deadline (read late): lost, as if read in time
+        del host.pending[seq]
         host.answered[seq] = 1
         if host.method_of(seq) != host.method_index:
             return  # an answer to a discovery probe of a method since abandoned
@@ -514,19 +536,6 @@ class Prober:
         return report
 
 
-class EchoProber:
-    """One host: the traffic analysis's gateway probe and simple uses."""
-
-    def __init__(self, address: str, interval: float = 1.0, timeout: float = 2.0, payload_size: int = 56):
-        self.address = address
-        self._prober = Prober([address], interval, timeout, payload_size, fallback=False)
-
-    def run(self, duration: float, stop: Optional[threading.Event] = None,
-            on_reply: Optional[Callable[[int, float], None]] = None) -> ProbeReport:
-        callback = (lambda _address, seq, rtt: on_reply(seq, rtt)) if on_reply else None
-        return self._prober.run(duration, stop, callback)[self.address]
-
-
 def gateway_address() -> tuple[Optional[str], Optional[str]]:
     """(address, None) of the IPv4 (else IPv6) default gateway, scoped when link-local; (None, reason)."""
     route = links.default_gateway(4) or links.default_gateway(6)
@@ -536,15 +545,6 @@ def gateway_address() -> tuple[Optional[str], Optional[str]]:
     if route.family == 6 and address.startswith("fe80"):
         address = f"{address}%{route.ifname}"
     return address, None
-
-
-def probe_gateway(duration: float, interval: float = 1.0, stop: Optional[threading.Event] = None
-                  ) -> tuple[Optional[ProbeReport], Optional[str]]:
-    """Echo-probe the IPv4 (else IPv6) default gateway; (None, reason) when there is none."""
-    address, problem = gateway_address()
-    if address is None:
-        return None, problem
-    return EchoProber(address, interval=interval).run(duration, stop), None
 
 
 RESOLVER_THREADS = 8  # lookups at once, process-wide; a hung resolver holds at most this many threads
@@ -602,3 +602,25 @@ def resolve_hosts(names: list[str], timeout: float = 5.0) -> dict[str, tuple[Opt
     why = (f"no answer within {timeout:.0f} s" if threads else
            f"every one of the {RESOLVER_THREADS} resolver threads is still waiting for an earlier lookup")
     return {name: done.get(name, (None, f"cannot resolve {name!r}: {why}")) for name in names}
+
+
+COLLECT_PROBES = 3
+
+
+def collect() -> dict:
+    """Three ICMP echo probes of the default gateway: RTTs, loss, and the socket kind used."""
+    address, problem = gateway_address()
+    if address is None:
+        return {"gateway": None, "unavailable": problem}
+    try:
+        report = Prober([address], interval=0.2, timeout=1.0, fallback=False).run(COLLECT_PROBES * 0.2)[address]
+    except ProbeUnavailable as exc:
+        return {"gateway": address, "unavailable": str(exc)}
+    return {"gateway": address, "method": report.method, "sent": report.sent, "received": report.received,
+            "rtts_ms": [round(rtt, 3) for rtt in report.rtts_ms], "loss_percent": round(report.loss_percent, 1)}
+
+
+COLLECTOR = register(Collector(
+    name="probe", summary="ICMP echo round trips to the default gateway",
+    cost=f"{COLLECT_PROBES} ICMP echo requests to the gateway, about 1.5 s; off unless named, as it sends packets",
+    collect=collect, enabled=False))

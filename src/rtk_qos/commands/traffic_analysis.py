@@ -11,29 +11,28 @@ milliseconds unless a key says otherwise.
 """
 from __future__ import annotations
 
-import threading
 import time
 from dataclasses import dataclass, field
 from typing import Optional
 
 from .. import _core
 from ..collectors import flows, links, snmp
-from ..collectors.probe import ProbeUnavailable, probe_gateway
 from ..protocol.errors import CommandError
+from ..services import GATEWAY
+from ..vocab.units import MAD_TO_SIGMA, mbps
 from .base import CommandSpec, Context, register
 
 OP = "qos_traffic_analysis"
-BITS_PER_MBIT = 1e6
 # Per-sample series of every tracked link live in memory for the whole run; a
 # router has little, so a run that would need more is refused up front.
 SAMPLE_MEMORY_BUDGET = 16 * 1024 * 1024
 ROLLING_WINDOW = 60
 PROGRESS_EVERY_S = 10.0
+PROBE_READY_S = 5.0  # at most this long for the continuous probe's first look-up (a starting process)
 # Bursts: runs of samples above max(median + 3 robust sigma, 2 x median, 1 kbit/s).
 BURST_SIGMAS = 3.0
 BURST_MEDIAN_FACTOR = 2.0
 BURST_FLOOR_BYTES_S = 125.0
-MAD_TO_SIGMA = 1.4826
 PEAK_QUANTILE = 0.9
 MAX_PEAK_PERIODS = 5
 MIN_PATTERN_SAMPLES = 5
@@ -51,7 +50,7 @@ class Interface:
 
 
 def _mbps(bytes_per_s: float) -> float:
-    return round(bytes_per_s * 8 / BITS_PER_MBIT, 3)
+    return round(mbps(bytes_per_s), 3)
 
 
 def _select(args: dict, snapshot: list) -> list[Interface]:
@@ -78,30 +77,21 @@ def _select(args: dict, snapshot: list) -> list[Interface]:
 
 
 class _GatewayProbe:
-    """Probes the default gateway in a thread for as long as the sampling runs."""
+    """The gateway's replies and losses from the process's continuous probe while the sampling runs."""
 
-    def __init__(self, duration: float):
-        self.stop = threading.Event()
+    def __init__(self, ctx: Context):
         self.report = None
         self.reason: Optional[str] = None
-        self._thread = threading.Thread(target=self._run, args=(duration,), daemon=True,
-                                        name="rtk-qos-gateway-probe")
-
-    def _run(self, duration: float) -> None:
-        try:
-            self.report, self.reason = probe_gateway(duration, stop=self.stop)
-        except ProbeUnavailable as exc:
-            self.reason = str(exc)
-        except OSError as exc:
-            self.reason = f"probe failed: {exc.strerror or exc}"
-
-    def start(self) -> "_GatewayProbe":
-        self._thread.start()
-        return self
+        probes = ctx.services.probes if ctx.services else None
+        self._subscription = None
+        if probes is None:
+            self.reason = "this process runs no continuous probe (history.probe_interval_s is 0)"
+        else:
+            self._subscription, self.reason = probes.subscribe_target(GATEWAY, PROBE_READY_S)
 
     def finish(self) -> None:
-        self.stop.set()
-        self._thread.join()
+        if self._subscription is not None:
+            self.report = self._subscription.close()
 
 
 def run(args: dict, ctx: Context) -> dict:
@@ -130,7 +120,7 @@ def run(args: dict, ctx: Context) -> dict:
 
     snmp_before = snmp.read_snmp() if detailed else None
     flow_samples = [flows.flow_count()] if detailed else []
-    probe = _GatewayProbe(duration).start() if detailed else None
+    probe = _GatewayProbe(ctx) if detailed else None
 
     warnings: list[str] = []
     vanished: dict[int, int] = {}
@@ -450,5 +440,5 @@ def _grade(result: dict) -> dict:
             "grade_basis": sorted(penalties)}
 
 
-SPEC = register(CommandSpec(op=OP, run=run, estimate_ms=estimate_ms,
+SPEC = register(CommandSpec(op=OP, run=run, estimate_ms=estimate_ms, live=True,
                             summary="Measure traffic, protocols, patterns and QoS on the interfaces"))
