@@ -51,3 +51,32 @@ print(json.dumps(dict(seen=seen, tx_bytes_per_s=rates[1], source=sampler.source)
     # The first tick has no rates yet; the next two list every link; none after unsubscribing.
     assert out["seen"] == [[], ["lo", netns_pair.a_if], ["lo", netns_pair.a_if]]
     assert out["tx_bytes_per_s"] > 0
+
+
+def test_a_subscription_to_the_continuous_probe_spans_its_segments(netns_pair):
+    # Segments of 1 s instead of 5 min: the subscription sees four of them, numbered on.
+    script = """
+import json, threading, time
+from rtk_qos.services import probing
+probing.SEGMENT_S = 1.0
+stop = threading.Event()
+probe = probing.ContinuousProbe([], 0.2, 0.5, stop)
+probe.start()
+subscription, why = probe.subscribe_target(probing.GATEWAY, 5.0)
+replies = []
+subscription.on_reply(replies.append)
+time.sleep(4.5)
+report = subscription.close()
+live = subscription.live_loss(2.0)
+stop.set()
+probe.join(2.0)
+print(json.dumps(dict(why=why, address=report.address, method=report.method, seqs=list(report.seqs), sent=report.sent,
+                      received=report.received, reordered=report.reordered, replies=len(replies), live=live)))
+"""
+    out = json.loads(netns_pair.a.run(sys.executable, "-c", script).stdout)
+    assert out["why"] is None and out["address"] == netns_pair.b_addr and out["method"] == "icmp-raw"
+    seqs = out["seqs"]
+    assert seqs == sorted(set(seqs)) and len(seqs) >= 15  # about 5 a second, each once, across segments
+    assert max(seqs) >= 15  # numbering went on past the first segment's 5 probes
+    assert out["sent"] == out["received"] == out["replies"] == len(seqs) and out["reordered"] == 0
+    assert out["live"] == 0.0

@@ -19,11 +19,11 @@ from .. import _core
 from ..commands import load_all
 from ..protocol import messages
 from ..protocol.topics import Topics
+from ..services import ContinuousProbe, LinkSampler, Services, install
 from ..vocab.units import mbps
 from . import device
 from .dispatcher import CANCEL_OP, Dispatcher, Replies
 from .outbox import Outbox
-from ..services import ContinuousProbe, LinkSampler, Services, install
 from .recorder import HistoryRecorder
 from .session import Session
 
