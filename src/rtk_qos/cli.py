@@ -11,13 +11,12 @@ with `ctl`), so `--help`, the validation and the MQTT path agree.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import signal
 import sys
 from typing import Optional
 
-from . import collectors, ctl, services
+from . import collectors, ctl
 from .commands import load_all
 from .commands.base import Context
 from .commands.runner import execute, prepare
@@ -65,13 +64,11 @@ def run_once(ns: argparse.Namespace) -> int:
     except CommandError as exc:
         print(f"error: {exc.kind} ({exc.code}): {exc.message}", file=sys.stderr)
         return 2
-    # A command that measures now gets this process's own sampler and gateway probe.
-    with services.running() if spec.live else contextlib.nullcontext() as shared:
-        ctx = Context(progress=_progress, event=lambda kind, payload: _progress({"event": kind, **payload}),
-                      settings={"history_path": ns.history or _agent_history_path()}, services=shared)
-        # Ctrl-C stops the measurement and still prints what was measured.
-        signal.signal(signal.SIGINT, lambda *_: ctx.cancel.set())
-        outcome = execute(spec, args, ctx)
+    ctx = Context(progress=_progress, event=lambda kind, payload: _progress({"event": kind, **payload}),
+                  settings={"history_path": ns.history or _agent_history_path()})
+    # Ctrl-C stops the measurement and still prints what was measured.
+    signal.signal(signal.SIGINT, lambda *_: ctx.cancel.set())
+    outcome = execute(spec, args, ctx)
     # The same flat message the agent would publish for this request.
     request = messages.Request(id=f"cli-{messages.now_ms()}", op=ns.op)
     if outcome.error is not None:

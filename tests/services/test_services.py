@@ -36,7 +36,7 @@ import json, subprocess, threading, time
 from rtk_qos.services import LinkSampler
 sampler = LinkSampler()
 seen = []
-unsubscribe = sampler.subscribe(lambda when, rates: seen.append(sorted(rates)))
+unsubscribe = sampler.subscribe(lambda reading: seen.append(sorted(reading.rates)))
 flood = subprocess.Popen(["ping", "-q", "-i", "0.01", "-c", "150", {netns_pair.b_addr!r}], stdout=subprocess.DEVNULL)
 for _ in range(3):
     sampler.tick()

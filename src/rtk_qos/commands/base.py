@@ -79,7 +79,7 @@ class CommandSpec:
     estimate_ms: Callable[[dict], int]
     changes_router: bool = False  # refused unless the configuration allows it
     resource: Optional[str] = None  # commands naming the same resource never overlap
-    live: bool = False  # measures the network now: a one-shot run starts the shared sampler and probe
+    live: bool = False  # measures the network now: runs with the process's sampler and probe (started if none)
     summary: str = ""
 
 

@@ -90,7 +90,7 @@ class _Probes:
         self._by_address = by_address
         self._live = live
         self.subscriptions: dict = {}
-        shared = ctx.services.probes if ctx.services else None
+        shared = ctx.services.probes
         if shared is not None and shared.interval == interval:
             shared.ready.wait(PROBE_READY_S)
             for address in by_address:
@@ -170,13 +170,12 @@ def run(args: dict, ctx: Context) -> dict:
         out.uplink = primary.name if primary else None
         if out.uplink is None:
             out.warnings.append("no uplink interface (no default route, no link with a MAC): throughput not measured")
-        elif ctx.services is None:
-            out.warnings.append("this process runs no link sampler: throughput not measured")
         else:
-            def on_tick(_when: float, rates: dict) -> None:
-                if out.uplink in rates:
+            def on_tick(reading) -> None:
+                rates = reading.rates.get(out.uplink)
+                if rates:
                     with rates_lock:
-                        uplink_rates.append(mbps(rates[out.uplink][0] + rates[out.uplink][1]))
+                        uplink_rates.append(mbps(rates[0] + rates[1]))
             unsubscribe = ctx.services.sampler.subscribe(on_tick)
 
     live = {name: _Live() for name in out.resolved}

@@ -1,13 +1,16 @@
 """The process's one link sampler: every link's kernel counters once a second, shared by all.
 
 Its owner ticks it (the agent's monitor loop, or the thread `run()` starts for a one-shot CLI
-run); after each tick every subscriber is called with the tick's per-link rates, so a command
-that wants the uplink's throughput each second listens instead of reading the counters again.
+run); after each tick every subscriber is called with the `Reading`: the counters as read and
+the last second's per-link rates. A command that wants the uplink's throughput each second takes
+the rates; one that keeps series of its own (the traffic analysis) ingests the counters into its
+own native Sampler: the kernel is read once, however many commands run.
 """
 from __future__ import annotations
 
 import logging
 import threading
+from dataclasses import dataclass
 from typing import Callable, Optional
 
 from .. import _core
@@ -16,7 +19,16 @@ log = logging.getLogger(__name__)
 LINKS = 64           # links tracked at once; past it (churn) a fresh sampler starts
 WINDOW = 60          # samples in the rolling statistics
 Rates = tuple        # the native sampler's per-second rates: rx/tx bytes, packets, errors, drops
-Listener = Callable[[float, dict[str, Rates]], None]
+
+
+@dataclass(frozen=True)
+class Reading:
+    when: float                  # monotonic time of the read
+    counters: list               # CounterReader.read(): one tuple per link, as Sampler.ingest() takes
+    rates: dict[str, Rates]      # name -> the last second's rates (empty on the first tick)
+
+
+Listener = Callable[[Reading], None]
 
 
 class LinkSampler:
@@ -25,29 +37,33 @@ class LinkSampler:
         self._lock = threading.Lock()
         self._listeners: list[Listener] = []
         self._sampler: Optional[_core.Sampler] = None
-
-    def _new(self) -> "_core.Sampler":
-        return _core.Sampler(capacity=LINKS, history=self._history, window=WINDOW)
+        self._reader: Optional[_core.CounterReader] = None
+        self.latest: Optional[Reading] = None  # the newest reading (None before the first tick)
 
     @property
     def source(self) -> Optional[str]:
-        return self._sampler.source if self._sampler else None
+        """Where the counters come from: netlink, or procfs."""
+        return self._reader.source if self._reader else None
 
-    def tick(self) -> dict[str, Rates]:
-        """Read every link's counters; the rates of the last second (none on the first tick).
-        OSError when the counters cannot be read."""
+    def tick(self) -> Reading:
+        """Read every link's counters once and hand them out. OSError when they cannot be read."""
+        if self._reader is None:
+            self._reader = _core.CounterReader()
         if self._sampler is None or self._sampler.overflow:  # links churned past capacity: start afresh
-            self._sampler = self._new()
-        self._sampler.tick()
-        rates = self.rates()
+            self._sampler = _core.Sampler(capacity=LINKS, history=self._history, window=WINDOW, open_reader=False)
+        counters = self._reader.read()
+        when = _core.monotonic()
+        self._sampler.ingest(counters, when)
+        reading = Reading(when, counters, self.rates())
         with self._lock:
+            self.latest = reading
             listeners = list(self._listeners)
         for listener in listeners:
             try:
-                listener(self._sampler.last_time, rates)
+                listener(reading)
             except Exception:  # one subscriber's bug must not stop the sampling for the others
                 log.exception("link sampler subscriber failed")
-        return rates
+        return reading
 
     def rates(self) -> dict[str, Rates]:
         """The latest per-second rates of every present link (empty before the second tick)."""
@@ -57,7 +73,8 @@ class LinkSampler:
         return {name: sampler.last_rates(slot) for slot, name in sampler.active_slots()}
 
     def subscribe(self, listener: Listener) -> Callable[[], None]:
-        """Call listener(monotonic time, rates by link) after every tick; returns the unsubscribe."""
+        """Call listener(reading) after every tick (on the ticking thread: be quick); returns the
+        unsubscribe."""
         with self._lock:
             self._listeners.append(listener)
 
