@@ -35,7 +35,7 @@ bench: $(VENV)/.built
 	$(PY) bench/probe.py --output bench/probe-report.json
 	$(PY) bench/anomaly.py --output bench/anomaly-report.json
 	$(PY) bench/iforest.py --output bench/iforest-report.json
-	$(PY) bench/nab.py --generated --output bench/nab-report.json
+	$(PY) bench/nab.py --halves --generated --sweep window=256,512,1024 --sweep smooth_alpha=0.05,0.1,0.2 --output bench/nab-report.json
 
 native-test:
 	$(MAKE) -C native test
