@@ -65,7 +65,7 @@ def test_time_of_day_baseline_expects_the_evening_peak_a_plain_baseline_flags():
     seasonal = _detect(store, baseline_period=3 * DAY, detection_methods=["statistical"])
     summary = seasonal["detection_summary"]
     assert summary["baseline"]["time_of_day"] is True and summary["status"] == "ok"
-    assert not [a for a in seasonal["anomalies"] if a["severity"] in ("error", "critical")]
+    assert not [a for a in seasonal["anomalies"] if a["severity"] in ("high", "critical")]
     usual = seasonal["current_metrics_summary"]["throughput"]["eth0.rx_mbps"]
     assert usual["mean"] > 45  # the window really is the peak
 
@@ -81,8 +81,8 @@ def test_an_injected_incident_is_found_by_both_methods(backend):
     result = _detect(store, settings={"ml_backend": backend}, baseline_period=3 * DAY)
     assert result["detection_summary"]["methods"]["ml_based"]["backend"] == backend
     # The incident is the one critical episode; 2.5 sigma over three series for an hour also
-    # lets a few ordinary minutes through as warnings.
-    episodes = [a for a in result["anomalies"] if a["severity"] != "warning"]
+    # lets a few ordinary minutes through as medium ones.
+    episodes = [a for a in result["anomalies"] if a["severity"] != "medium"]
     assert len(episodes) == 1, result["anomalies"]
     incident = episodes[0]
     assert set(incident["metrics"]) == {"latency", "throughput"}

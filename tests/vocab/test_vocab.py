@@ -48,6 +48,10 @@ def test_grade_worst_and_distribution():
     assert worst([]) is Severity.INFO
     assert distribution([Severity.ERROR, Severity.ERROR, Severity.WARNING]) == {
         "critical": 0, "error": 2, "warning": 1, "info": 0}
+    # The QoS guide's result shapes name the same grades their own way.
+    assert distribution([Severity.ERROR, Severity.WARNING], guide=True) == {
+        "critical": 0, "high": 1, "medium": 1, "low": 0}
+    assert Severity.from_guide("high") is Severity.ERROR and Severity.CRITICAL.guide == "critical"
 
 
 def test_one_episode_for_a_noisy_excursion():

@@ -336,7 +336,7 @@ def _describe(episode: AnomalySpan, by_name: dict, window_last: int) -> dict:
     methods = sorted({p.method for p in episode.points})
     if stream_top is not None and stream_top >= STREAM_ANOMALOUS:
         methods.append("streaming")
-    severity = worst(p.severity for p in episode.points).wire
+    severity = worst(p.severity for p in episode.points).guide
     return {
         "start": episode.first * STEP_S * 1000, "end": (episode.last + 1) * STEP_S * 1000,
         "duration_s": (episode.last - episode.first + 1) * STEP_S,
@@ -448,9 +448,10 @@ def run(args: dict, ctx: Context) -> dict:
     episodes = [_describe(e, by_name, last) for e in _spans(points)]
     for e in episodes:
         if e["ongoing"]:
-            ctx.event("qos_anomaly", {"event_type": "qos_anomaly", "severity": e["severity"],
-                                      "state": "open", "command_id": ctx.command_id, **e})
-    severity_counts = distribution(Severity.parse(e["severity"]) for e in episodes)
+            # The event schema's severity names, not the result's (after **e, so they win).
+            ctx.event("qos_anomaly", {**e, "event_type": "qos_anomaly", "state": "open", "command_id": ctx.command_id,
+                                      "severity": Severity.from_guide(e["severity"]).wire})
+    severity_counts = distribution((Severity.from_guide(e["severity"]) for e in episodes), guide=True)
     return {
         "detection_summary": {
             "status": "ok" if judged else "insufficient_history",

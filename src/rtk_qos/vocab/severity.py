@@ -1,8 +1,9 @@
 """One severity scale for the whole product.
 
 The names are the ones the published event schema allows (`event.json`: info, warning, error,
-critical), so a severity goes on the wire as its name everywhere: events, alerts, anomaly results,
-state. The rank orders them (a worse severity has a higher rank).
+critical): events and alerts carry them. The QoS guide's result shapes (anomaly detection's
+`severity_distribution` and anomalies) name the same four grades low, medium, high, critical:
+results in those shapes use `guide`. The rank orders them (a worse severity has a higher rank).
 
 How a finding is graded is the caller's business (how far past its threshold it went);
 `grade` turns that distance into a severity with the caller's two cut points.
@@ -23,6 +24,18 @@ class Severity(enum.IntEnum):
         """The name the protocol uses ("warning", ...)."""
         return self.name.lower()
 
+    @property
+    def guide(self) -> str:
+        """The name the QoS guide's result shapes use ("medium", ...)."""
+        return GUIDE_NAMES[self]
+
+    @classmethod
+    def from_guide(cls, name: str) -> "Severity":
+        for severity, guide in GUIDE_NAMES.items():
+            if guide == name:
+                return severity
+        raise ValueError(f"severity {name!r} is not one of {', '.join(GUIDE_NAMES.values())}")
+
     @classmethod
     def parse(cls, name: str) -> "Severity":
         """The severity a wire name stands for; ValueError naming the accepted ones otherwise."""
@@ -33,6 +46,7 @@ class Severity(enum.IntEnum):
 
 
 WIRE_NAMES = tuple(s.wire for s in Severity)
+GUIDE_NAMES = {Severity.INFO: "low", Severity.WARNING: "medium", Severity.ERROR: "high", Severity.CRITICAL: "critical"}
 
 
 def grade(ratio: float, error_at: float, critical_at: float) -> Severity:
@@ -50,9 +64,10 @@ def worst(severities) -> Severity:
     return max(severities, default=Severity.INFO)
 
 
-def distribution(severities) -> dict[str, int]:
-    """How many of each, keyed by wire name, worst first, every name present."""
-    counts = {s.wire: 0 for s in sorted(Severity, reverse=True)}
+def distribution(severities, guide: bool = False) -> dict[str, int]:
+    """How many of each, keyed by wire name (guide: by the guide's name), worst first, all present."""
+    name = (lambda s: s.guide) if guide else (lambda s: s.wire)
+    counts = {name(s): 0 for s in sorted(Severity, reverse=True)}
     for s in severities:
-        counts[Severity(s).wire] += 1
+        counts[name(Severity(s))] += 1
     return counts
