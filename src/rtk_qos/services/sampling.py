@@ -16,7 +16,7 @@ from typing import Callable, Optional
 from .. import _core
 
 log = logging.getLogger(__name__)
-LINKS = 64           # links tracked at once; past it (churn) a fresh sampler starts
+LINKS = 64           # links tracked at once by default; past it (churn) a fresh sampler starts
 WINDOW = 60          # samples in the rolling statistics
 Rates = tuple        # the native sampler's per-second rates: rx/tx bytes, packets, errors, drops
 
@@ -32,8 +32,9 @@ Listener = Callable[[Reading], None]
 
 
 class LinkSampler:
-    def __init__(self, history: int = 60):
+    def __init__(self, history: int = 60, capacity: int = LINKS):
         self._history = max(2, history)
+        self._capacity = capacity
         self._lock = threading.Lock()
         self._listeners: list[Listener] = []
         self._sampler: Optional[_core.Sampler] = None
@@ -50,7 +51,7 @@ class LinkSampler:
         if self._reader is None:
             self._reader = _core.CounterReader()
         if self._sampler is None or self._sampler.overflow:  # links churned past capacity: start afresh
-            self._sampler = _core.Sampler(capacity=LINKS, history=self._history, window=WINDOW, open_reader=False)
+            self._sampler = _core.Sampler(capacity=self._capacity, history=self._history, window=WINDOW, open_reader=False)
         counters = self._reader.read()
         when = _core.monotonic()
         self._sampler.ingest(counters, when)
