@@ -106,9 +106,9 @@ class _Readings:
 
     def __init__(self, ctx: Context):
         self._queue: queue.Queue = queue.Queue(maxsize=READINGS_QUEUED)
+        # The run starts now, from a reading of its own; the ticks after it come from the sampler.
+        self._put(ctx.services.sampler.read_now())
         self._unsubscribe = ctx.services.sampler.subscribe(self._put)
-        if ctx.services.sampler.latest is not None:  # start from it rather than wait a period
-            self._put(ctx.services.sampler.latest)
         self.source = ctx.services.sampler
 
     def _put(self, reading) -> None:
@@ -174,9 +174,10 @@ def run(args: dict, ctx: Context) -> dict:
     start = mono0
     next_progress = start + PROGRESS_EVERY_S
     for k in range(0, samples_wanted + 1):
-        # The run starts from the sampler's newest reading (at most a period old); after it, a
-        # reading counts for an interval's tick when it is at most half a period early.
-        not_before = start + k * interval - READING_EARLY_S if k else float("-inf")
+        # A reading counts for an interval's tick when it is at most half a period early; the
+        # last one is never early, so a run lasts its whole duration.
+        not_before = (float("-inf") if k == 0 else start + k * interval if k == samples_wanted
+                      else start + k * interval - READING_EARLY_S)
         try:
             reading = readings.next(ctx, not_before, interval + STALL_S)
         except TimeoutError:

@@ -39,7 +39,7 @@ class LinkSampler:
         self._listeners: list[Listener] = []
         self._sampler: Optional[_core.Sampler] = None
         self._reader: Optional[_core.CounterReader] = None
-        self.latest: Optional[Reading] = None  # the newest reading (None before the first tick)
+        self._read_lock = threading.Lock()  # the reader's buffers serve one read at a time
 
     @property
     def source(self) -> Optional[str]:
@@ -48,16 +48,12 @@ class LinkSampler:
 
     def tick(self) -> Reading:
         """Read every link's counters once and hand them out. OSError when they cannot be read."""
-        if self._reader is None:
-            self._reader = _core.CounterReader()
         if self._sampler is None or self._sampler.overflow:  # links churned past capacity: start afresh
             self._sampler = _core.Sampler(capacity=self._capacity, history=self._history, window=WINDOW, open_reader=False)
-        counters = self._reader.read()
-        when = _core.monotonic()
+        counters, when = self._read()
         self._sampler.ingest(counters, when)
         reading = Reading(when, counters, self.rates())
         with self._lock:
-            self.latest = reading
             listeners = list(self._listeners)
         for listener in listeners:
             try:
@@ -65,6 +61,17 @@ class LinkSampler:
             except Exception:  # one subscriber's bug must not stop the sampling for the others
                 log.exception("link sampler subscriber failed")
         return reading
+
+    def _read(self) -> tuple[list, float]:
+        with self._read_lock:
+            if self._reader is None:
+                self._reader = _core.CounterReader()
+            return self._reader.read(), _core.monotonic()
+
+    def read_now(self) -> Reading:
+        """The counters read now, for a run that starts between ticks (not handed to subscribers)."""
+        counters, when = self._read()
+        return Reading(when, counters, {})
 
     def rates(self) -> dict[str, Rates]:
         """The latest per-second rates of every present link (empty before the second tick)."""
