@@ -89,7 +89,7 @@ DEFAULTS: dict[str, Any] = {
 
 ENV_PREFIX = "RTK_QOS_"
 MAX_PROBE_TARGETS = 8
-MAX_INTERFACES = 64  # the agent's sampler follows at most 64 links (core.SAMPLER_LINKS)
+MAX_INTERFACES = 64  # the agent's sampler follows at most 64 links (the agent passes it to the shared LinkSampler)
 PROBE_INTERVAL_RANGE = (0.1, 60.0)
 HOURS = re.compile(r"^([01]\d|2[0-3]):[0-5]\d-([01]\d|2[0-3]):[0-5]\d$")
 PROBE_TARGET = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:%-]{0,252}$")  # a host name or an address

@@ -3,10 +3,11 @@
 Threads: the MQTT network thread (parses, acks, dispatches), the outbox drain,
 the command workers, one monitor thread that ticks the native sampler once
 a second, records the history and publishes state and telemetry on their periods,
-the continuous probe's thread (gateway and configured hosts, see `probing.py`),
+the continuous probe's thread (gateway and configured hosts, see `services/probing.py`),
 whose samples the monitor thread takes and records each tick, and the history's
-saver (see `recorder.py`). The monitor thread owns the sampler, the health and the
-state and telemetry schedule; other threads only ask for a state (`_state_due`).
+saver (see `recorder.py`). The monitor thread owns (ticks) the sampler, the health and the
+state and telemetry schedule; other threads only ask for a state (`_state_due`). The sampler
+and the probe are the process's shared services: commands subscribe to them.
 """
 from __future__ import annotations
 
@@ -20,17 +21,16 @@ from .. import _core
 from ..commands import load_all
 from ..protocol import messages
 from ..protocol.topics import Topics
+from ..services import ContinuousProbe, LinkSampler, Services, install
+from ..vocab.units import mbps
 from . import device
 from .config import MAX_INTERFACES
 from .dispatcher import CANCEL_OP, Dispatcher, Replies
 from .outbox import Outbox
-from .probing import ContinuousProbe
 from .recorder import HistoryRecorder
 from .session import Session
 
 log = logging.getLogger(__name__)
-SAMPLER_LINKS = MAX_INTERFACES
-SAMPLER_WINDOW = 60
 HEALTH_EVERY_S = 10.0
 # All of a stop within systemd's TimeoutStopSec (20 s, cross/systemd/rtk-qos.service), with margin.
 STOP_BUDGET_S = 15.0
@@ -55,6 +55,10 @@ class Agent(Replies):
                                       config["probe"]["timeout_s"], self._stop, lambda: self._last_tick,
                                       config["telemetry"]["sample_period_s"]
                                       ) if settings["probe_interval_s"] > 0 else None
+        self.services = Services(LinkSampler(history=int(config["telemetry"]["state_period_s"] /
+                                                          config["telemetry"]["sample_period_s"]),
+                                             capacity=MAX_INTERFACES), self.probes)
+        install(self.services)
         self.history = HistoryRecorder(config, len(self.probes.names) if self.probes else 0)
         self.dispatcher = Dispatcher(config, self.device_id, self, history=self.history.store)
         self.session = Session(config, self.topics.of("lwt"), self.device_id, self.outbox,
@@ -67,7 +71,6 @@ class Agent(Replies):
         self._wake = threading.Event()
         self._health: tuple[str, list] = ("ok", [])
         self._counter_error: Optional[str] = None
-        self._sampler = None
         self._shaping_thread: Optional[threading.Thread] = None
         self._shaping_lock = threading.Lock()
         self._monitor = threading.Thread(target=self._monitor_loop, name="rtk-qos-monitor", daemon=True)
@@ -179,20 +182,13 @@ class Agent(Replies):
 
     # ---- monitor ------------------------------------------------------------------------------
 
-    def _new_sampler(self):
-        history = max(2, int(self.config["telemetry"]["state_period_s"] / self.config["telemetry"]["sample_period_s"]))
-        return _core.Sampler(capacity=SAMPLER_LINKS, history=history, window=SAMPLER_WINDOW)
-
     def current_rates(self) -> dict:
         """Latest per-second rates of every present non-loopback link, from the sampler."""
-        if self._sampler is None or self._sampler.ticks < 2:
-            return {}
         out = {}
-        for slot, name in self._sampler.active_slots():
+        for name, r in self.services.sampler.rates().items():
             if name == "lo":
                 continue
-            r = self._sampler.last_rates(slot)
-            out[name] = {"rx_mbps": round(r[0] * 8e-6, 3), "tx_mbps": round(r[1] * 8e-6, 3),
+            out[name] = {"rx_mbps": round(mbps(r[0]), 3), "tx_mbps": round(mbps(r[1]), 3),
                          "rx_pps": round(r[2], 1), "tx_pps": round(r[3], 1),
                          "errors_ps": r[4] + r[5], "drops_ps": r[6] + r[7]}
         return out
@@ -210,7 +206,7 @@ class Agent(Replies):
             "agent": {"version": device.__version__, "uptime_s": int(time.monotonic() - self.started),
                       "running": self.dispatcher.running(), "requests": self.dispatcher.request_counts(),
                       "outbox": {"queued": len(self.outbox), "dropped": self.outbox.dropped_counts()},
-                      "counter_source": self._sampler.source if self._sampler else None,
+                      "counter_source": self.services.sampler.source,
                       "history": self.history.summary(),
                       "probe": self.probes.status() if self.probes else None,
                       "shaping": device.shaping_status(self.config["state_dir"])},
@@ -252,7 +248,6 @@ class Agent(Replies):
         telemetry = self.config["telemetry"]
         period = telemetry["sample_period_s"]
         reader = _core.CounterReader()
-        self._sampler = self._new_sampler()
         now = time.monotonic()
         next_tick = next_health = now
         next_state = now + telemetry["state_period_s"]
@@ -261,9 +256,7 @@ class Agent(Replies):
             now = time.monotonic()
             if now >= next_tick:
                 try:
-                    if self._sampler.overflow:  # links churned past capacity: start a fresh window
-                        self._sampler = self._new_sampler()
-                    self._sampler.tick()
+                    self.services.sampler.tick()
                     self._counter_error = None
                     self.history.record(self.current_rates(), int(time.time()))
                 except OSError as exc:
