@@ -60,18 +60,23 @@ def capacity(args: dict, ifname: str) -> tuple[int, str]:
 
 def measure(ifname: str, gateway: Optional[str], ctx: Context, seconds: float = MEASURE_S) -> dict:
     """Gateway latency (median, p95) and the uplink's transmit rate over `seconds`."""
-    from ..collectors.probe import EchoProber
     from ..shaping.transaction import _ipr, _tx_bytes
     if gateway is None:
         return {"latency_ms": None, "reason": "no IPv4/IPv6 gateway to probe"}
     with _ipr() as ipr:
         sent0, t0 = _tx_bytes(ipr, ifname), time.monotonic()
-        report = EchoProber(gateway, interval=PROBE_INTERVAL_S).run(seconds, ctx.cancel)
+        report = echo(gateway, PROBE_INTERVAL_S, seconds, ctx)
         sent1, t1 = _tx_bytes(ipr, ifname), time.monotonic()
     rtts = sorted(report.rtts_ms)
     rate = (sent1 - sent0) * 8 / max(t1 - t0, 1e-3)
     return {"latency_ms": _summary(rtts), "tx_mbps": round(rate / 1e6, 3), "probes": report.sent,
             "replies": report.received, "target": gateway, "seconds": round(t1 - t0, 1)}
+
+
+def echo(address: str, interval: float, seconds: float, ctx: Context):
+    """ICMP echo to one address for `seconds` (stops with the command): its ProbeReport."""
+    from ..collectors.probe import Prober
+    return Prober([address], interval=interval).run(seconds, ctx.cancel)[address]
 
 
 def _summary(rtts: list[float]) -> Optional[dict]:
@@ -187,12 +192,11 @@ def apply_plan(plan, op: str, ctx: Context, gateway: Optional[str]) -> dict:
 
 
 def _reachable(gateway: Optional[str], ctx: Context) -> Optional[str]:
-    from ..collectors.probe import EchoProber
     broker_up = ctx.settings.get("broker_connected")
     if broker_up is not None and not broker_up():
         return "the broker connection dropped after the change"
     if gateway is not None:
-        report = EchoProber(gateway, interval=0.2).run(1.0, ctx.cancel)
+        report = echo(gateway, 0.2, 1.0, ctx)
         if report.received == 0:
             return f"the gateway {gateway} stopped answering after the change"
     return None
