@@ -238,6 +238,8 @@ class SchemaCheck:
             return "state.json"
         if kind == "telemetry/network":
             return "telemetry-network.json"
+        if kind.startswith("telemetry/"):
+            return "telemetry.json"
         if kind == "evt/threshold":
             return "evt-threshold.json"
         if kind.startswith("evt/"):
