@@ -3,6 +3,7 @@
   rtk-qos run <op> ...    run one QoS command here, once, and print its result message
   rtk-qos agent ...       run the MQTT agent
   rtk-qos ctl <op> ...    send a command to an agent through the broker; print ack and result
+  rtk-qos controller ...  run the fleet controller (HTTP API, monitoring sessions, alerts, storage)
 
 Op flags are generated from the protocol's argument table, so `--help`, the
 validation and the MQTT path agree. `--args '{json}'` gives the arguments as
@@ -78,6 +79,7 @@ def op_args(ns: argparse.Namespace) -> dict:
 def build_parser() -> argparse.ArgumentParser:
     from . import ctl, detect
     from .agent import main as agent_main
+    from .controller import main as controller_main
     parser = argparse.ArgumentParser(prog="rtk-qos", description="QoS monitoring agent for routers")
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("run", help="run one QoS command here once and print its result JSON")
@@ -86,6 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_op_parsers(run, {op: spec.summary for op, spec in load_all().items()})
     agent_main.add_parser(commands)
     ctl.add_parser(commands)
+    controller_main.add_parser(commands)
     detect.add_parser(commands)
     return parser
 
