@@ -60,20 +60,23 @@ MIGRATIONS: list[str] = [
         late INTEGER NOT NULL DEFAULT 0, PRIMARY KEY (command_id, device_id)) WITHOUT ROWID;
     """,
 ]
-_JSON_COLUMNS = {"progress", "health_reasons", "capabilities", "attr", "state", "telemetry", "detail", "config", "args",
-                 "ack", "result", "payload"}
+# Columns holding JSON, per table (alerts.state is plain text, devices.state a payload).
+_JSON_COLUMNS = {"devices": {"health_reasons", "capabilities", "attr", "state", "telemetry"},
+                 "alerts": {"detail"}, "sessions": {"config", "progress"}, "commands": {"args"},
+                 "replies": {"ack", "result"}, "events": {"payload"}}
 _TIERS = (("samples_minute", "samples_raw", MINUTE_MS), ("samples_hour", "samples_minute", HOUR_MS))
 
 
-def _row(cursor: sqlite3.Cursor, values: tuple) -> dict:
-    out = {}
-    for (name, *_), value in zip(cursor.description, values):
-        out[name] = json.loads(value) if name in _JSON_COLUMNS and value is not None else value
-    return out
+def _row(table: str, cursor: sqlite3.Cursor, values: tuple) -> dict:
+    json_columns = _JSON_COLUMNS[table]
+    return {name: json.loads(value) if name in json_columns and value is not None else value
+            for (name, *_), value in zip(cursor.description, values)}
 
 
-def _dump(value) -> Optional[str]:
-    return None if value is None else json.dumps(value, separators=(",", ":"))
+def _values(table: str, record: dict, columns: tuple) -> list:
+    json_columns = _JSON_COLUMNS[table]
+    return [json.dumps(record.get(c), separators=(",", ":")) if c in json_columns and record.get(c) is not None
+            else record.get(c) for c in columns]
 
 
 class SQLiteStore(Store):
@@ -137,7 +140,7 @@ class SQLiteStore(Store):
     def upsert_device(self, device: dict) -> None:
         columns = ("device_id", "tenant", "site", "status", "status_since_ms", "reason", "last_seen_ms", "health",
                    "health_reasons", "capabilities", "attr", "state", "telemetry", "updated_ms")
-        values = [_dump(device.get(c)) if c in _JSON_COLUMNS else device.get(c) for c in columns]
+        values = _values("devices", device, columns)
         self.db.execute(f"INSERT OR REPLACE INTO devices ({', '.join(columns)}) VALUES "
                         f"({', '.join('?' * len(columns))})", values)
 
@@ -171,13 +174,13 @@ class SQLiteStore(Store):
     def add_event(self, device_id, event_type, ts_ms, severity, digest, payload) -> bool:
         cursor = self.db.execute("INSERT OR IGNORE INTO events (device_id, event_type, ts, severity, digest, payload)"
                                  " VALUES (?, ?, ?, ?, ?, ?)",
-                                 (device_id, event_type, ts_ms, severity, digest, _dump(payload)))
+                                 (device_id, event_type, ts_ms, severity, digest, json.dumps(payload, separators=(",", ":"))))
         return cursor.rowcount == 1
 
     def save_alert(self, alert: dict) -> int:
         columns = ("key", "source", "device_id", "session_id", "metric", "target", "severity", "state", "opened_ms",
                    "closed_ms", "value", "threshold", "threshold_type", "unit", "description", "detail", "updated_ms")
-        values = [_dump(alert.get(c)) if c in _JSON_COLUMNS else alert.get(c) for c in columns]
+        values = _values("alerts", alert, columns)
         updates = ", ".join(f"{c} = excluded.{c}" for c in columns if c not in ("key", "opened_ms"))
         self.db.execute(f"INSERT INTO alerts ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))}) "
                         f"ON CONFLICT (key) DO UPDATE SET {updates}", values)
@@ -186,7 +189,7 @@ class SQLiteStore(Store):
     def save_session(self, session: dict) -> None:
         columns = ("id", "device_id", "status", "config", "started_ms", "ends_ms", "stopped_ms", "stop_reason",
                    "progress", "evaluations")
-        values = [_dump(session.get(c)) if c in _JSON_COLUMNS else session.get(c) for c in columns]
+        values = _values("sessions", session, columns)
         try:
             self.db.execute(f"INSERT OR REPLACE INTO sessions ({', '.join(columns)}) VALUES "
                             f"({', '.join('?' * len(columns))})", values)
@@ -195,14 +198,14 @@ class SQLiteStore(Store):
 
     def save_command(self, command: dict) -> None:
         columns = ("id", "target", "op", "args", "dialect", "sent_ms", "deadline_ms", "status", "updated_ms")
-        values = [_dump(command.get(c)) if c in _JSON_COLUMNS else command.get(c) for c in columns]
+        values = _values("commands", command, columns)
         self.db.execute(f"INSERT OR REPLACE INTO commands ({', '.join(columns)}) VALUES "
                         f"({', '.join('?' * len(columns))})", values)
 
     def save_reply(self, reply: dict) -> None:
         columns = ("command_id", "device_id", "accepted", "ack", "acked_ms", "status", "result", "finished_ms",
                    "duplicates", "late")
-        values = [_dump(reply.get(c)) if c in _JSON_COLUMNS else reply.get(c) for c in columns]
+        values = _values("replies", reply, columns)
         self.db.execute(f"INSERT OR REPLACE INTO replies ({', '.join(columns)}) VALUES "
                         f"({', '.join('?' * len(columns))})", values)
 
@@ -245,15 +248,15 @@ class SQLiteStore(Store):
 
     # ---- reads --------------------------------------------------------------------------------
 
-    def _all(self, sql: str, params=()) -> list[dict]:
+    def _all(self, table: str, sql: str, params=()) -> list[dict]:
         cursor = self.db.execute(sql, params)
-        return [_row(cursor, values) for values in cursor.fetchall()]
+        return [_row(table, cursor, values) for values in cursor.fetchall()]
 
     def devices(self) -> list[dict]:
-        return self._all("SELECT * FROM devices ORDER BY device_id")
+        return self._all("devices", "SELECT * FROM devices ORDER BY device_id")
 
     def device(self, device_id: str) -> Optional[dict]:
-        found = self._all("SELECT * FROM devices WHERE device_id = ?", (device_id,))
+        found = self._all("devices", "SELECT * FROM devices WHERE device_id = ?", (device_id,))
         return found[0] if found else None
 
     def series_names(self, device_id: str) -> list[str]:
@@ -311,7 +314,7 @@ class SQLiteStore(Store):
             clauses.append("(opened_ms >= ? OR closed_ms IS NULL OR closed_ms >= ?)")
             params += [since_ms, since_ms]
         where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
-        return self._all(f"SELECT * FROM alerts {where} ORDER BY opened_ms DESC, id DESC LIMIT ?", (*params, limit))
+        return self._all("alerts", f"SELECT * FROM alerts {where} ORDER BY opened_ms DESC, id DESC LIMIT ?", (*params, limit))
 
     def sessions(self, status=None, device_id=None):
         clauses, params = [], []
@@ -320,24 +323,24 @@ class SQLiteStore(Store):
                 clauses.append(f"{column} = ?")
                 params.append(value)
         where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
-        return self._all(f"SELECT * FROM sessions {where} ORDER BY started_ms DESC", params)
+        return self._all("sessions", f"SELECT * FROM sessions {where} ORDER BY started_ms DESC", params)
 
     def session(self, session_id):
-        found = self._all("SELECT * FROM sessions WHERE id = ?", (session_id,))
+        found = self._all("sessions", "SELECT * FROM sessions WHERE id = ?", (session_id,))
         return found[0] if found else None
 
     def command(self, command_id):
-        found = self._all("SELECT * FROM commands WHERE id = ?", (command_id,))
+        found = self._all("commands", "SELECT * FROM commands WHERE id = ?", (command_id,))
         if not found:
             return None
         command = found[0]
-        command["replies"] = self._all("SELECT * FROM replies WHERE command_id = ? ORDER BY device_id", (command_id,))
+        command["replies"] = self._all("replies", "SELECT * FROM replies WHERE command_id = ? ORDER BY device_id", (command_id,))
         return command
 
     def recent_commands(self, deadline_after_ms):
-        commands = self._all("SELECT * FROM commands WHERE deadline_ms >= ?", (deadline_after_ms,))
+        commands = self._all("commands", "SELECT * FROM commands WHERE deadline_ms >= ?", (deadline_after_ms,))
         for command in commands:
-            command["replies"] = self._all("SELECT * FROM replies WHERE command_id = ?", (command["id"],))
+            command["replies"] = self._all("replies", "SELECT * FROM replies WHERE command_id = ?", (command["id"],))
         return commands
 
     def events(self, device_id=None, since_ms=None, limit=500):
@@ -349,7 +352,7 @@ class SQLiteStore(Store):
             clauses.append("ts >= ?")
             params.append(since_ms)
         where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
-        return self._all(f"SELECT * FROM events {where} ORDER BY ts DESC, id DESC LIMIT ?", (*params, limit))
+        return self._all("events", f"SELECT * FROM events {where} ORDER BY ts DESC, id DESC LIMIT ?", (*params, limit))
 
     def size_bytes(self) -> int:
         pages = self.db.execute("PRAGMA page_count").fetchone()[0] * self.db.execute("PRAGMA page_size").fetchone()[0]
