@@ -1,5 +1,5 @@
 """Alerts: the controller's own threshold episodes (from monitoring sessions) and the agents' own
-(`evt/qos_alert` from qos_performance_monitor), in one table and one severity scale.
+(`evt/qos_alert` from qos_performance_monitor), in one table and one severity scale (vocab/severity.py).
 
 An episode is one alert however many samples cross the threshold: it opens after the
 episode rules' run of evaluations past the threshold and closes after a run back
@@ -11,39 +11,43 @@ from __future__ import annotations
 
 from typing import Callable, Optional
 
-from ..vocab.episodes import Episode
+from ..vocab.episodes import Change, Direction, ThresholdEpisode
+from ..vocab.severity import Severity
 
 UNITS = {"latency": "ms", "jitter": "ms", "packet_loss": "percent", "throughput": "Mbps"}
 THRESHOLD_KEYS = {"latency": "latency_ms", "jitter": "jitter_ms", "packet_loss": "packet_loss_percent",
                   "throughput": "throughput_mbps"}
 
 
-def new_episode(metric: str, target: str, threshold: float) -> Episode:
-    """Latency, jitter and loss alert above their threshold; throughput below (the guide's semantics)."""
-    return Episode(metric, target, float(threshold), "min" if metric == "throughput" else "max", UNITS[metric])
+def new_episode(metric: str, threshold: float, **state) -> ThresholdEpisode:
+    """Latency, jitter and loss alert above their threshold; throughput below (the guide's semantics).
+    `state` restores an open episode after a restart (is_open, start_ms, peak)."""
+    return ThresholdEpisode(float(threshold), Direction.BELOW if metric == "throughput" else Direction.ABOVE,
+                            **state)
 
 
 class Alerts:
     def __init__(self, store, notify: Callable[[str, dict], None]):
         self.store = store
         self.notify = notify
-        self.counts = {"controller_opened": 0, "controller_closed": 0, "agent": 0}
+        self.counts = {"controller_opened": 0, "controller_closed": 0, "agent": 0, "agent_bad_severity": 0}
 
-    def session_episode(self, session: dict, episode: Episode, change: str, value: float, now_ms: int,
-                        ongoing: bool = False) -> dict:
-        """Save the alert of a session's episode that just opened ("open") or closed ("close")."""
+    def session_episode(self, session: dict, metric: str, target: str, episode: ThresholdEpisode, change: Change,
+                        value: float, at_ms: int, ongoing: bool = False) -> dict:
+        """Save the alert of a session's episode that just opened or closed (at `at_ms`)."""
+        above = episode.direction is Direction.ABOVE
         alert = {
-            "key": f"session:{session['id']}:{episode.metric}:{episode.host}:{episode.started_ms}",
+            "key": f"session:{session['id']}:{metric}:{target}:{episode.start_ms}",
             "source": "controller", "device_id": session["device_id"], "session_id": session["id"],
-            "metric": episode.metric, "target": episode.host, "severity": episode.severity(),
-            "state": "open" if change == "open" else "closed", "opened_ms": episode.started_ms,
-            "closed_ms": now_ms if change == "close" else None, "value": round(episode.peak, 3),
-            "threshold": episode.threshold, "threshold_type": episode.threshold_type, "unit": episode.unit,
-            "description": (f"{episode.metric} to {episode.host} {'above' if episode.threshold_type == 'max' else 'below'}"
-                            f" {episode.threshold:g} {episode.unit} (worst {episode.peak:.3g})"),
-            "detail": {"last_value": round(value, 3), "ongoing_at_end": ongoing}, "updated_ms": now_ms}
+            "metric": metric, "target": target, "severity": episode.severity().wire,
+            "state": "open" if change is Change.OPENED else "closed", "opened_ms": episode.start_ms,
+            "closed_ms": at_ms if change is Change.CLOSED else None, "value": round(episode.peak, 3),
+            "threshold": episode.threshold, "threshold_type": episode.direction.value, "unit": UNITS[metric],
+            "description": (f"{metric} to {target} {'above' if above else 'below'} {episode.threshold:g} "
+                            f"{UNITS[metric]} (worst {episode.peak:.3g})"),
+            "detail": {"last_value": round(value, 3), "ongoing_at_end": ongoing}, "updated_ms": at_ms}
         alert["id"] = self.store.save_alert(alert)
-        self.counts["controller_opened" if change == "open" else "controller_closed"] += 1
+        self.counts["controller_opened" if change is Change.OPENED else "controller_closed"] += 1
         self.notify("alert", alert)
         return alert
 
@@ -53,10 +57,15 @@ class Alerts:
         if not isinstance(metric, str) or not isinstance(opened, int):
             return None
         closed = payload.get("state") == "closed"
+        try:
+            severity = Severity.parse(payload.get("severity"))
+        except ValueError:
+            self.counts["agent_bad_severity"] += 1
+            severity = Severity.WARNING  # an alert all the same: the agent saw a threshold crossed
         alert = {
             "key": f"agent:{device_id}:{payload.get('command_id')}:{metric}:{payload.get('host')}:{opened}",
             "source": "agent", "device_id": device_id, "session_id": None, "metric": metric,
-            "target": payload.get("host"), "severity": payload.get("severity") or "warning",
+            "target": payload.get("host"), "severity": severity.wire,
             "state": "closed" if closed else "open", "opened_ms": opened,
             "closed_ms": payload.get("ended_at") if closed else None, "value": payload.get("value"),
             "threshold": payload.get("threshold"), "threshold_type": payload.get("threshold_type"),

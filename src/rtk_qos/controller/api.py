@@ -19,6 +19,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from ..protocol import messages
 from ..protocol.errors import CommandError
 from ..protocol.topics import DEVICE_ID, NAME
+from ..vocab.severity import WIRE_NAMES
 from . import overview as overview_mod
 from .metrics import registry
 from .openapi import SPEC
@@ -30,7 +31,6 @@ MAX_POINTS = 10_000
 MAX_BODY = 64 * 1024
 SSE_QUEUE = 1000
 SSE_KEEPALIVE_S = 15.0
-SEVERITIES = ("info", "warning", "error", "critical")
 COMMAND_FIELDS = {"device_id", "group", "tenant", "site", "op", "args", "timeout_ms", "dialect", "id", "wait_s"}
 FINISHED = ("completed", "failed", "partial", "timeout", "cancelled", "rejected", "finished")
 
@@ -217,7 +217,7 @@ class Api:
         device_id = request.query.get("device_id")
         if device_id is not None and not DEVICE_ID.match(device_id):
             raise HttpError(400, f"device_id: {device_id[:40]!r} is not 12 lower-case hex digits")
-        rows = self.store.alerts(device_id=device_id, severity=_choice(request, "severity", SEVERITIES),
+        rows = self.store.alerts(device_id=device_id, severity=_choice(request, "severity", WIRE_NAMES),
                                  state=_choice(request, "state", ("open", "closed")),
                                  since_ms=_int_param(request, "since", None),
                                  session_id=request.query.get("session_id"),

@@ -25,6 +25,7 @@ from typing import Callable, Optional
 
 from ..protocol import argspec
 from ..protocol.topics import DEVICE_ID
+from ..vocab.episodes import Change, ThresholdEpisode
 from .alerts import THRESHOLD_KEYS, Alerts, new_episode
 from .store import Agg, SessionConflict
 
@@ -72,7 +73,7 @@ class Sessions:
         self.grace_ms = int(finish_grace_s * 1000)
         self.active: dict[str, dict] = {}  # device_id -> session
         self._buckets: dict[str, dict[str, Agg]] = {}      # session id -> series -> bucket being filled
-        self._episodes: dict[str, dict[tuple, object]] = {}
+        self._episodes: dict[str, dict[tuple, ThresholdEpisode]] = {}
         self._dirty: set[str] = set()
         self.late_samples = 0
 
@@ -145,13 +146,13 @@ class Sessions:
         episodes = self._episodes[session["id"]]
         episode = episodes.get((metric, target))
         if episode is None:
-            episode = episodes[(metric, target)] = new_episode(metric, target, threshold)
+            episode = episodes[(metric, target)] = new_episode(metric, threshold)
         value = agg.mean
-        change = episode.evaluate(value, bucket_ms)
-        if change == "open":
-            self.alerts.session_episode(session, episode, "open", value, bucket_ms)
-        elif change == "close":
-            self.alerts.session_episode(session, episode, "close", value, episode.closed[-1]["ended_at"])
+        change = episode.observe(value, bucket_ms)
+        if change is Change.OPENED:
+            self.alerts.session_episode(session, metric, target, episode, change, value, bucket_ms)
+        elif change is Change.CLOSED:
+            self.alerts.session_episode(session, metric, target, episode, change, value, episode.closed[-1].end_ms)
 
     # ---- lifecycle ----------------------------------------------------------------------------
 
@@ -166,11 +167,11 @@ class Sessions:
     def _finish(self, session: dict, status: str, reason: str, end_ms: int) -> None:
         for name, bucket in sorted(session["progress"].items(), key=lambda item: item[1]):
             self._evaluate(session, name, bucket)
-        for episode in self._episodes[session["id"]].values():
-            if episode.open:
-                peak_value = episode.peak
-                episode.close(end_ms, ongoing=True)
-                self.alerts.session_episode(session, episode, "close", peak_value, end_ms, ongoing=True)
+        for (metric, target), episode in self._episodes[session["id"]].items():
+            if episode.is_open:
+                episode.finish(end_ms)
+                self.alerts.session_episode(session, metric, target, episode, Change.CLOSED, episode.peak, end_ms,
+                                            ongoing=True)
         session.update(status=status, stop_reason=reason, stopped_ms=end_ms)
         self.store.save_session(session)
         del self.active[session["device_id"]]
@@ -195,8 +196,8 @@ class Sessions:
             session["progress"] = session.get("progress") or {}
             self._track(session)
             for alert in self.store.alerts(session_id=session["id"], state="open"):
-                episode = new_episode(alert["metric"], alert["target"], alert["threshold"])
-                episode.open, episode.started_ms, episode.peak = True, alert["opened_ms"], alert["value"]
+                episode = new_episode(alert["metric"], alert["threshold"], is_open=True, start_ms=alert["opened_ms"],
+                                      peak=alert["value"])
                 self._episodes[session["id"]][(alert["metric"], alert["target"])] = episode
             end = min(now_ms, session["ends_ms"])
             for name in self.store.series_names(session["device_id"]):
