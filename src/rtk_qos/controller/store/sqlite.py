@@ -190,9 +190,11 @@ class SQLiteStore(Store):
         columns = ("id", "device_id", "status", "config", "started_ms", "ends_ms", "stopped_ms", "stop_reason",
                    "progress", "evaluations")
         values = _values("sessions", session, columns)
+        updates = ", ".join(f"{c} = excluded.{c}" for c in columns[1:])
         try:
-            self.db.execute(f"INSERT OR REPLACE INTO sessions ({', '.join(columns)}) VALUES "
-                            f"({', '.join('?' * len(columns))})", values)
+            # An upsert, not INSERT OR REPLACE: REPLACE would delete the other active session.
+            self.db.execute(f"INSERT INTO sessions ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))}) "
+                            f"ON CONFLICT (id) DO UPDATE SET {updates}", values)
         except sqlite3.IntegrityError as exc:
             raise SessionConflict(f"device {session['device_id']} already has an active session") from exc
 
