@@ -38,6 +38,7 @@ bench: $(VENV)/.built
 	$(PY) bench/run.py --output bench/report.json
 	$(PY) bench/agent.py --output bench/agent-report.json
 	$(PY) bench/probe.py --output bench/probe-report.json
+	$(PY) bench/controller.py --output bench/controller-report.json
 	$(PY) bench/anomaly.py --output bench/anomaly-report.json
 	$(PY) bench/iforest.py --output bench/iforest-report.json
 	$(PY) bench/nab.py --generated --output bench/nab-report.json
