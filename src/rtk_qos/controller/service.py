@@ -127,8 +127,9 @@ class Engine:
         if msg.qos == 0 and len(self.inbox) >= self.config["ingest"]["queue_max"]:
             self.counts["dropped_qos0"] += 1
         else:
-            self.inbox.append((msg.topic, msg.payload, msg.qos, msg.mid, time.monotonic()))
-        self.wake.set()
+            self.inbox.append((msg.topic, msg.payload, msg.qos, msg.mid))
+        if not self.wake.is_set():  # the ingest thread clears it before it drains: nothing is missed
+            self.wake.set()
 
     def _publish(self, topic: str, payload: bytes, qos: int) -> None:
         info = self.client.publish(topic, payload, qos=qos)
@@ -216,7 +217,7 @@ class Engine:
                     future.set_exception(exc)
                 time.sleep(1.0)
                 continue
-            for topic, _payload, qos, mid, _at in batch:
+            for _topic, _payload, qos, mid in batch:
                 if qos:
                     self.client.ack(mid, qos)
             for future, value, exc in outcomes:
@@ -248,7 +249,7 @@ class Engine:
             return 0
 
     def _ingest(self, item, t: int) -> None:
-        topic, raw, _qos, _mid, _at = item
+        topic, raw, _qos, _mid = item
         where = parse_uplink(topic)
         if where is None:
             self.counts["ignored"] += 1
