@@ -14,7 +14,7 @@ def _alerts(http, **query):
     return http.get(path)["alerts"]
 
 
-def test_session_alert_episode_survives_a_restart(start_agent, start_controller, reflector, controller):
+def test_session_alert_episode_survives_a_restart(start_agent, start_controller, reflector):
     target = reflector({"base_ms": 2, "slow": [[SLOW_FIRST, SLOW_LAST, SLOW_MS]]})
     agent = start_agent(telemetry={"qos_period_s": 1.0}, history={"probe_targets": [target]})
     ctl = start_controller()
@@ -41,7 +41,8 @@ def test_session_alert_episode_survives_a_restart(start_agent, start_controller,
     assert len(alerts) == 1, alerts  # one alert for the episode, not one per sample or per restart
     alert = alerts[0]
     assert alert["id"] == opened[0]["id"] and alert["metric"] == "latency" and alert["threshold_type"] == "max"
-    assert SLOW_MS <= alert["value"] <= SLOW_MS + 20 and alert["severity"] == "error"  # 2.5x the threshold
+    # The worst second: the reflector's delay plus what a loaded machine adds to a round trip.
+    assert SLOW_MS <= alert["value"] <= SLOW_MS + 60 and alert["severity"] == "error"  # 2.5x the threshold
     # 12 slow probes: the episode lasts about as long (the evaluation grid is 1 s).
     assert 10_000 <= alert["closed_ms"] - alert["opened_ms"] <= 14_000, alert
 
