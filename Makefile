@@ -10,9 +10,10 @@ NATIVE_SRC := $(wildcard native/*.c native/*.h src/rtk_qos/*.pxi) src/rtk_qos/_c
 RUN_ARGS ?=
 CONTROLLER_ARGS ?=
 
-.PHONY: run test bench native native-test deps clean cross cross-ci
+.PHONY: run test test-guest bench native native-test deps clean cross cross-ci
 
 include cross/targets.mk
+include tests/guest/rig/guest.mk
 # In `make test`: the C suite on one ARM and one big-endian MIPS target, and the wheel built and
 # tested in a Debian rootfs for one ARM and one MIPS arch. `make cross` runs every target.
 CROSS_CI_WHEELS ?= aarch64 mipsel
@@ -28,6 +29,7 @@ run: $(VENV)/.built
 
 test: $(VENV)/.built native-test
 	$(PY) -m pytest -q tests
+	$(MAKE) test-guest
 	$(MAKE) cross-ci
 
 cross-ci: cross-native-ci $(addprefix cross-wheel-test-,$(CROSS_CI_WHEELS))
@@ -41,7 +43,7 @@ bench: $(VENV)/.built
 	$(PY) bench/controller.py --output bench/controller-report.json
 	$(PY) bench/anomaly.py --output bench/anomaly-report.json
 	$(PY) bench/iforest.py --output bench/iforest-report.json
-	$(PY) bench/nab.py --generated --output bench/nab-report.json
+	$(PY) bench/nab.py --halves --generated --sweep window=256,512,1024 --sweep smooth_alpha=0.05,0.1,0.2 --output bench/nab-report.json
 
 native-test:
 	$(MAKE) -C native test

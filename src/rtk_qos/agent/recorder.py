@@ -14,16 +14,25 @@ score that fell in it); a gap has no sample and so no score. The detector's
 defaults suit per-minute series; the 1 Hz series use `DETECTOR_SETTINGS`: robust
 windows of 2 minutes (120 samples), scores 0 for the first minute, the long-run
 distribution of surprise over 10 minutes (600 samples), and a time-of-day
-baseline of 48 half-hour bins over 7 days (used once two days are seen).
-That is `DETECTOR_BYTES` = 33,464 bytes per series on x86-64 (the defaults take 124,632),
-beside the 253,440 of the series' history. Detector state is not persisted: after
-a restart the detectors start empty and re-warm in minutes (the time-of-day
-baseline in two days).
+baseline of 48 half-hour bins over 7 days (used once two days are seen), and of
+7 x 48 time-of-week bins over 4 weeks (once two weeks are seen). That is
+`DETECTOR_BYTES` per series beside the 253,440 of the series' history. Each detector's
+state is saved with the history and restored at start (a state this build cannot
+restore, or none, gives a fresh detector that re-warms in minutes), so a restart
+keeps the days of time-of-day learning. Times of day are the router's local time
+(its time zone, daylight saving included), not UTC.
+
+Threads: the monitor thread records (the detectors and the budgets are its own);
+a saver thread of its own writes the file every `history.save_every_s` and once
+more when the agent stops, so a save (megabytes, fsynced, slow on flash) never
+delays a tick; commands read the store. The store's lock gives the saver and the
+readers every series, and the detectors' states, as of one instant.
 """
 from __future__ import annotations
 
 import logging
 import math
+import threading
 import time
 from typing import Optional
 
@@ -53,12 +62,37 @@ class HistoryRecorder:
         self.store.max_series = sum(self.budget.values())
         self.used = {kind: sum(1 for name in self.store.series if _is_probe(name) == kind) for kind in self.budget}
         self.detectors: dict[str, Detector] = {}
+        for name, state in self.store.detector_states.items():
+            detector = Detector(**DETECTOR_SETTINGS)
+            try:
+                detector.restore(state)
+            except ValueError as exc:
+                log.info("history: detector of %s starts afresh: %s", name, exc)
+                continue
+            self.detectors[name] = detector
+        self.store.detector_state_source = lambda: {name: d.state() for name, d in self.detectors.items()}
         if self.problem:
             log.warning("%s", self.problem)
         elif self.store.series:
             log.info("history: %d series loaded from %s", len(self.store.series), self.path)
-        self.saved_at: Optional[int] = None
-        self._next_save = time.monotonic() + self.save_every_s
+        self.saved_at: Optional[int] = None  # wall ms of the last save, written by the saver thread
+        self._saver: Optional[threading.Thread] = None
+
+    def start(self, stop: threading.Event) -> None:
+        """Save every `save_every_s` on a thread of its own, and once more when `stop` is set."""
+        def saver() -> None:
+            while not stop.wait(self.save_every_s):
+                self.save()
+            self.save()
+        self._saver = threading.Thread(target=saver, name="rtk-qos-history", daemon=True)
+        self._saver.start()
+
+    def join(self, timeout: float) -> bool:
+        """Wait for the final save; False if it has not finished within `timeout` (stalled storage)."""
+        if self._saver is None:
+            return True
+        self._saver.join(timeout)
+        return not self._saver.is_alive()
 
     def record(self, rates: dict, t: int) -> None:
         """rates: interface -> {rx_mbps, tx_mbps, rx_pps, tx_pps, errors_ps, drops_ps}."""
@@ -78,6 +112,10 @@ class HistoryRecorder:
         """Score the sample with its series' detector and store both; NaN (a gap) stores nothing."""
         if math.isnan(value):
             return
+        with self.store.lock:  # a save reads the detectors' states with the series
+            self._push(name, t, value)
+
+    def _push(self, name: str, t: int, value: float) -> None:
         detector = self.detectors.get(name)
         if detector is None:
             if name not in self.store.series:
@@ -87,24 +125,20 @@ class HistoryRecorder:
                     return
                 self.used[kind] += 1
             detector = self.detectors[name] = Detector(**DETECTOR_SETTINGS)
-        self.store.push(name, t, value, detector.update(t, value))
-
-    def maybe_save(self) -> None:
-        if time.monotonic() >= self._next_save:
-            self.save()
+        # The detector's seasons follow the local clock: an office's 9 o'clock is local.
+        self.store.push(name, t, value, detector.update(t + time.localtime(t).tm_gmtoff, value))
 
     def save(self) -> None:
-        self._next_save = time.monotonic() + self.save_every_s
         try:
             size = self.store.save(self.path)
         except OSError as exc:
             log.warning("history not saved to %s: %s", self.path, exc.strerror or exc)
             return
         self.saved_at = int(time.time() * 1000)
-        log.info("history saved: %d series, %d bytes, %s", len(self.store.series), size, self.path)
+        log.info("history saved: %d series, %d bytes, %s", len(self.store.names()), size, self.path)
 
     def summary(self) -> dict:
-        return {"series": len(self.store.series), "memory_bytes": self.store.memory_bytes(),
+        return {"series": len(self.store.names()), "memory_bytes": self.store.memory_bytes(),
                 "detector_memory_bytes": len(self.detectors) * DETECTOR_BYTES,
-                "samples": sum(s.samples for s in self.store.series.values()), "path": self.path,
+                "samples": self.store.samples(), "path": self.path,
                 "saved_at": self.saved_at, "problem": self.problem}
