@@ -5,9 +5,15 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # command:debian-package pairs the agent and its tests use.
-SYSTEM_TOOLS := mosquitto:mosquitto ip:iproute2 ping:iputils-ping nft:nftables gcc:gcc
+SYSTEM_TOOLS := mosquitto:mosquitto ip:iproute2 ping:iputils-ping nft:nftables gcc:gcc npm:npm \
+	chromium:chromium
 NATIVE_SRC := $(wildcard native/*.c native/*.h src/rtk_qos/*.pxi) src/rtk_qos/_core.pyx src/rtk_qos/_native.pxd setup.py
 RUN_ARGS ?=
+# The dashboard's chart library: from the npm registry at this pinned version, its dist files copied
+# into the package data at build time (never committed: .gitignore).
+UPLOT_VERSION := 1.6.32
+WEB_VENDOR := src/rtk_qos/controller/web/static/vendor
+WEB_VENDOR_FILES := $(WEB_VENDOR)/uPlot.iife.min.js $(WEB_VENDOR)/uPlot.min.css
 
 .PHONY: run test bench native native-test deps clean cross cross-ci
 
@@ -60,7 +66,12 @@ $(VENV)/.system:
 	python3 -m venv $(VENV)
 	touch $@
 
-$(VENV)/.deps: $(VENV)/.system pyproject.toml
+$(WEB_VENDOR_FILES) &: $(VENV)/.system
+	npm install --prefix build/npm --no-save --no-audit --no-fund --silent uplot@$(UPLOT_VERSION)
+	mkdir -p $(WEB_VENDOR)
+	cp build/npm/node_modules/uplot/dist/uPlot.iife.min.js build/npm/node_modules/uplot/dist/uPlot.min.css $(WEB_VENDOR)/
+
+$(VENV)/.deps: $(VENV)/.system pyproject.toml $(WEB_VENDOR_FILES)
 	$(PY) -m pip install -q --upgrade pip "setuptools>=65" wheel "Cython>=3.0"
 	$(PY) -m pip install -q -e '.[test]' --no-build-isolation
 	touch $@
