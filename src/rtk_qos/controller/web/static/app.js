@@ -47,6 +47,9 @@ async function api(path, body) {
   return data;
 }
 
+// Background refreshes fail while the controller is away; the connection badge already says so.
+const quietly = fn => (...args) => fn(...args).catch(e => { $("#view").dataset.stale = e.message; });
+
 function toast(html, color) {
   const el = document.createElement("div");
   el.className = "toast";
@@ -206,8 +209,8 @@ async function fleetView(view) {
   };
   await load();
   let pending = null;
-  const soon = () => { pending ||= setTimeout(() => { pending = null; load(); }, 500); };
-  return [setInterval(load, FLEET_REFRESH_MS), on("device", soon), on("alert", soon), on("event", soon)];
+  const soon = () => { pending ||= setTimeout(() => { pending = null; quietly(load)(); }, 500); };
+  return [setInterval(quietly(load), FLEET_REFRESH_MS), on("device", soon), on("alert", soon), on("event", soon)];
 }
 
 // ---- alerts view --------------------------------------------------------------------------------
@@ -267,6 +270,36 @@ function severityColor(s) { return css({critical: "--crit", error: "--err", warn
 async function deviceView(view, id, params) {
   const range = RANGES[params.get("range")] ? params.get("range") : "1h";
   const at = params.get("at") ? +params.get("at") : null;
+  view.innerHTML = `<div id="dev-head"></div>
+    <div class="row"><span class="ranges">${Object.keys(RANGES).map(r => `<button data-range="${r}" class="${r === range ? "on" : ""}">${r}</button>`).join("")}</span>
+      <span class="muted" id="dev-range"></span></div>
+    <div class="plots" id="plots"></div>
+    <h2>Shaping</h2><div class="panel" id="shaping"></div>
+    <h2>Actions</h2><div class="actions" id="actions"></div>
+    <h2>Monitoring sessions</h2><div class="panel" id="sessions"></div>`;
+  view.querySelectorAll("[data-range]").forEach(b => b.onclick = () => { location.hash = `#/device/${id}?range=${b.dataset.range}`; });
+  const charts = [];
+  // Header, plots and shaping are redrawn on news; the actions and their countdowns stay.
+  const draw = async () => {
+    const drawn = await drawDevice(id, range, at);
+    charts.splice(0).forEach(c => c && c.destroy());
+    charts.push(...drawn);
+  };
+  await draw();
+  actionsPanel($("#actions"), id);
+  await sessionsPanel($("#sessions"), id);
+  const onResize = () => charts.forEach(c => c && c.setSize({width: Math.max(260, c.root.parentNode.clientWidth - 12), height: 200}));
+  addEventListener("resize", onResize);
+  let redraw = null;
+  const soon = () => { redraw ||= setTimeout(() => { redraw = null; quietly(draw)(); }, 1000); };
+  const mine = f => d => d.device_id === id && f(d);
+  return [() => removeEventListener("resize", onResize), () => clearTimeout(redraw),
+    setInterval(() => !at && soon(), FLEET_REFRESH_MS), on("alert", mine(soon)), on("device", mine(soon)),
+    on("event", mine(e => { if (e.event_type === "shaping_reverted") reverted(e.payload); soon(); })),
+    on("session", mine(() => quietly(sessionsPanel)($("#sessions"), id)))];
+}
+
+async function drawDevice(id, range, at) {
   const [span, step, bucket] = RANGES[range];
   const gridStep = bucket || step;
   let end = Date.now();
@@ -277,22 +310,15 @@ async function deviceView(view, id, params) {
   const [events, commands, alerts] = await Promise.all([
     api(`/api/devices/${id}/events?since=${start - DAY}&limit=2000`), api(`/api/devices/${id}/commands?since=${start - DAY}`),
     api(`/api/alerts?device_id=${id}&since=${start}`)]);
-  const shaping = device.state?.agent?.shaping;
-  view.innerHTML = `<h1>Device ${esc(id)} <span class="badge st-${esc(device.status)}">${esc(device.status)}</span>
-      ${device.health ? `<span class="badge h-${esc(device.health)}">${esc(device.health)}</span>` : ""}</h1>
-    <p class="muted">${esc(device.tenant)}/${esc(device.site)} · last seen ${ago(device.last_seen_ms)} · ${device.open_alerts.length} open alert(s)
-      ${device.status !== "online" ? ` · <b class="error">${esc(device.status)} since ${clock(device.status_since_ms)}${device.reason ? ` (${esc(device.reason)})` : ""}</b>` : ""}</p>
-    <div class="row"><span class="ranges">${Object.keys(RANGES).map(r => `<button data-range="${r}" class="${r === range ? "on" : ""}">${r}</button>`).join("")}</span>
-      <span class="muted">${clock(start)} – ${clock(end)}${at ? ` · marked: ${clock(at)}` : ""}</span></div>
-    <div class="plots" id="plots"></div>
-    <h2>Shaping</h2><div class="panel" id="shaping"></div>
-    <h2>Actions</h2><div class="actions" id="actions"></div>
-    <h2>Monitoring sessions</h2><div class="panel" id="sessions"></div>`;
-  view.querySelectorAll("[data-range]").forEach(b => b.onclick = () => { location.hash = `#/device/${id}?range=${b.dataset.range}`; });
-
   const names = device.series;
   const fetchSeries = name => api(`/api/devices/${id}/series/${encodeURIComponent(name)}?start=${start}&end=${end}&step=${step}`);
   const loaded = new Map(await Promise.all(names.map(async n => [n, (await fetchSeries(n)).points])));
+  if (!$("#plots")) return [];   // left the view meanwhile
+  $("#dev-head").innerHTML = `<h1>Device ${esc(id)} <span class="badge st-${esc(device.status)}">${esc(device.status)}</span>
+      ${device.health ? `<span class="badge h-${esc(device.health)}">${esc(device.health)}</span>` : ""}</h1>
+    <p class="muted">${esc(device.tenant)}/${esc(device.site)} · last seen ${ago(device.last_seen_ms)} · ${device.open_alerts.length} open alert(s)
+      ${device.status !== "online" ? ` · <b class="error">${esc(device.status)} since ${clock(device.status_since_ms)}${device.reason ? ` (${esc(device.reason)})` : ""}</b>` : ""}</p>`;
+  $("#dev-range").textContent = `${clock(start)} – ${clock(end)}${at ? ` · marked: ${clock(at)}` : ""}`;
   const xs = [];
   for (let t = start; t < end; t += gridStep) xs.push(t);
 
@@ -304,6 +330,7 @@ async function deviceView(view, id, params) {
   if (at) marks.lines.push({at, color: css("--text"), dash: [2, 3]});
 
   const plots = $("#plots");
+  plots.innerHTML = "";
   const charts = [];
   const byKind = suffix => names.filter(n => n.endsWith(suffix));
   const probeLines = (suffix, withHigh) => byKind(suffix).flatMap((n, i) => {
@@ -334,18 +361,8 @@ async function deviceView(view, id, params) {
     charts.push(plot(plots, "Anomaly score", "", xs, anomalies.length ? [{label: "episode peak score", values}] : [], marks,
       "from the agent's qos_anomaly episodes (telemetry/qos carries no per-sample score)"));
   }
-  shapingPanel($("#shaping"), shaping, commands.commands);
-  actionsPanel($("#actions"), id, device);
-  await sessionsPanel($("#sessions"), id);
-  const onResize = () => charts.forEach(c => c && c.setSize({width: Math.max(260, c.root.parentNode.clientWidth - 12), height: 200}));
-  addEventListener("resize", onResize);
-  let reload = null;
-  const soon = () => { reload ||= setTimeout(() => route(), 1000); };
-  const mine = f => d => d.device_id === id && f(d);
-  return [() => removeEventListener("resize", onResize), setInterval(() => !at && soon(), FLEET_REFRESH_MS),
-    on("alert", mine(soon)), on("device", mine(soon)),
-    on("event", mine(e => { if (e.event_type === "shaping_reverted") reverted(e.payload); soon(); })),
-    on("session", mine(() => sessionsPanel($("#sessions"), id)))];
+  shapingPanel($("#shaping"), device.state?.agent?.shaping, commands.commands);
+  return charts;
 }
 
 function meanOnGrid(points, xs, bucket) {
@@ -377,7 +394,7 @@ function shapingPanel(el, shaping, commands) {
 const waiting = new Map();   // command id -> callback(command) when it finishes
 on("command", c => {
   const fn = waiting.get(c.id);
-  if (fn && !["sent", "accepted"].includes(c.status)) { waiting.delete(c.id); api(`/api/commands/${c.id}`).then(fn); }
+  if (fn && !["sent", "accepted"].includes(c.status)) { waiting.delete(c.id); quietly(async () => fn(await api(`/api/commands/${c.id}`)))(); }
 });
 on("command_progress", p => {
   const el = document.querySelector(`[data-command="${CSS.escape(p.id)}"] .progress`);
@@ -407,7 +424,7 @@ async function send(out, deviceId, op, args, onDone) {
   }
 }
 
-function actionsPanel(el, id, device) {
+function actionsPanel(el, id) {
   el.innerHTML = `
     <div class="panel"><b>Traffic analysis</b><div class="row"><label>duration s <input type="number" id="ta-d" value="10" min="1" max="3600"></label>
       <button id="ta">Run</button></div><div class="out" id="ta-out"></div></div>
@@ -523,6 +540,7 @@ async function route() {
   try {
     cleanup = name === "device" ? await deviceView(view, parts[1], params) : name === "alerts" ? await alertsView(view) : await fleetView(view);
     document.body.dataset.ready = name;
+    performance.mark(`ready:${name}`);   // bench/dashboard.py reads it
   } catch (e) {
     view.innerHTML = `<p class="error">${esc(e.message)}</p>`;
     document.body.dataset.ready = "error";
@@ -537,7 +555,7 @@ async function countOpen() {
 }
 
 on("alert", a => {
-  countOpen();
+  quietly(countOpen)();
   if (a.state === "open") toast(`<span class="badge sev-${esc(a.severity)}">${esc(a.severity)}</span> ${esc(a.device_id)}: ${esc(a.description || a.metric)}`, severityColor(a.severity));
 });
 $("#token").value = token();
@@ -556,4 +574,4 @@ $("#theme").onclick = () => {
 addEventListener("hashchange", route);
 connect();
 route();
-countOpen();
+quietly(countOpen)();
