@@ -127,6 +127,12 @@ def test_fleet_table_lists_the_devices_with_the_apis_figures(start_agent, start_
     assert shown == sorted(shown, reverse=True)
     # Sparklines drawn from the per-minute means.
     assert page.locator(f"tr[data-device='{ids[0]}'] svg.spark polyline").count() == 4
+    # The other theme, kept for the next visit.
+    page.click("#theme")
+    page.wait_for_selector("html[data-theme='dark'] body[data-ready='fleet']")
+    assert page.evaluate("localStorage.getItem('rtkqos.theme')") == "dark"
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "fleet_dark.png"))
 
 
 CANVAS_INK = """([title, color]) => {
@@ -192,6 +198,8 @@ def test_an_agents_alert_appears_in_the_alerts_view_within_two_seconds(start_con
     text = row.inner_text()
     assert device_id in text and "critical" in text and "512 ms" in text and "latency" in text
     assert page.locator("#alert-count").inner_text() == "1"
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "alerts_view_live.png"))
     # The link goes to that moment on the device's plots.
     row.locator("text=on the plot").click()
     page.wait_for_selector("body[data-ready='device']")
