@@ -9,6 +9,7 @@ SYSTEM_TOOLS := mosquitto:mosquitto ip:iproute2 ping:iputils-ping nft:nftables g
 	chromium:chromium
 NATIVE_SRC := $(wildcard native/*.c native/*.h src/rtk_qos/*.pxi) src/rtk_qos/_core.pyx src/rtk_qos/_native.pxd setup.py
 RUN_ARGS ?=
+CONTROLLER_ARGS ?=
 # The dashboard's chart library: from the npm registry at this pinned version, its dist files copied
 # into the package data at build time (never committed: .gitignore).
 UPLOT_VERSION := 1.6.32
@@ -22,10 +23,14 @@ include cross/targets.mk
 # tested in a Debian rootfs for one ARM and one MIPS arch. `make cross` runs every target.
 CROSS_CI_WHEELS ?= aarch64 mipsel
 
-# The agent on its embedded defaults: a local mosquitto is started when no broker is configured
-# and none answers on localhost:1883; it prints how to send it a command.
+# The agent and the controller on their embedded defaults: the agent starts a local mosquitto
+# when no broker is configured and none answers on localhost:1883; the controller (which retries
+# until the broker answers) prints its URL. Ctrl-C stops both.
+RUN_STATE ?= $(CURDIR)/.state
 run: $(VENV)/.built
-	$(VENV)/bin/rtk-qos agent --state-dir $(CURDIR)/.state $(RUN_ARGS)
+	@trap 'kill $$agent 2>/dev/null; wait $$agent' EXIT; \
+	$(VENV)/bin/rtk-qos agent --state-dir $(RUN_STATE)/agent $(RUN_ARGS) & agent=$$!; \
+	$(VENV)/bin/rtk-qos controller --state-dir $(RUN_STATE)/controller $(CONTROLLER_ARGS)
 
 test: $(VENV)/.built native-test
 	$(PY) -m pytest -q tests
@@ -39,6 +44,7 @@ bench: $(VENV)/.built
 	$(PY) bench/run.py --output bench/report.json
 	$(PY) bench/agent.py --output bench/agent-report.json
 	$(PY) bench/probe.py --output bench/probe-report.json
+	$(PY) bench/controller.py --output bench/controller-report.json
 	$(PY) bench/anomaly.py --output bench/anomaly-report.json
 	$(PY) bench/iforest.py --output bench/iforest-report.json
 	$(PY) bench/nab.py --generated --output bench/nab-report.json

@@ -21,6 +21,13 @@ def _samples(hours=3, seed=7):
     return [(DEVICE, NAME, T0 + i * 1000, rng.uniform(1, 50)) for i in range(hours * 3600)]
 
 
+def _roll(store, now_ms):
+    """A rollup pass spreads over calls (1000 series each) and completes on the next: three calls
+    finish the minute and the hour tier of one series."""
+    for _ in range(3):
+        store.rollup(now_ms)
+
+
 def _means(rows, start, end, step):
     buckets = {}
     for _, _, ts, value in rows:
@@ -48,7 +55,7 @@ def test_tiers_answer_exactly_what_the_raw_samples_say(tmp_path):
     with store.transaction():
         assert store.add_samples(rows) == len(rows)
         assert store.add_samples(rows[:500]) == 0  # the same samples again change nothing
-        store.rollup(T0 + 3 * HOUR_MS + 2 * MINUTE_MS)
+        _roll(store, T0 + 3 * HOUR_MS + 2 * MINUTE_MS)
     for step in (MINUTE_MS, 5 * MINUTE_MS, HOUR_MS):
         got = {ts: agg.mean for ts, agg in store.series(DEVICE, NAME, T0, T0 + 3 * HOUR_MS, step)}
         assert got == pytest.approx(_means(rows, T0, T0 + 3 * HOUR_MS, step), rel=1e-12)
@@ -65,11 +72,11 @@ def test_a_late_sample_is_rolled_up_again(tmp_path):
     rows = [r for r in _samples(hours=2) if (r[2] - T0) % 10_000]  # every tenth second missing
     with store.transaction():
         store.add_samples(rows)
-        store.rollup(T0 + 2 * HOUR_MS + 2 * MINUTE_MS)
+        _roll(store, T0 + 2 * HOUR_MS + 2 * MINUTE_MS)
     late = (DEVICE, NAME, T0 + 30 * MINUTE_MS, 1000.0)
     with store.transaction():
         store.add_samples([late])
-        store.rollup(T0 + 2 * HOUR_MS + 3 * MINUTE_MS)
+        _roll(store, T0 + 2 * HOUR_MS + 3 * MINUTE_MS)
     rows.append(late)
     for step in (MINUTE_MS, HOUR_MS):
         got = {ts: agg.mean for ts, agg in store.series(DEVICE, NAME, T0, T0 + 2 * HOUR_MS, step)}
@@ -81,7 +88,7 @@ def test_retention_keeps_the_coarser_tiers(tmp_path):
     rows = _samples()
     with store.transaction():
         store.add_samples(rows)
-        store.rollup(T0 + 3 * HOUR_MS + 2 * MINUTE_MS)
+        _roll(store, T0 + 3 * HOUR_MS + 2 * MINUTE_MS)
         removed = store.prune(T0 + 3 * HOUR_MS)
     assert removed == 2 * 3600  # the raw samples of the first two hours
     assert store.raw(DEVICE, NAME, T0, T0 + 2 * HOUR_MS) == []
@@ -102,3 +109,22 @@ def test_the_store_refuses_a_second_active_session(tmp_path):
         store.save_session({**session, "status": "completed"})
         store.save_session({**session, "id": "b"})
     assert sorted(s["status"] for s in store.sessions()) == ["active", "completed"]
+
+
+def test_a_rollup_pass_spreads_over_calls_and_stays_exact(tmp_path):
+    store = _store(tmp_path)
+    rows = [(f"{d:012x}", NAME, T0 + i * 1000, float(d * 1000 + i)) for d in range(5) for i in range(600)]
+    now = T0 + 20 * MINUTE_MS
+    with store.transaction():
+        store.add_samples(rows)
+    for calls in range(1, 5):  # 2 series a call: three calls cover them, the fourth ends the pass
+        with store.transaction():
+            store.rollup(now, max_series=2)
+        tiers = {d: agg for d, agg in store.stats("probe.*", T0, T0 + 10 * MINUTE_MS).items()}
+        assert sum(a.count for a in tiers.values()) == len(rows), calls  # exact at every step
+        with sqlite3.connect(tmp_path / "c.db") as db:
+            minutes = db.execute("SELECT COUNT(*) FROM samples_minute").fetchone()[0]
+            watermark = db.execute("SELECT value FROM meta WHERE key = 'samples_minute'").fetchone()[0]
+        assert minutes == min(5, 2 * calls) * 10
+        # The watermark moves only when the pass ends: to the last minute complete 15 s before `now`.
+        assert watermark == (T0 + 19 * MINUTE_MS if calls == 4 else T0)

@@ -1,6 +1,7 @@
 """HTTP JSON API (aiohttp), server-sent events and Prometheus exposition.
 
-Reads go to the store's reader connection (WAL: they never wait for ingest); writes
+Reads go to the store's reader connection (WAL: they never wait for ingest) in a thread of
+their own, so a long query never holds up the event loop and the live stream; writes
 (commands, sessions) run in the ingest thread through `Engine.call`, so each is checked
 and stored atomically or not at all. Writes need `Authorization: Bearer <token>`.
 Errors are JSON: {"error": {"status": 400, "message": "end: 'x' is not an integer (Unix time, ms)"}}.
@@ -8,6 +9,7 @@ Errors are JSON: {"error": {"status": 400, "message": "end: 'x' is not an intege
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import hmac
 import json
 import time
@@ -65,6 +67,17 @@ class Hub:
         if self.loop is not None and self.clients:
             self.loop.call_soon_threadsafe(self._fanout, kind, data)
 
+    def close(self) -> None:
+        """End every stream (at shutdown: the server waits for open handlers)."""
+        for queue in list(self.clients):
+            self._end(queue)
+
+    def _end(self, queue: asyncio.Queue) -> None:
+        self.clients.discard(queue)
+        while not queue.empty():
+            queue.get_nowait()
+        queue.put_nowait(None)
+
     def _fanout(self, kind: str, data: dict) -> None:
         line = f"event: {kind}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n".encode()
         for queue in list(self.clients):
@@ -72,11 +85,7 @@ class Hub:
                 queue.put_nowait(line)
                 self.sent += 1
             except asyncio.QueueFull:
-                # Too slow to keep up: cut off, with an end marker in place of what it missed.
-                self.clients.discard(queue)
-                while not queue.empty():
-                    queue.get_nowait()
-                queue.put_nowait(None)
+                self._end(queue)  # too slow to keep up: cut off rather than buffer without bound
                 self.dropped_clients += 1
 
 
@@ -122,6 +131,11 @@ class Api:
         self.token = token
         self.hub = hub
         self.registry = registry(engine)
+        self._reads = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="rtk-qos-api-read")
+
+    async def _read(self, fn, *args):
+        """Run a store read in the reader's thread (the only thread that uses that connection)."""
+        return await asyncio.get_running_loop().run_in_executor(self._reads, fn, *args)
 
     def app(self) -> web.Application:
         app = web.Application(middlewares=[self._errors, self._auth], client_max_size=MAX_BODY * 2)
@@ -176,30 +190,34 @@ class Api:
         return web.json_response(SPEC)
 
     async def overview(self, request):
-        return web.json_response(overview_mod.overview(self.store, _now_ms(), len(self.engine.sessions.active)))
+        return web.json_response(await self._read(overview_mod.overview, self.store, _now_ms(),
+                                                  len(self.engine.sessions.active)))
 
-    def _device(self, device_id: str) -> dict:
+    async def _device(self, device_id: str) -> dict:
         if not DEVICE_ID.match(device_id):
             raise HttpError(400, f"device_id: {device_id[:40]!r} is not 12 lower-case hex digits")
-        device = self.store.device(device_id)
+        device = await self._read(self.store.device, device_id)
         if device is None:
             raise HttpError(404, f"device {device_id} is not known to this controller")
         return device
 
     async def devices(self, request):
-        return web.json_response({"devices": self.store.devices()})
+        return web.json_response({"devices": await self._read(self.store.devices)})
 
     async def device(self, request):
-        device = self._device(request.match_info["device_id"])
-        device["series"] = self.store.series_names(device["device_id"])
-        device["sessions"] = self.store.sessions(device_id=device["device_id"])[:10]
-        device["open_alerts"] = self.store.alerts(device_id=device["device_id"], state="open")
-        return web.json_response(device)
+        device = await self._device(request.match_info["device_id"])
+
+        def details():
+            device["series"] = self.store.series_names(device["device_id"])
+            device["sessions"] = self.store.sessions(device_id=device["device_id"])[:10]
+            device["open_alerts"] = self.store.alerts(device_id=device["device_id"], state="open")
+            return device
+        return web.json_response(await self._read(details))
 
     async def series(self, request):
-        device = self._device(request.match_info["device_id"])
+        device = await self._device(request.match_info["device_id"])
         name = request.match_info["name"]
-        if name not in self.store.series_names(device["device_id"]):
+        if name not in await self._read(self.store.series_names, device["device_id"]):
             raise HttpError(404, f"series {name[:80]!r}: device {device['device_id']} has no such series")
         now = _now_ms()
         end = _int_param(request, "end", now)
@@ -210,7 +228,7 @@ class Api:
         if (end - start) // step > MAX_POINTS:
             raise HttpError(400, f"range: {(end - start) // step} points of {step} ms, above the maximum {MAX_POINTS}"
                                  "; use a larger step")
-        points = self.store.series(device["device_id"], name, start, end, step)
+        points = await self._read(self.store.series, device["device_id"], name, start, end, step)
         return web.json_response({"device_id": device["device_id"], "series": name, "start": start, "end": end,
                                   "step": step, "points": [{"ts": ts, "mean": a.mean, "min": a.low, "max": a.high,
                                                             "count": a.count} for ts, a in points]})
@@ -219,27 +237,28 @@ class Api:
         device_id = request.query.get("device_id")
         if device_id is not None and not DEVICE_ID.match(device_id):
             raise HttpError(400, f"device_id: {device_id[:40]!r} is not 12 lower-case hex digits")
-        rows = self.store.alerts(device_id=device_id, severity=_choice(request, "severity", WIRE_NAMES),
-                                 state=_choice(request, "state", ("open", "closed")),
-                                 since_ms=_int_param(request, "since", None),
-                                 session_id=request.query.get("session_id"),
-                                 limit=_int_param(request, "limit", 500, low=1, what="count"))
+        query = dict(device_id=device_id, severity=_choice(request, "severity", WIRE_NAMES),
+                     state=_choice(request, "state", ("open", "closed")), since_ms=_int_param(request, "since", None),
+                     session_id=request.query.get("session_id"),
+                     limit=_int_param(request, "limit", 500, low=1, what="count"))
+        rows = await self._read(lambda: self.store.alerts(**query))
         return web.json_response({"alerts": rows})
 
     async def sessions(self, request):
         status = _choice(request, "status", ("active", "completed", "stopped"))
-        return web.json_response({"sessions": self.store.sessions(status=status,
-                                                                  device_id=request.query.get("device_id"))})
+        device_id = request.query.get("device_id")
+        return web.json_response({"sessions": await self._read(self.store.sessions, status, device_id)})
 
     async def session(self, request):
-        session = self.store.session(request.match_info["session_id"])
+        session_id = request.match_info["session_id"]
+        session = await self._read(self.store.session, session_id)
         if session is None:
-            raise HttpError(404, f"session {request.match_info['session_id'][:80]!r} does not exist")
-        session["alerts"] = self.store.alerts(session_id=session["id"])
+            raise HttpError(404, f"session {session_id[:80]!r} does not exist")
+        session["alerts"] = await self._read(lambda: self.store.alerts(session_id=session_id))
         return web.json_response(session)
 
     async def command(self, request):
-        command = self.store.command(request.match_info["command_id"])
+        command = await self._read(self.store.command, request.match_info["command_id"])
         if command is None:
             raise HttpError(404, f"command {request.match_info['command_id'][:80]!r} does not exist")
         return web.json_response(command)
@@ -287,12 +306,12 @@ class Api:
         try:
             session = await self._call(self.engine.sessions.stop, session_id)
         except NotActive:
-            if self.store.session(session_id) is None:
+            if await self._read(self.store.session, session_id) is None:
                 raise HttpError(404, f"session {session_id[:80]!r} does not exist") from None
             raise HttpError(409, f"session {session_id[:80]!r} is not active") from None
         return web.json_response(session)
 
-    def _target(self, body: dict) -> dict:
+    async def _target(self, body: dict) -> dict:
         unknown = sorted(set(body) - COMMAND_FIELDS)
         if unknown:
             raise HttpError(400, f"body.{unknown[0][:40]}: unknown field (allowed: {', '.join(sorted(COMMAND_FIELDS))})")
@@ -302,7 +321,7 @@ class Api:
             device_id = body["device_id"]
             if not isinstance(device_id, str) or not DEVICE_ID.match(device_id):
                 raise HttpError(400, f"body.device_id: {str(device_id)[:40]!r} is not 12 lower-case hex digits")
-            device = self.store.device(device_id)
+            device = await self._read(self.store.device, device_id)
             if device is None:
                 raise HttpError(404, f"device {device_id} is not known to this controller")
             return {"device_id": device_id, "tenant": device["tenant"], "site": device["site"]}
@@ -313,7 +332,7 @@ class Api:
 
     async def send_command(self, request):
         body = await _body(request)
-        target = self._target(body)
+        target = await self._target(body)
         if not isinstance(body.get("op"), str):
             raise HttpError(400, "body.op: required, a string")
         wait = body.get("wait_s", 0)
@@ -328,8 +347,8 @@ class Api:
             raise HttpError(409 if "already used" in str(exc) else 400, f"body.{exc}") from None
         command_id = command["id"]
         deadline = time.monotonic() + wait
-        stored = self.store.command(command_id)
+        stored = await self._read(self.store.command, command_id)
         while wait and time.monotonic() < deadline and stored["status"] not in FINISHED:
             await asyncio.sleep(0.05)
-            stored = self.store.command(command_id)
+            stored = await self._read(self.store.command, command_id)
         return web.json_response(stored, status=200 if stored["status"] in FINISHED else 202)

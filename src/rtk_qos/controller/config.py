@@ -21,6 +21,8 @@ DEFAULTS: dict[str, Any] = {
         "port": 1883,
         "client_id": "",        # empty: rtk-qos-controller-<hostname>; stable, so the broker keeps our session
         "keepalive_s": 30,
+        "session_expiry_s": 7 * 86400,  # how long the broker keeps our session (and queues) while we are away
+        "receive_maximum": 1000,   # QoS 1 messages the broker may have unacknowledged with us (MQTT 5)
         "username": "",
         "password": "",
         "tls": False,
@@ -90,7 +92,9 @@ def _finish(config: dict) -> dict:
         raise ConfigError(f"store.synchronous: {config['store']['synchronous']!r} is not normal or full")
     if not 1000 <= config["commands"]["timeout_ms"] <= 600000:
         raise ConfigError(f"commands.timeout_ms: {config['commands']['timeout_ms']} is outside 1000-600000")
-    for section, key, low in (("http", "port", 0), ("broker", "port", 1), ("ingest", "batch_max", 1),
+    if not 1 <= config["broker"]["receive_maximum"] <= 65535:
+        raise ConfigError(f"broker.receive_maximum: {config['broker']['receive_maximum']} is outside 1-65535")
+    for section, key, low in (("http", "port", 0), ("broker", "port", 1), ("broker", "session_expiry_s", 0), ("ingest", "batch_max", 1),
                               ("ingest", "queue_max", 100), ("store", "raw_hours", 0.1),
                               ("store", "minute_days", 0.1), ("store", "hour_days", 0.1),
                               ("fleet", "stale_after_s", 1), ("fleet", "gone_after_s", 1)):

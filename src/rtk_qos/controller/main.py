@@ -68,6 +68,7 @@ async def serve(config: dict) -> None:
         hub.loop.add_signal_handler(sig, done.set)
     await done.wait()
     log.info("stopping")
+    hub.close()
     await runner.cleanup()
     engine.stop()
 

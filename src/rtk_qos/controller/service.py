@@ -18,7 +18,6 @@ import concurrent.futures
 import hashlib
 import json
 import logging
-import math
 import ssl
 import threading
 import time
@@ -26,6 +25,8 @@ from typing import Callable, Optional
 
 from paho.mqtt import client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
 from ..protocol import messages
 from ..protocol.topics import PREFIX, parse_uplink
@@ -37,12 +38,23 @@ from .store import Retention, open_store
 
 log = logging.getLogger(__name__)
 HOUSEKEEPING_S = 1.0
-ROLLUP_S = 10.0
+ROLLUP_S = 1.0
 PRUNE_S = 3600.0
 
 
 def now_ms() -> int:
     return time.time_ns() // 1_000_000
+
+
+_NUMBER = (int, float)
+
+
+def _no_constants(name: str):
+    raise ValueError(f"{name} is not a number")
+
+
+# JSON's NaN and Infinity are not JSON numbers: refused, so every number stored is finite.
+_DECODER = json.JSONDecoder(parse_constant=_no_constants)
 
 
 def digest(raw: bytes) -> int:
@@ -59,6 +71,7 @@ class Engine:
         self.reader = open_store(s["url"], retention, s["synchronous"])  # the API's own connection
         self.on_note = on_note or (lambda kind, data: None)
         self._notes: list[tuple[str, dict]] = []
+        self._batch_samples: list[tuple[str, str, int, float]] = []
         notify = lambda kind, data: self._notes.append((kind, data))  # noqa: E731 - sent after the commit
         self.fleet = Fleet(self.store, notify, config["fleet"]["stale_after_s"])
         self.alerts = Alerts(self.store, notify)
@@ -81,8 +94,10 @@ class Engine:
     def _client(self) -> mqtt.Client:
         b = self.config["broker"]
         # Stable id, persistent session, manual acks: what the broker holds for us survives our crash.
-        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=b["client_id"], clean_session=False,
-                             protocol=mqtt.MQTTv311, manual_ack=True)
+        # MQTT 5 for its Receive Maximum: the broker may have that many QoS 1 messages unacknowledged
+        # with us (mosquitto gives 3.1.1 clients 20), so one store transaction covers many.
+        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=b["client_id"], protocol=mqtt.MQTTv5,
+                             manual_ack=True)
         if b["username"]:
             client.username_pw_set(b["username"], b["password"] or None)
         if b["tls"]:
@@ -103,7 +118,7 @@ class Engine:
         if reason_code.is_failure:
             log.warning("broker refused the connection: %s", reason_code)
             return
-        client.subscribe([(topic, 1) for topic in self.subscriptions])
+        client.subscribe([(topic, mqtt.SubscribeOptions(qos=1)) for topic in self.subscriptions])
         self.connected.set()
         log.info("connected to %s:%s", self.config["broker"]["host"], self.config["broker"]["port"])
 
@@ -112,8 +127,9 @@ class Engine:
         if msg.qos == 0 and len(self.inbox) >= self.config["ingest"]["queue_max"]:
             self.counts["dropped_qos0"] += 1
         else:
-            self.inbox.append((msg.topic, msg.payload, msg.qos, msg.mid, time.monotonic()))
-        self.wake.set()
+            self.inbox.append((msg.topic, msg.payload, msg.qos, msg.mid))
+        if not self.wake.is_set():  # the ingest thread clears it before it drains: nothing is missed
+            self.wake.set()
 
     def _publish(self, topic: str, payload: bytes, qos: int) -> None:
         info = self.client.publish(topic, payload, qos=qos)
@@ -133,7 +149,10 @@ class Engine:
         if resumed:
             log.info("resumed %d monitoring session(s)", resumed)
         b = self.config["broker"]
-        self.client.connect_async(b["host"], b["port"], b["keepalive_s"])
+        props = Properties(PacketTypes.CONNECT)
+        props.SessionExpiryInterval = b["session_expiry_s"]
+        props.ReceiveMaximum = b["receive_maximum"]
+        self.client.connect_async(b["host"], b["port"], b["keepalive_s"], clean_start=False, properties=props)
         self.client.loop_start()
         self._thread.start()
 
@@ -161,7 +180,7 @@ class Engine:
         batch_max = self.config["ingest"]["batch_max"]
         while not self.stopping.is_set():
             if not self.inbox and not self.actions:
-                self.wake.wait(timeout=HOUSEKEEPING_S)
+                self.wake.wait(timeout=max(0.0, min(next_housekeeping, next_rollup) - time.monotonic()))
                 self.wake.clear()
             batch = [self.inbox.popleft() for _ in range(min(batch_max, len(self.inbox)))]
             actions = [self.actions.popleft() for _ in range(len(self.actions))]
@@ -172,6 +191,10 @@ class Engine:
                     t = now_ms()
                     for item in batch:
                         self._ingest(item, t)
+                    if self._batch_samples:  # one insert for the whole batch
+                        self.counts["samples_new"] += self.store.add_samples(self._batch_samples)
+                        self.counts["samples"] += len(self._batch_samples)
+                        self._batch_samples = []
                     for fn, args, future in actions:
                         try:
                             outcomes.append((future, fn(*args, t), None))
@@ -189,11 +212,12 @@ class Engine:
                 log.exception("ingest batch of %d messages failed", len(batch))
                 self.counts["batch_failures"] += 1
                 self._notes.clear()
+                self._batch_samples = []
                 for fn, args, future in actions:
                     future.set_exception(exc)
                 time.sleep(1.0)
                 continue
-            for topic, _payload, qos, mid, _at in batch:
+            for _topic, _payload, qos, mid in batch:
                 if qos:
                     self.client.ack(mid, qos)
             for future, value, exc in outcomes:
@@ -207,28 +231,31 @@ class Engine:
             for kind, data in notes:
                 self.on_note(kind, data)
             if now >= next_rollup:
-                next_rollup = now + ROLLUP_S
-                self._maintain(self.store.rollup, "rollup")
+                # A pass in progress goes on after every batch; an idle one is looked at each second.
+                busy = self._maintain(self.store.rollup, "rollup")
+                next_rollup = now if busy else now + ROLLUP_S
             if now >= next_prune:
                 next_prune = now + PRUNE_S
                 self._maintain(self.store.prune, "prune")
 
-    def _maintain(self, job: Callable[[int], int], name: str) -> None:
+    def _maintain(self, job: Callable[[int], int], name: str) -> int:
         try:
             with self.store.transaction():
                 rows = job(now_ms())
             self.counts[f"{name}_rows"] += rows
+            return rows
         except Exception:
             log.exception("%s failed", name)
+            return 0
 
     def _ingest(self, item, t: int) -> None:
-        topic, raw, _qos, _mid, _at = item
+        topic, raw, _qos, _mid = item
         where = parse_uplink(topic)
         if where is None:
             self.counts["ignored"] += 1
             return
         try:
-            message = json.loads(raw)
+            message = _DECODER.decode(raw.decode("utf-8"))
         except (ValueError, UnicodeDecodeError):
             self.counts["invalid"] += 1
             return
@@ -265,27 +292,29 @@ class Engine:
 
     def _samples(self, device_id: str, payload: dict) -> None:
         start, step, series = payload.get("start_ms"), payload.get("step_ms"), payload.get("series")
-        if not isinstance(start, int) or not isinstance(step, int) or step <= 0 or not isinstance(series, dict):
+        if type(start) is not int or type(step) is not int or step <= 0 or not isinstance(series, dict):
             self.counts["invalid"] += 1
             return
-        rows: list[tuple[str, int, float]] = []
-        for name, values in series.items():
-            if isinstance(name, str) and isinstance(values, list):
-                rows += [(name, start + i * step, float(v)) for i, v in enumerate(values)
-                         if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)]
         uplink = payload.get("uplink")
-        if isinstance(uplink, str):
-            rx, tx = series.get(f"{uplink}.rx_mbps"), series.get(f"{uplink}.tx_mbps")
+        if isinstance(uplink, str) and f"{uplink}.rx_mbps" in series and f"{uplink}.tx_mbps" in series:
+            rx, tx = series[f"{uplink}.rx_mbps"], series[f"{uplink}.tx_mbps"]
             if isinstance(rx, list) and isinstance(tx, list):
-                rows += [(THROUGHPUT_SERIES, start + i * step, float(a) + float(b)) for i, (a, b) in enumerate(zip(rx, tx))
-                         if isinstance(a, (int, float)) and isinstance(b, (int, float))]
-        self.counts["samples_new"] += self.store.add_samples((device_id, n, ts, v) for n, ts, v in rows)
-        self.counts["samples"] += len(rows)
-        rows.sort(key=lambda row: row[1])
-        self.sessions.on_samples(device_id, rows)
+                series = {**series, THROUGHPUT_SERIES: [a + b if type(a) in _NUMBER and type(b) in _NUMBER else None
+                                                        for a, b in zip(rx, tx)]}
+        rows: list[tuple[str, int, float]] = []
         latest = self.latest.setdefault(device_id, {})
-        for name, _ts, value in rows:
-            latest[name] = value
+        for name, values in series.items():
+            if type(name) is not str or type(values) is not list:
+                continue
+            # JSON without NaN or Infinity (refused at parsing): every int or float is finite.
+            found = [(name, start + i * step, float(v)) for i, v in enumerate(values) if type(v) in _NUMBER]
+            if found:
+                rows += found
+                latest[name] = found[-1][2]
+        self._batch_samples.extend([(device_id, *row) for row in rows])
+        if device_id in self.sessions.active:
+            rows.sort(key=lambda row: row[1])
+            self.sessions.on_samples(device_id, rows)
 
     def _event(self, device_id: str, event_type: str, message: dict, payload: dict, raw: bytes, t: int) -> None:
         ts = message.get("ts") if isinstance(message.get("ts"), int) else t

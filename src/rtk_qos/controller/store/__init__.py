@@ -86,7 +86,8 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     def rollup(self, now_ms: int) -> int:
-        """Aggregate complete minutes and hours; returns the rows written."""
+        """Aggregate complete minutes and hours, a bounded share per call; 0 when there is nothing
+        left to do (the caller calls again soon while it is not)."""
 
     @abc.abstractmethod
     def prune(self, now_ms: int) -> int:

@@ -64,6 +64,8 @@ MIGRATIONS: list[str] = [
 _JSON_COLUMNS = {"devices": {"health_reasons", "capabilities", "attr", "state", "telemetry"},
                  "alerts": {"detail"}, "sessions": {"config", "progress"}, "commands": {"args"},
                  "replies": {"ack", "result"}, "events": {"payload"}}
+ROLLUP_GRACE_MS = 15_000
+ROLLUP_SERIES = 250  # series per tier per rollup call: about 15,000 raw rows, some 15 ms
 _TIERS = (("samples_minute", "samples_raw", MINUTE_MS), ("samples_hour", "samples_minute", HOUR_MS))
 
 
@@ -211,29 +213,55 @@ class SQLiteStore(Store):
         self.db.execute(f"INSERT OR REPLACE INTO replies ({', '.join(columns)}) VALUES "
                         f"({', '.join('?' * len(columns))})", values)
 
-    def rollup(self, now_ms: int) -> int:
+    def _meta(self, key: str, value: Optional[int] = None) -> int:
+        if value is not None:
+            self.db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
+            return value
+        return self._watermark(key)
+
+    def rollup(self, now_ms: int, max_series: int = ROLLUP_SERIES) -> int:
+        """Aggregate complete minutes (and hours) for at most `max_series` series per tier per call:
+        a pass over every series is spread over calls, so ingest never waits long on it. A pass
+        keeps its target end until done; the tier's watermark moves only then. Returns the rows
+        written, or 1 for a call that only ended a pass (0: nothing to do)."""
         written = 0
-        # A minute is complete once the raw tier has passed it (with a grace for telemetry batches).
-        complete = {"samples_minute": (now_ms - MINUTE_MS) - (now_ms - MINUTE_MS) % MINUTE_MS}
+        # A minute is complete ROLLUP_GRACE_MS after its end; a sample arriving later (a delayed
+        # batch) marks its minute dirty and the minute is computed again.
+        done = now_ms - ROLLUP_GRACE_MS
+        complete = {"samples_minute": done - done % MINUTE_MS}
         complete["samples_hour"] = complete["samples_minute"] - complete["samples_minute"] % HOUR_MS
         for tier, finer, width in _TIERS:
             aggregate = ("COUNT(*), SUM(value), MIN(value), MAX(value)" if finer == "samples_raw"
                          else "SUM(n), SUM(total), MIN(low), MAX(high)")
-            start, end = self._watermark(tier), complete[tier]
-            if start == 0:  # first rollup: from the oldest sample of the finer tier
-                first = self.db.execute(f"SELECT MIN(ts) FROM {finer}").fetchone()[0]
-                start = end if first is None else min(end, first - first % width)
-            if end > start:
-                written += self.db.execute(
-                    f"INSERT OR REPLACE INTO {tier} SELECT series_id, ts - ts % {width}, {aggregate} FROM {finer} "
-                    f"WHERE ts >= ? AND ts < ? GROUP BY series_id, ts - ts % {width}", (start, end)).rowcount
-                self.db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (tier, end))
+            # Driven by the series table (CROSS JOIN keeps it outer): index ranges, never a full scan.
+            insert = (f"INSERT OR REPLACE INTO {tier} SELECT f.series_id, f.ts - f.ts % {width}, {aggregate} "
+                      f"FROM series s CROSS JOIN {finer} f ON f.series_id = s.id WHERE s.id > ? AND s.id <= ? "
+                      f"AND f.ts >= ? AND f.ts < ? GROUP BY 1, 2")
+            start, target = self._watermark(tier), self._meta(f"{tier}.target")
+            if not target:
+                target = complete[tier]
+                if start == 0:  # the first pass: from the oldest sample of the finer tier
+                    first = self.db.execute(f"SELECT MIN((SELECT MIN(ts) FROM {finer} WHERE series_id = s.id)) "
+                                            f"FROM series s").fetchone()[0]
+                    start = target if first is None else min(target, first - first % width)
+                    self._meta(tier, start)
+                if target > start:
+                    self._meta(f"{tier}.target", target)
+            if target and target > start:
+                cursor = self._meta(f"{tier}.cursor")
+                last = self.db.execute(f"SELECT MAX(id) FROM (SELECT id FROM series WHERE id > ? ORDER BY id "
+                                       f"LIMIT {int(max_series)})", (cursor,)).fetchone()[0]
+                if last is not None:
+                    written += self.db.execute(insert, (cursor, last, start, target)).rowcount
+                    self._meta(f"{tier}.cursor", last)
+                else:  # every series done: the pass is complete
+                    written += 1
+                    self._meta(tier, target)
+                    self._meta(f"{tier}.cursor", 0)
+                    self._meta(f"{tier}.target", 0)
             dirty = self.db.execute("SELECT series_id, ts FROM rollup_dirty WHERE tier = ?", (tier,)).fetchall()
             for series_id, ts in dirty:
-                written += self.db.execute(
-                    f"INSERT OR REPLACE INTO {tier} SELECT series_id, ts - ts % {width}, {aggregate} FROM {finer} "
-                    f"WHERE series_id = ? AND ts >= ? AND ts < ? GROUP BY series_id, ts - ts % {width}",
-                    (series_id, ts, ts + width)).rowcount
+                written += self.db.execute(insert, (series_id - 1, series_id, ts, ts + width)).rowcount
                 if tier == "samples_minute" and ts < self._watermark("samples_hour"):
                     self.db.execute("INSERT OR IGNORE INTO rollup_dirty VALUES ('samples_hour', ?, ?)",
                                     (series_id, ts - ts % HOUR_MS))
@@ -245,7 +273,9 @@ class SQLiteStore(Store):
         removed = 0
         for table, keep_ms in (("samples_raw", r.raw_hours * HOUR_MS), ("samples_minute", r.minute_days * 86400_000),
                                ("samples_hour", r.hour_days * 86400_000), ("events", r.minute_days * 86400_000)):
-            removed += self.db.execute(f"DELETE FROM {table} WHERE ts < ?", (int(now_ms - keep_ms),)).rowcount
+            # Per series for the tiers (their key starts with series_id): index ranges, not a scan.
+            where = "series_id IN (SELECT id FROM series) AND ts < ?" if table != "events" else "ts < ?"
+            removed += self.db.execute(f"DELETE FROM {table} WHERE {where}", (int(now_ms - keep_ms),)).rowcount
         return removed
 
     # ---- reads --------------------------------------------------------------------------------
@@ -280,7 +310,7 @@ class SQLiteStore(Store):
                          else "SUM(n), SUM(total), MIN(low), MAX(high)")
             bucket = f"(ts - {start}) / {step}" if step else "0"
             rows = self.db.execute(
-                f"SELECT s.device_id, {bucket}, {aggregate} FROM {tier} JOIN series s ON s.id = series_id "
+                f"SELECT s.device_id, {bucket}, {aggregate} FROM series s CROSS JOIN {tier} ON series_id = s.id "
                 f"WHERE {where} AND ts >= ? AND ts < ? GROUP BY 1, 2", (*params, lo, hi)).fetchall()
             for device_id, index, count, total, low, high in rows:
                 out.setdefault((device_id, index), Agg()).merge(count, total, low, high)
