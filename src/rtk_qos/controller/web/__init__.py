@@ -62,27 +62,28 @@ def fleet(store, now_ms: int) -> dict:
 
 
 def add_routes(app: web.Application, api) -> None:
-    """`api` is the controller's Api (its reader store, parameter checks and errors)."""
+    """`api` is the controller's Api: its reader store (read in the API's read thread), parameter checks
+    and errors."""
     from ..api import _int_param, _now_ms
 
     async def fleet_table(_request):
-        return web.json_response(fleet(api.store, _now_ms()))
+        return web.json_response(await api._read(fleet, api.store, _now_ms()))
 
     async def index(_request):
         return web.FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-cache"})
 
     async def events(request):
-        device = api._device(request.match_info["device_id"])
+        device = await api._device(request.match_info["device_id"])
         since = _int_param(request, "since", _now_ms() - 7 * DAY_MS)
         limit = _int_param(request, "limit", 500, low=1, what="count")
-        return web.json_response({"events": api.store.events(device_id=device["device_id"], since_ms=since,
-                                                             limit=min(limit, MAX_EVENTS))})
+        return web.json_response({"events": await api._read(api.store.events, device["device_id"], since,
+                                                            min(limit, MAX_EVENTS))})
 
     async def commands(request):
-        device = api._device(request.match_info["device_id"])
+        device = await api._device(request.match_info["device_id"])
         since = _int_param(request, "since", _now_ms() - DAY_MS)
         label = f"device:{device['device_id']}"
-        found = [c for c in api.store.recent_commands(since) if c["target"] == label]
+        found = [c for c in await api._read(api.store.recent_commands, since) if c["target"] == label]
         found.sort(key=lambda c: c["sent_ms"], reverse=True)
         return web.json_response({"commands": found})
 
