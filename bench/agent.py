@@ -30,6 +30,24 @@ from netns import Netns  # noqa: E402
 from report import write as write_report  # noqa: E402
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+# Heavy packages only the commands that need them may import (shaping: pyroute2; the
+# scikit-learn backend: sklearn, numpy): on a router each costs megabytes the idle agent must not pay.
+MUST_NOT_IMPORT = ("pyroute2", "sklearn", "numpy")
+# The positive control: every agent imports paho, so a log without it means the check sees nothing.
+MUST_IMPORT = ("paho",)
+IMPORT_LINE = re.compile(r"^import time:\s+\d+ \|\s+\d+ \|\s*([A-Za-z_]\w*)", re.M)
+
+
+def imported_packages(importtime_log: str) -> set[str]:
+    """Top-level packages a `python -X importtime` log shows as imported."""
+    return set(IMPORT_LINE.findall(importtime_log))
+
+
+def import_problems(importtime_log: str) -> list[str]:
+    seen = imported_packages(importtime_log)
+    return ([f"{name} was imported by the agent" for name in MUST_NOT_IMPORT if name in seen]
+            + [f"{name} is not in the import log: the check cannot see the agent's imports"
+               for name in MUST_IMPORT if name not in seen])
 
 
 def cpu_seconds(pid: int) -> float:
@@ -163,11 +181,14 @@ def main() -> None:
             broker.stop()
             host.delete()
         imports = (work / "agent.log").read_text(errors="replace")
-        # paho is the positive control: the check must see what the agent does import.
-        report["idle"]["imported"] = {name: re.search(rf"\|\s+{name}(\.|$)", imports, re.M) is not None
-                                      for name in ("paho", "pyroute2", "sklearn", "numpy")}
+        seen = imported_packages(imports)
+        problems = import_problems(imports)
+        report["idle"]["imported"] = {name: name in seen for name in MUST_IMPORT + MUST_NOT_IMPORT}
+        report["idle"]["import_check"] = problems or "ok"
     print(json.dumps(report, indent=2))
     write_report(report, ns.output)
+    if problems:
+        sys.exit("import check failed: " + "; ".join(problems))
 
 
 if __name__ == "__main__":

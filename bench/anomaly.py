@@ -22,6 +22,9 @@ import time
 
 from rtk_qos import _core
 from rtk_qos.commands import anomaly_detection as command
+from rtk_qos.agent.recorder import DETECTOR_SETTINGS
+from rtk_qos.commands.base import Clock, Context
+from rtk_qos.commands.runner import execute, prepare
 from rtk_qos.history import HistoryStore
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -61,7 +64,8 @@ def streaming(samples: int = 200_000) -> dict:
     gauss = nab.WindowedGaussian()
     gauss_s = best_of(lambda: [gauss.update(t, v) for t, v in zip(times[:n_gauss], values[:n_gauss])], 1) / n_gauss
     return {"detector_us": detector * 1e6, "rolling_zscore_us": rolling_s * 1e6, "windowed_gaussian_python_us":
-            gauss_s * 1e6, "detector_memory_bytes": _core.Detector.memory_bytes()}
+            gauss_s * 1e6, "detector_memory_bytes": _core.Detector.memory_bytes(),
+            "agent_detector_memory_bytes": _core.Detector.memory_bytes(**DETECTOR_SETTINGS)}
 
 
 def week_of_history(seed: int = 7) -> tuple[HistoryStore, int]:
@@ -79,6 +83,10 @@ def week_of_history(seed: int = 7) -> tuple[HistoryStore, int]:
         store.push("eth0.error_rate", t, 0.01 * rng.random() if rng.random() < 0.3 else 0.0)
         store.push("probe.gateway.latency_ms", t, 2 + rng.expovariate(2) + rx[k] / 400)
     return store, now
+
+
+COMMAND_ARGS = {"detection_window": 86400, "baseline_period": 7 * 86400,
+                "metrics": ["throughput", "error_rate", "latency"]}
 
 
 def detection(store: HistoryStore, now: int) -> dict:
@@ -104,7 +112,35 @@ def detection(store: HistoryStore, now: int) -> dict:
         out["forest_sklearn_ms"] = None
     out["rows"] = len(series[0].mean)
     out["series"] = len(series)
+    for method in ("statistical", "ml_based"):
+        out[f"command_{method}_ms"] = best_of(lambda: whole_command(store, now, [method]), 5) * 1e3
+    out["command_ms"] = best_of(lambda: whole_command(store, now, ["statistical", "ml_based"]), 5) * 1e3
     return out
+
+
+def whole_command(store: HistoryStore, now: int, methods: list[str]) -> dict:
+    """The command as the agent runs it (validation, reading, both methods, episodes, result)."""
+    class Now(Clock):
+        @staticmethod
+        def wall_ms() -> int:
+            return now * 1000
+    spec, args = prepare(command.OP, {**COMMAND_ARGS, "detection_methods": methods})
+    outcome = execute(spec, args, Context(clock=Now(), history=store, settings={}, event=lambda *_: None))
+    assert outcome.status == "completed", outcome.error
+    return outcome.result
+
+
+def estimate_basis(d: dict) -> dict:
+    """The unit costs behind anomaly_detection.estimate_ms, from this run's figures: a row of one
+    series (the whole command with the statistical method alone: reading, judging, episodes, the
+    result) and a row of the forest's table (the command with the forest alone), with the
+    estimate they give for both methods against the measured run."""
+    basis = {"series_row_ns": d["command_statistical_ms"] * 1e6 / (d["rows"] * d["series"]),
+             "forest_row_ns": d["command_ml_based_ms"] * 1e6 / d["rows"]}
+    estimate = command.estimate_ms(prepare(command.OP, COMMAND_ARGS)[1], series=d["series"])
+    basis["estimate_ms"] = estimate
+    basis["estimate_over_measured"] = estimate / d["command_ms"]
+    return basis
 
 
 def main() -> None:
@@ -116,7 +152,8 @@ def main() -> None:
     print(f"streaming detector: {s['detector_us']:.2f} us/sample (target < 2), "
           f"{s['detector_us'] / s['rolling_zscore_us']:.1f}x the native rolling z-score "
           f"({s['rolling_zscore_us']:.3f} us), NAB's windowed Gaussian in Python "
-          f"{s['windowed_gaussian_python_us']:.2f} us; {s['detector_memory_bytes']} bytes per series")
+          f"{s['windowed_gaussian_python_us']:.2f} us; {s['detector_memory_bytes']} bytes per series "
+          f"({s['agent_detector_memory_bytes']} with the agent's 1 Hz settings)")
     store, now = week_of_history()
     report["detection"] = d = detection(store, now)
     print(f"qos_anomaly_detection, 7 days + 1 day window at 1 min, {d['series']} series ({d['rows']} rows):")
@@ -127,6 +164,10 @@ def main() -> None:
               f"(target >= 10x; import sklearn {d['sklearn_import_ms']:.0f} ms more)")
     else:
         print(" (scikit-learn not installed)")
+    report["estimate_basis"] = b = estimate_basis(d)
+    print(f"  whole command {d['command_ms']:.1f} ms (statistical alone {d['command_statistical_ms']:.1f}, "
+          f"forest alone {d['command_ml_based_ms']:.1f}); its estimate for these {d['series']} series "
+          f"{b['estimate_ms']} ms ({b['estimate_over_measured']:.2f}x)")
     write_report(report, args.output)
 
 

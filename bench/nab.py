@@ -1,38 +1,38 @@
 """Numenta Anomaly Benchmark (NAB) scoring in plain Python, with reference detectors measured in
 the same run.
 
-    python bench/nab.py [--data DIR] [--generated] [--seed N] [--output FILE]
+    python bench/nab.py [--data DIR] [--halves] [--generated] [--seeds 1,2,3] [--sweep KEY=V1,V2 ...]
+                        [--output FILE]
 
 Scores our detector (`rtk_qos.detect.make_detector`, when importable) beside NAB's windowed
-Gaussian, a seeded random detector and the null detector on the NAB files in --data, and with
---generated on the labelled traffic-like week of bench/labelled.py (a separate corpus with its own
+Gaussian, a seeded random detector and the null detector on the NAB files in --data (with --halves
+also on its even- and odd-numbered files in name order as corpora of their own: the design and
+held-out halves the detector was designed with), and with --generated on the labelled traffic-like week of bench/labelled.py (a separate corpus with its own
 threshold). Prints normalised scores per detector and profile and our per-file detections; writes
-everything as JSON with --output.
+everything as JSON with --output. Each --sweep KEY=V1,V2,... scores our detector again on every
+corpus with that one setting changed (`rtk-qos detect --set` names), so the report shows how much
+the figures depend on it.
 
-Scoring, as /work/shared/anomaly-data/README.md describes it; where it is silent we follow NAB:
+Scoring follows NAB's own scorer (nab/sweeper.py, nab/runner.py) row for row, so that on NAB's
+data this script and `../shared/anomaly-data/nab-score.sh` give the same scores:
   * A detection is a row whose score is >= the threshold; a NaN score (a gap) never is.
   * Probation: rows before min(floor(15 % of the rows), 750) count for nothing, in or out of a
-    window. A window still costs the FN weight if no later row detects it.
+    window. A window with no row after the probation neither earns nor costs anything.
   * A window [start, end] covers the rows from the first at or after `start` to the last at or
-    before `end` (rows left..right). Windows must not overlap.
-  * Relative position y = (i - right) / (right - left): -1 at the left edge, 0 at the right edge,
-    as the README says (NAB divides by the width in rows inside a window, so its right edge sits
-    at -1/width; we keep the README's exact ends). Past a window the same scale continues, as in
-    NAB. A one-row window has y = -1 on its row.
-  * sigma(y) = 2 / (1 + exp(5y)) - 1, and -1 for y > 3 as in NAB (so an FP well after a window
-    costs exactly the FP weight, not 0.9999994 of it).
-  * The first detection in a window is a TP worth A_tp * sigma(y) / sigma(-1): the full weight at
-    the left edge, 0 at the right edge. Later detections in that window count for nothing.
-  * A detection outside every window is an FP costing A_fp * sigma(y), y measured from the nearest
-    preceding window (about 0 just past it, the full weight from 3 window lengths on), or the full
+    before `end` (rows left..right, width = right - left + 1). Windows must not overlap.
+  * Inside a window, row i sits at y = -(right - i + 1) / width: -1 at the left edge, -1/width
+    at the right edge. Past a window, y = (i - right) / (width - 1) from the nearest preceding one.
+  * sigma(y) = 2 / (1 + exp(5y)) - 1, and -1 for y > 3.
+  * The first detection in a window is a TP worth A_tp * sigma(y) / sigma(-1). Later detections
+    in that window count for nothing.
+  * A detection outside every window is an FP costing A_fp * sigma(y) past a window, or the full
     A_fp when no window precedes it. Every such row counts: a score that stays high is many FPs.
   * Each window with no TP costs A_fn.
   * One threshold for every file of a corpus, per profile, maximising the raw total. The search is
     exact: every distinct score in the corpus is a candidate, and so is "never fire" (reported as
     1.1, NAB's starting value, above any score). Ties go to the higher threshold.
-  * Normalised = 100 (raw - null) / (perfect - null) with null = -A_fn * windows (never fires) and
-    perfect = A_tp * windows (fires at each left edge and nowhere else). A detector that only
-    loses can always choose to never fire, so the optimised score is never below 0.
+  * Normalised = 100 (raw - null) / (perfect - null) with null = -A_fn * (windows that count) and
+    perfect = A_tp * (every window), as NAB's runner computes them.
 """
 from __future__ import annotations
 
@@ -54,7 +54,7 @@ from operator import itemgetter
 from report import write as write_report
 
 DEFAULT_DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "anomaly-data",
-                            "nab-artificial")
+                            "nab-dev")
 
 Profile = namedtuple("Profile", "tp fn fp")
 PROFILES = {
@@ -144,8 +144,9 @@ def load_corpus(directory: str) -> list[Series]:
 @dataclass
 class _Rows:
     """The rows of one file that can count, each as (anomaly score, unit value)."""
-    inside: list[list[tuple[float, float]]]  # per window: TP reward / A_tp, in [0, 1]
+    inside: list[list[tuple[float, float]]]  # per window after the probation: TP reward / A_tp
     outside: list[tuple[float, float]]  # FP cost / A_fp, in [-1, 0]
+    windows: int  # every labelled window, including those inside the probation
 
 
 def _rows(timestamps, scores, windows) -> _Rows:
@@ -158,9 +159,11 @@ def _rows(timestamps, scores, windows) -> _Rows:
         if left > right or (bounds and left <= bounds[-1][1]):
             raise ValueError(f"window {start}..{end} covers no row or overlaps another")
         bounds.append((left, right))
-    rows = _Rows([[] for _ in bounds], [])
+    probation = probation_rows(len(stamps))
+    rows = _Rows([[] for left, right in bounds if right >= probation], [], len(bounds))
+    first = len(bounds) - len(rows.inside)  # the windows before it lie inside the probation
     w = 0  # the window the row is in, or the next one
-    for i in range(probation_rows(len(stamps)), len(stamps)):
+    for i in range(probation, len(stamps)):
         s = scores[i]
         if s != s:
             continue
@@ -168,7 +171,7 @@ def _rows(timestamps, scores, windows) -> _Rows:
             w += 1
         if w < len(bounds) and bounds[w][0] <= i:
             left, right = bounds[w]
-            rows.inside[w].append((s, sigmoid((i - right) / (right - left) if right > left else -1.0) / MAX_TP))
+            rows.inside[w - first].append((s, sigmoid(-(right - i + 1) / (right - left + 1)) / MAX_TP))
         elif w:
             left, right = bounds[w - 1]
             rows.outside.append((s, sigmoid((i - right) / max(right - left, 1))))
@@ -207,10 +210,10 @@ def score_corpus(scored: dict, profile: str | Profile) -> CorpusScore:
     Timestamps and window ends are epoch seconds or ISO strings; `profile` a PROFILES name."""
     name, p = (profile, PROFILES[profile]) if isinstance(profile, str) else ("custom", profile)
     files = {key: _rows(*value) for key, value in scored.items()}
-    windows = sum(len(rows.inside) for rows in files.values())
+    windows = sum(rows.windows for rows in files.values())
     if not windows:
         raise ValueError("no labelled window in the corpus: the score is undefined")
-    null, perfect = -p.fn * windows, p.tp * windows
+    null, perfect = -p.fn * sum(len(rows.inside) for rows in files.values()), p.tp * windows
 
     events = [e for rows in files.values() for e in _events(rows, p)]
     events.sort(key=itemgetter(0), reverse=True)
@@ -321,15 +324,37 @@ def show(title: str, corpus: list[Series], results: dict, primary: str) -> None:
         print(f"    {name:52s}{f.tp:3d}{f.fp:4d}{f.fn:4d}{f.raw:8.3f}  {shares}")
 
 
+def sweep(corpora: dict, sweeps: list) -> dict:
+    """Normalised scores per profile of our detector with one setting changed at a time."""
+    from rtk_qos.detect import make_detector, _settings
+    out: dict = {}
+    for key, values in sweeps:
+        for value in values:
+            settings = _settings([f"{key}={value}"])
+            label = f"{key}={value}"
+            out[label] = {}
+            for name, (_source, corpus) in corpora.items():
+                scored = run(lambda: make_detector(**settings), corpus)
+                out[label][name] = {p: round(score_corpus(scored, p).score, 1) for p in PROFILES}
+            print(f"  sweep {label:24s}" + "".join(
+                f"  {name}: " + " / ".join(f"{v:.1f}" for v in scores.values()) for name, scores in out[label].items()))
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", default=DEFAULT_DATA, help="NAB-layout directory (default: %(default)s)")
+    parser.add_argument("--halves", action="store_true",
+                        help="also score the even- and odd-numbered NAB files (name order) apart")
     parser.add_argument("--generated", action="store_true", help="also score bench/labelled.py's set")
     parser.add_argument("--seeds", default="1,2,3",
                         help="seeds of the generated sets, scored as one corpus (default: %(default)s): "
                              "one set has too few windows for a stable figure")
+    parser.add_argument("--sweep", action="append", default=[], metavar="KEY=V1,V2,...",
+                        help="also score our detector with KEY set to each value in turn")
     parser.add_argument("--output", help="write the JSON report here")
     args = parser.parse_args()
+    sweeps = [(key, values.split(",")) for key, _, values in (s.partition("=") for s in args.sweep)]
 
     detectors = {}
     try:
@@ -341,6 +366,10 @@ def main() -> None:
     print(f"our detector: {ours}")
 
     corpora = {"nab": (args.data, load_corpus(args.data))}
+    if args.halves:
+        ordered = sorted(corpora["nab"][1], key=lambda s: s.name)
+        corpora["nab_even"] = (f"{args.data}, files 0, 2, 4, ... in name order (design)", ordered[0::2])
+        corpora["nab_odd"] = (f"{args.data}, files 1, 3, 5, ... in name order (held out)", ordered[1::2])
     if args.generated:
         import labelled
         seeds = [int(x) for x in args.seeds.split(",")]
@@ -367,6 +396,8 @@ def main() -> None:
         }
     if args.generated:
         report["corpora"]["generated"]["anomalies"] = manifest
+    if sweeps and "rtk_qos" in detectors:
+        report["sweep"] = sweep(corpora, sweeps)
     write_report(report, args.output)
 
 

@@ -10,7 +10,7 @@
 #define DAY 86400
 
 /* Robust fit of m values already gathered (and reordered) in w. */
-static rtk_robust fit_values(double *w, uint32_t m)
+static rtk_robust fit_values(double *w, uint32_t m, double min_scale)
 {
     rtk_robust r = {0.0, 0.0, m};
     if (m == 0)
@@ -26,19 +26,18 @@ static rtk_robust fit_values(double *w, uint32_t m)
             sum += w[i];
         r.scale = MEANAD_TO_SIGMA * sum / m;
     }
-    double floor = 1e-6 * (fabs(r.center) > 1.0 ? fabs(r.center) : 1.0);
-    if (r.scale < floor)
-        r.scale = floor;
+    if (!(r.scale >= min_scale)) /* also when the data is flat: scale 0 */
+        r.scale = min_scale;
     return r;
 }
 
-rtk_robust rtk_robust_fit(const double *v, uint32_t n, double *scratch)
+rtk_robust rtk_robust_fit(const double *v, uint32_t n, double min_scale, double *scratch)
 {
     uint32_t m = 0;
     for (uint32_t i = 0; i < n; i++)
         if (!isnan(v[i]))
             scratch[m++] = v[i];
-    return fit_values(scratch, m);
+    return fit_values(scratch, m, min_scale);
 }
 
 static uint32_t bin_of(int64_t bucket, int64_t step, uint32_t bins)
@@ -50,9 +49,9 @@ static uint32_t bin_of(int64_t bucket, int64_t step, uint32_t bins)
 }
 
 double rtk_tod_fit(const double *v, uint32_t n, int64_t first, int64_t step, uint32_t bins,
-                   uint32_t min_points, double *scratch, uint32_t *order, rtk_robust *fit)
+                   uint32_t min_points, double min_scale, double *scratch, uint32_t *order, rtk_robust *fit)
 {
-    fit[bins] = rtk_robust_fit(v, n, scratch);
+    fit[bins] = rtk_robust_fit(v, n, min_scale, scratch);
     if (fit[bins].n == 0) {
         for (uint32_t b = 0; b < bins; b++)
             fit[b] = fit[bins];
@@ -83,7 +82,7 @@ double rtk_tod_fit(const double *v, uint32_t n, int64_t first, int64_t step, uin
         uint32_t end = fit[b].n, m = end - start;
         for (uint32_t k = 0; k < m; k++)
             scratch[k] = v[order[start + k]];
-        fit[b] = m >= min_points ? fit_values(scratch, m) : fit[bins];
+        fit[b] = m >= min_points ? fit_values(scratch, m, min_scale) : fit[bins];
         start = end;
     }
     return (double)(hi - lo + 1) * step / DAY;

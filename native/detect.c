@@ -7,6 +7,11 @@
 #define MIN_WINDOW 8      /* fewer values than this give no robust scale worth trusting */
 #define SCORE_STD_FLOOR 0.05 /* a perfectly calm past still leaves room for noise */
 #define SCORE_HALF 8.0 /* -log10 of the tail probability that scores 0.5 */
+#define ALARM 5.0 /* -log10 of the tail probability that raises an alarm (HTM's likelihood 1 - 1e-5) */
+#define EPISODE_Z 3.0 /* a recent mean this many standard deviations up opens an episode of surprise */
+#define RECURRING 3   /* episodes at least as high in the long-run window that make a surprise recurring */
+#define TAIL_SHARE 0.025 /* each tail left out of the central spread that backs up the MAD */
+#define TAIL_Z 1.959964 /* the normal quantile of 1 - TAIL_SHARE */
 
 void rtk_detect_default_config(rtk_detect_config *c)
 {
@@ -19,13 +24,16 @@ void rtk_detect_default_config(rtk_detect_config *c)
     c->recent = 4;
     c->recent_long = 32;
     c->history = 2048;
+    c->quiet = 50;
+    c->weeks = 4;
 }
 
 static int config_ok(const rtk_detect_config *c)
 {
     return c->window >= MIN_WINDOW && c->bins >= 1 && c->days >= 2 && c->days <= 255 && c->period > 0 &&
            c->smooth_alpha > 0 && c->smooth_alpha <= 1 && c->recent >= 1 &&
-           c->recent_long >= c->recent && c->history >= 2;
+           c->recent_long >= c->recent && c->history >= 2 && c->quiet < UINT32_MAX &&
+           (c->weeks == 0 || (c->weeks >= 2 && c->weeks <= 255)) && (uint64_t)c->bins * 7 <= UINT32_MAX;
 }
 
 static void wsum_init(rtk_wsum *w, double *ring, uint32_t cap)
@@ -57,14 +65,63 @@ static void wsum_push(rtk_wsum *w, double x)
     }
 }
 
+/* The seasons: time of day over `days` days, and time of week over `weeks` weeks (none at 0). */
+static void season_shape(const rtk_detect_config *c, int k, uint32_t *bins, uint32_t *keep, double *period)
+{
+    *bins = k == 0 ? c->bins : 7 * c->bins;
+    *keep = k == 0 ? c->days : c->weeks;
+    *period = k == 0 ? c->period : 7 * c->period;
+}
+
+static size_t season_bytes(const rtk_detect_config *c, int k)
+{
+    uint32_t bins, keep;
+    double period;
+    season_shape(c, k, &bins, &keep, &period);
+    if (keep == 0)
+        return 0;
+    return (((size_t)bins * keep * sizeof(float) + 7) & ~(size_t)7) + ((2 * (size_t)bins + 7) & ~(size_t)7);
+}
+
 size_t rtk_detect_arena_size(const rtk_detect_config *c)
 {
     size_t doubles = (size_t)RTK_DETECT_FEATURES * 2 * c->window + c->recent +
                      c->recent_long + RTK_DETECT_HORIZONS * (size_t)c->history;
-    doubles *= RTK_DETECT_VIEWS;
-    size_t floats = (size_t)c->bins * c->days;
-    size_t floats_bytes = (floats * sizeof(float) + 7) & ~(size_t)7;
-    return doubles * sizeof(double) + floats_bytes + 2 * (size_t)c->bins;
+    doubles *= RTK_DETECT_STREAMS;
+    return doubles * sizeof(double) + season_bytes(c, 0) + season_bytes(c, 1);
+}
+
+/* Points the detector's windows into the arena, laid out as rtk_detect_arena_size counts it. */
+static void bind(rtk_detector *d, void *arena)
+{
+    const rtk_detect_config *c = &d->cfg;
+    double *p = arena;
+    for (int v = 0; v < RTK_DETECT_STREAMS; v++)
+        for (int f = 0; f < RTK_DETECT_FEATURES; f++, p += 2 * c->window) {
+            d->win[v][f].sorted = p;
+            d->win[v][f].fifo = p + c->window;
+        }
+    uint32_t horizon[RTK_DETECT_HORIZONS] = {c->recent, c->recent_long};
+    for (int v = 0; v < RTK_DETECT_STREAMS; v++)
+        for (int k = 0; k < RTK_DETECT_HORIZONS; k++) {
+            d->recent[v][k].ring = p;
+            d->history[v][k].ring = p + horizon[k];
+            p += horizon[k] + c->history;
+        }
+    unsigned char *b = (unsigned char *)p;
+    for (int k = 0; k < RTK_DETECT_SEASONS; k++) {
+        rtk_season *sn = &d->season[k];
+        season_shape(c, k, &sn->bins, &sn->keep, &sn->period);
+        if (sn->keep == 0) {
+            sn->means = NULL;
+            sn->count = sn->next = NULL;
+            continue;
+        }
+        sn->means = (float *)b;
+        sn->count = b + (((size_t)sn->bins * sn->keep * sizeof(float) + 7) & ~(size_t)7);
+        sn->next = sn->count + sn->bins;
+        b += season_bytes(c, k);
+    }
 }
 
 int rtk_detect_init(rtk_detector *d, void *arena, const rtk_detect_config *c)
@@ -72,93 +129,162 @@ int rtk_detect_init(rtk_detector *d, void *arena, const rtk_detect_config *c)
     if (!config_ok(c))
         return -1;
     memset(d, 0, sizeof *d);
+    memset(arena, 0, rtk_detect_arena_size(c)); /* no stale bytes in a saved state */
     d->cfg = *c;
     double *p = arena;
-    for (int v = 0; v < RTK_DETECT_VIEWS; v++)
+    for (int v = 0; v < RTK_DETECT_STREAMS; v++)
         for (int f = 0; f < RTK_DETECT_FEATURES; f++, p += 2 * c->window)
             rtk_sortwin_init(&d->win[v][f], p, c->window);
     uint32_t horizon[RTK_DETECT_HORIZONS] = {c->recent, c->recent_long};
-    for (int v = 0; v < RTK_DETECT_VIEWS; v++)
+    for (int v = 0; v < RTK_DETECT_STREAMS; v++)
         for (int k = 0; k < RTK_DETECT_HORIZONS; k++) {
             wsum_init(&d->recent[v][k], p, horizon[k]);
             wsum_init(&d->history[v][k], p + horizon[k], c->history);
             p += horizon[k] + c->history;
         }
-    d->day_means = (float *)p;
-    d->day_count = (uint8_t *)d->day_means + (((size_t)c->bins * c->days * sizeof(float) + 7) & ~(size_t)7);
-    d->day_next = d->day_count + c->bins;
-    memset(d->day_count, 0, 2 * (size_t)c->bins);
-    d->acc_day = INT64_MIN;
+    bind(d, arena); /* the seasons' counts start at 0 with the zeroed arena */
+    for (int k = 0; k < RTK_DETECT_SEASONS; k++)
+        d->season[k].acc_period = INT64_MIN;
     d->expected = NAN;
     return 0;
 }
 
-/* ---- time-of-day baseline ------------------------------------------------------------------ */
+/* The saved state: a header naming the layout, the detector (its pointers nulled, re-bound
+   on load), then its arena: it moves between processes of one build (the agent's restart),
+   not between builds with another struct layout. */
+typedef struct {
+    uint32_t magic, header_size, detector_size, pad;
+    uint64_t arena_size;
+} state_header;
 
-static void fold_bin(rtk_detector *d)
+#define STATE_MAGIC 0x31544452u /* "RDT1" */
+
+size_t rtk_detect_state_size(const rtk_detector *d)
 {
-    if (d->acc_n == 0)
-        return;
-    uint32_t b = d->acc_bin, days = d->cfg.days;
-    d->day_means[(size_t)b * days + d->day_next[b]] = (float)(d->acc_sum / d->acc_n);
-    d->day_next[b] = (uint8_t)((d->day_next[b] + 1) % days);
-    if (d->day_count[b] < days)
-        d->day_count[b]++;
+    return sizeof(state_header) + sizeof *d + rtk_detect_arena_size(&d->cfg);
 }
 
-/* The median of the bin's past daily means (NaN until two days are known) and, from
-   three days on, their spread (scaled MAD): the noise at this time of day, which the
-   rest of the day's samples would understate where noise grows with the level. */
-static double expectation(const rtk_detector *d, uint32_t b, double *spread)
+void rtk_detect_save(const rtk_detector *d, const void *arena, void *out)
 {
-    uint32_t n = d->day_count[b];
-    *spread = 0;
-    if (n < 2)
-        return NAN;
-    float v[255];
-    memcpy(v, d->day_means + (size_t)b * d->cfg.days, n * sizeof(float));
-    for (uint32_t i = 1; i < n; i++) { /* n <= days: insertion sort is the fast one here */
+    state_header h = {STATE_MAGIC, sizeof h, sizeof *d, 0, rtk_detect_arena_size(&d->cfg)};
+    /* Without its pointers, the same learning gives the same bytes in any detector. */
+    rtk_detector copy;
+    memcpy(&copy, d, sizeof copy);
+    for (int v = 0; v < RTK_DETECT_STREAMS; v++) {
+        for (int f = 0; f < RTK_DETECT_FEATURES; f++)
+            copy.win[v][f].sorted = copy.win[v][f].fifo = NULL;
+        for (int k = 0; k < RTK_DETECT_HORIZONS; k++)
+            copy.recent[v][k].ring = copy.history[v][k].ring = NULL;
+    }
+    for (int k = 0; k < RTK_DETECT_SEASONS; k++) {
+        copy.season[k].means = NULL;
+        copy.season[k].count = copy.season[k].next = NULL;
+    }
+    unsigned char *o = out;
+    memcpy(o, &h, sizeof h);
+    memcpy(o + sizeof h, &copy, sizeof copy);
+    memcpy(o + sizeof h + sizeof *d, arena, h.arena_size);
+}
+
+static int same_config(const rtk_detect_config *a, const rtk_detect_config *b)
+{
+    return a->window == b->window && a->warmup == b->warmup && a->bins == b->bins && a->days == b->days &&
+           a->period == b->period && a->smooth_alpha == b->smooth_alpha && a->recent == b->recent &&
+           a->recent_long == b->recent_long && a->history == b->history && a->quiet == b->quiet &&
+           a->weeks == b->weeks;
+}
+
+int rtk_detect_load(rtk_detector *d, void *arena, const void *state, size_t len)
+{
+    state_header h;
+    rtk_detector saved;
+    const unsigned char *s = state;
+    if (len < sizeof h + sizeof saved)
+        return -1;
+    memcpy(&h, s, sizeof h);
+    memcpy(&saved, s + sizeof h, sizeof saved);
+    if (h.magic != STATE_MAGIC || h.header_size != sizeof h || h.detector_size != sizeof saved ||
+        !same_config(&saved.cfg, &d->cfg) || h.arena_size != rtk_detect_arena_size(&d->cfg) ||
+        len != sizeof h + sizeof saved + h.arena_size)
+        return -1;
+    *d = saved;
+    memcpy(arena, s + sizeof h + sizeof saved, h.arena_size);
+    bind(d, arena);
+    return 0;
+}
+
+/* ---- seasonal baselines (time of day, time of week) ---------------------------------------- */
+
+static void fold_bin(rtk_season *sn)
+{
+    if (sn->acc_n == 0)
+        return;
+    uint32_t b = sn->acc_bin;
+    sn->means[(size_t)b * sn->keep + sn->next[b]] = (float)(sn->acc_sum / sn->acc_n);
+    sn->next[b] = (uint8_t)((sn->next[b] + 1) % sn->keep);
+    if (sn->count[b] < sn->keep)
+        sn->count[b]++;
+}
+
+static float median_of_sorted(const float *v, uint32_t n)
+{
+    return n & 1 ? v[n / 2] : (float)(0.5 * ((double)v[n / 2 - 1] + v[n / 2]));
+}
+
+static void sort_floats(float *v, uint32_t n)
+{
+    for (uint32_t i = 1; i < n; i++) { /* n <= 255 and mostly 7: insertion sort is the fast one here */
         float x = v[i];
         uint32_t j = i;
         for (; j > 0 && v[j - 1] > x; j--)
             v[j] = v[j - 1];
         v[j] = x;
     }
-    double m = n & 1 ? v[n / 2] : 0.5 * ((double)v[n / 2 - 1] + v[n / 2]);
+}
+
+/* The median of the bin's means in past periods (NaN until two are known) and, from three
+   on, their spread (scaled MAD): the noise at this time of the day (week), which the rest of
+   the period's samples would understate where noise grows with the level. */
+static double expectation(const rtk_season *sn, uint32_t b, double *spread)
+{
+    uint32_t n = sn->count[b];
+    *spread = 0;
+    if (n < 2)
+        return NAN;
+    float v[255], dev[255];
+    memcpy(v, sn->means + (size_t)b * sn->keep, n * sizeof(float));
+    sort_floats(v, n);
+    double m = median_of_sorted(v, n);
     if (n >= 3) {
-        float dev[255];
         for (uint32_t i = 0; i < n; i++)
             dev[i] = (float)fabs(v[i] - m);
-        for (uint32_t i = 1; i < n; i++) {
-            float x = dev[i];
-            uint32_t j = i;
-            for (; j > 0 && dev[j - 1] > x; j--)
-                dev[j] = dev[j - 1];
-            dev[j] = x;
-        }
-        *spread = 1.4826 * (n & 1 ? dev[n / 2] : 0.5 * ((double)dev[n / 2 - 1] + dev[n / 2]));
+        sort_floats(dev, n);
+        *spread = 1.4826 * median_of_sorted(dev, n);
     }
     return m;
 }
 
-/* Expected value at t from earlier days only, then t's sample joins today's bin. */
-static double baseline_step(rtk_detector *d, double t, double x, double *spread)
+/* Expected value at t from earlier periods only, then t's sample joins this period's bin. */
+static double baseline_step(rtk_season *sn, double t, double x, double *spread)
 {
-    double day_f = floor(t / d->cfg.period);
-    uint32_t b = (uint32_t)((t - day_f * d->cfg.period) / d->cfg.period * d->cfg.bins);
-    if (b >= d->cfg.bins)
-        b = d->cfg.bins - 1;
-    int64_t day = (int64_t)day_f;
-    if (day != d->acc_day || b != d->acc_bin) {
-        fold_bin(d);
-        d->acc_day = day;
-        d->acc_bin = b;
-        d->acc_sum = 0;
-        d->acc_n = 0;
+    double period_f = floor(t / sn->period);
+    uint32_t b = (uint32_t)((t - period_f * sn->period) / sn->period * sn->bins);
+    if (b >= sn->bins)
+        b = sn->bins - 1;
+    int64_t period = (int64_t)period_f;
+    if (period != sn->acc_period || b != sn->acc_bin) {
+        fold_bin(sn);
+        sn->acc_period = period;
+        sn->acc_bin = b;
+        sn->acc_sum = 0;
+        sn->acc_n = 0;
+        /* A bin's past means change only when a bin is folded: once per bin entered. */
+        sn->expected = expectation(sn, b, &sn->spread);
     }
-    double e = expectation(d, b, spread);
-    d->acc_sum += x;
-    d->acc_n++;
+    double e = sn->expected;
+    *spread = sn->spread;
+    sn->acc_sum += x;
+    sn->acc_n++;
     return e;
 }
 
@@ -167,6 +293,11 @@ static double baseline_step(rtk_detector *d, double t, double x, double *spread)
 static double robust_scale(const rtk_sortwin *w, double median)
 {
     double s = 1.4826 * rtk_sortwin_mad(w, median);
+    /* A series that sits on a few values (quantised counters, an idle link) has a MAD near 0
+       that would make its every other value extreme: the central 95 % spread keeps a scale. */
+    double central = (rtk_sortwin_quantile(w, 1 - TAIL_SHARE) - rtk_sortwin_quantile(w, TAIL_SHARE)) / (2 * TAIL_Z);
+    if (central > s)
+        s = central;
     if (s > 0)
         return s;
     /* Over half the window is one value (an idle link's zeros): the mean absolute
@@ -233,9 +364,21 @@ static double neglog10_tail(double z)
     return (0.5 * z * z + log(z * sqrt(2.0 * 3.141592653589793))) / log(10.0);
 }
 
+/* A past episode of surprise peaked at least this high within the long-run window? */
+static uint32_t episodes_as_high(const rtk_episodes *e, uint64_t now, uint32_t span, double level)
+{
+    uint32_t k = 0;
+    for (int i = 0; i < RTK_DETECT_EPISODES; i++)
+        k += e->at[i] != 0 && e->at[i] + span > now && e->peak[i] >= level;
+    return k;
+}
+
 /* How unusual the mean of the newest surprises is against the long-run distribution
-   of that mean (-log10 of its tail probability); the mean then joins that distribution. */
-static double tail_step(rtk_wsum *recent, rtk_wsum *history, double surprise)
+   of that mean (-log10 of its tail probability); the mean then joins that distribution.
+   The normal tail is right for a one-off, not for what recurs (a nightly job's spike, a
+   load balancer's regular bursts): when at least RECURRING past episodes in the long-run
+   window peaked as high, the probability is at least their share of that window. */
+static double tail_step(rtk_wsum *recent, rtk_wsum *history, rtk_episodes *e, uint64_t now, double surprise)
 {
     wsum_push(recent, surprise);
     double mean_recent = recent->sum / recent->n, z = 0;
@@ -246,7 +389,28 @@ static double tail_step(rtk_wsum *recent, rtk_wsum *history, double surprise)
         z = (mean_recent - mean) / (sd > SCORE_STD_FLOOR ? sd : SCORE_STD_FLOOR);
     }
     wsum_push(history, mean_recent);
-    return neglog10_tail(z);
+    double l = neglog10_tail(z);
+    /* Past episodes can lower l to -log10(RTK_DETECT_EPISODES x horizon / window) at most:
+       below that no count changes it, and the scan is skipped (most samples). */
+    if (l > -log10((double)RTK_DETECT_EPISODES * recent->cap / history->n)) {
+        uint32_t k = episodes_as_high(e, now, history->cap, mean_recent);
+        double recurring = -log10((double)k * recent->cap / history->n);
+        if (k >= RECURRING && recurring < l)
+            l = recurring;
+    }
+    /* Episodes are recorded by their peak when they end, and only once the long-run window
+       is a quarter full: a z against a handful of means says little. */
+    if (z >= EPISODE_Z && history->n >= history->cap / 4) {
+        if (!e->open || mean_recent > e->open_peak)
+            e->open_peak = mean_recent;
+        e->open = 1;
+    } else if (e->open) {
+        e->peak[e->next] = e->open_peak;
+        e->at[e->next] = now;
+        e->next = (e->next + 1) % RTK_DETECT_EPISODES;
+        e->open = 0;
+    }
+    return l;
 }
 
 /* Over two horizons: a burst of surprise, and a slower rise in how often samples
@@ -257,12 +421,11 @@ static double score_step(rtk_detector *d, int v, double surprise)
 {
     double top = 0;
     for (int k = 0; k < RTK_DETECT_HORIZONS; k++) {
-        double l = tail_step(&d->recent[v][k], &d->history[v][k], surprise);
+        double l = tail_step(&d->recent[v][k], &d->history[v][k], &d->episodes[v][k], d->seen[v], surprise);
         if (l > top)
             top = l;
     }
-    double l = top - log10(2.0);
-    return l > 0 ? l / (l + SCORE_HALF) : 0.0;
+    return top - log10(2.0);
 }
 
 double rtk_detect_update(rtk_detector *d, double t, double x)
@@ -270,34 +433,68 @@ double rtk_detect_update(rtk_detector *d, double t, double x)
     if (isnan(x))
         return NAN;
     d->samples++;
-    double spread;
-    double e = baseline_step(d, t, x, &spread);
+    /* View 0 judges the values; view 1 + k their residual from season k's expectation, once
+       season k has two periods for this bin. */
+    double expected[RTK_DETECT_VIEWS], spread[RTK_DETECT_VIEWS] = {0};
+    expected[0] = 0;
+    for (int k = 0; k < RTK_DETECT_SEASONS; k++)
+        expected[1 + k] = d->season[k].keep ? baseline_step(&d->season[k], t, x, &spread[1 + k]) : NAN;
     double z[RTK_DETECT_VIEWS][RTK_DETECT_FEATURES] = {{0}};
-    double surprise[RTK_DETECT_VIEWS] = {0}, score[RTK_DETECT_VIEWS] = {0};
-    surprise[0] = view_step(d, 0, x, 0.0, z[0]);
+    double surprise[RTK_DETECT_VIEWS] = {0};
     /* Each view's long-run mean surprise says how well it models the series: the view
-       that is less often surprised wins (an expected evening peak surprises only view 0). */
+       that is less often surprised wins (an expected evening peak surprises only view 0),
+       once its own long-run distribution of surprise holds enough to judge by. */
     double keep = 1.0 - 1.0 / d->cfg.history;
-    d->fit[0] = d->samples == 1 ? surprise[0] : keep * d->fit[0] + (1 - keep) * surprise[0];
     int view = 0;
-    if (!isnan(e)) {
-        surprise[1] = view_step(d, 1, x - e, spread, z[1]);
-        d->fit[1] = d->seen[1] == 1 ? d->fit[0] : keep * d->fit[1] + (1 - keep) * surprise[1];
-        if (d->seen[1] > d->cfg.warmup && d->fit[1] < d->fit[0])
-            view = 1;
+    for (int v = 0; v < RTK_DETECT_VIEWS; v++) {
+        if (isnan(expected[v]))
+            continue;
+        surprise[v] = view_step(d, v, x - expected[v], spread[v], z[v]);
+        d->fit[v] = d->seen[v] == 1 ? d->fit[0] : keep * d->fit[v] + (1 - keep) * surprise[v];
+        if (v > 0 && d->seen[v] > d->cfg.warmup + d->cfg.history / 4 && d->fit[v] < d->fit[view])
+            view = v;
     }
     /* Each view is judged against its own past surprises: the days before the baseline,
        when every evening peak surprised, say nothing of how surprising its residuals are.
        Surprises of a view's warm-up, judged by half-empty windows, are not kept either:
        they would widen the long-run distribution for as long as they stayed in it. */
+    double l[RTK_DETECT_VIEWS] = {0};
     for (int v = 0; v < RTK_DETECT_VIEWS; v++)
-        if (d->seen[v] > d->cfg.warmup && (v == 0 || !isnan(e)))
-            score[v] = score_step(d, v, surprise[v]);
-    d->expected = e;
+        if (d->seen[v] > d->cfg.warmup && !isnan(expected[v]))
+            l[v] = score_step(d, v, surprise[v]);
+    /* The coarse scale: the same features and tail on the means of `recent` consecutive
+       samples (a change spread over a few samples, each ordinary in its noise, is plain in
+       their mean), scored at the sample that completes a block. Two scales looked at: the
+       smaller tail probability, doubled. */
+    double coarse = 0;
+    d->coarse_sum += x;
+    if (++d->coarse_n == d->cfg.recent) {
+        double zc[RTK_DETECT_FEATURES];
+        double s = view_step(d, RTK_DETECT_COARSE, d->coarse_sum / d->coarse_n, 0.0, zc);
+        if (d->seen[RTK_DETECT_COARSE] > d->cfg.warmup)
+            coarse = score_step(d, RTK_DETECT_COARSE, s);
+        d->coarse_sum = 0;
+        d->coarse_n = 0;
+    }
+    double top = (coarse > l[view] ? coarse : l[view]) - log10(2.0);
+    d->expected = view ? expected[view] : NAN;
     d->view = view;
     memcpy(d->z, z[view], sizeof d->z);
     d->surprise = surprise[view];
-    d->score = score[view];
+    d->likelihood = top;
+    /* One alarm per episode: once the tail probability crosses the alarm level, the next
+       `quiet` samples score 0, so a lasting change (a level shift while the windows learn
+       it as the new normal) is reported once, at its start, instead of on every sample. */
+    if (d->quiet_left > 0) {
+        d->quiet_left--;
+        d->score = 0.0;
+    } else {
+        if (top >= ALARM)
+            d->quiet_left = d->cfg.quiet;
+        /* L / (L + SCORE_HALF): 0.5 at p = 1e-8, rising without saturating, so a threshold
+           can still rank the extremes. */
+        d->score = top > 0 ? top / (top + SCORE_HALF) : 0.0;
+    }
     return d->score;
 }
 

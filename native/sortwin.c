@@ -15,33 +15,41 @@ void rtk_sortwin_clear(rtk_sortwin *w)
     w->n = w->head = 0;
 }
 
-/* First index whose value is >= x (lower bound). */
+/* First index whose value is >= x (lower bound). Branch-free halving: the comparison
+   picks the half without a jump the processor could mispredict on noisy data. */
 static uint32_t lower_bound(const double *v, uint32_t n, double x)
 {
-    uint32_t lo = 0, hi = n;
-    while (lo < hi) {
-        uint32_t mid = lo + (hi - lo) / 2;
-        if (v[mid] < x)
-            lo = mid + 1;
-        else
-            hi = mid;
+    if (n == 0)
+        return 0;
+    const double *base = v;
+    while (n > 1) {
+        uint32_t half = n / 2;
+        base = base[half - 1] < x ? base + half : base;
+        n -= half;
     }
-    return lo;
+    return (uint32_t)(base - v) + (*base < x);
 }
 
 void rtk_sortwin_push(rtk_sortwin *w, double x)
 {
     uint32_t tail = w->head; /* the oldest value's slot once full, else the next free one */
-    if (w->n == w->cap) {
-        /* The stored copy is bit-identical, so the lower bound finds it exactly. */
-        uint32_t i = lower_bound(w->sorted, w->n, w->fifo[tail]);
-        memmove(w->sorted + i, w->sorted + i + 1, (w->n - i - 1) * sizeof(double));
-        w->n--;
-    }
     uint32_t j = lower_bound(w->sorted, w->n, x);
-    memmove(w->sorted + j + 1, w->sorted + j, (w->n - j) * sizeof(double));
+    if (w->n == w->cap) {
+        /* The new value replaces the oldest: only the values between their places move, one
+           step towards the oldest's. The stored copy is bit-identical, so the lower bound
+           finds it exactly. */
+        uint32_t i = lower_bound(w->sorted, w->n, w->fifo[tail]);
+        if (j > i) {
+            memmove(w->sorted + i, w->sorted + i + 1, (j - 1 - i) * sizeof(double));
+            j--;
+        } else {
+            memmove(w->sorted + j + 1, w->sorted + j, (i - j) * sizeof(double));
+        }
+    } else {
+        memmove(w->sorted + j + 1, w->sorted + j, (w->n - j) * sizeof(double));
+        w->n++;
+    }
     w->sorted[j] = x;
-    w->n++;
     w->fifo[tail] = x;
     w->head = tail + 1 == w->cap ? 0 : tail + 1;
 }
@@ -86,4 +94,11 @@ double rtk_sortwin_mad(const rtk_sortwin *w, double median)
     if (w->n & 1)
         return kth_distance(w, p, median, h);
     return 0.5 * (kth_distance(w, p, median, h - 1) + kth_distance(w, p, median, h));
+}
+
+double rtk_sortwin_quantile(const rtk_sortwin *w, double q)
+{
+    if (w->n == 0)
+        return 0.0;
+    return w->sorted[(uint32_t)(q * (w->n - 1))];
 }

@@ -19,5 +19,7 @@ void rtk_sortwin_clear(rtk_sortwin *w);
 void rtk_sortwin_push(rtk_sortwin *w, double x);
 double rtk_sortwin_median(const rtk_sortwin *w);     /* 0 when empty */
 double rtk_sortwin_mad(const rtk_sortwin *w, double median); /* median |x - median|; 0 when empty */
+/* The value with a share q of the window at or below it (nearest rank, rounding down); 0 when empty. */
+double rtk_sortwin_quantile(const rtk_sortwin *w, double q);
 
 #endif

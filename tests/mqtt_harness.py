@@ -1,9 +1,8 @@
 """Real components for the MQTT tests: a mosquitto the tests start, an agent process in its own
 network namespace, and a controller client that records everything it receives and checks every
-uplink message against the published schemas (when ../shared/protocol/schemas is present)."""
+uplink message against the published schemas (tests/uplink_schemas.py says what and when)."""
 from __future__ import annotations
 
-import copy
 import json
 import os
 import shutil
@@ -22,8 +21,9 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from uplink_schemas import SchemaCheck
+
 REPO = Path(__file__).resolve().parents[1]
-SCHEMAS = Path(os.environ.get("RTK_QOS_SCHEMAS", REPO.parent / "shared" / "protocol" / "schemas"))
 MOSQUITTO = shutil.which("mosquitto") or shutil.which("mosquitto", path="/usr/sbin:/sbin")
 
 
@@ -189,80 +189,6 @@ class AgentProcess:
         return self.log_path.read_text(errors="replace")
 
 
-# ---- schemas -----------------------------------------------------------------------------------
-
-def _load_schemas() -> dict | None:
-    if not SCHEMAS.is_dir():
-        return None
-    return {p.name: json.loads(p.read_text()) for p in SCHEMAS.glob("*.json")}
-
-
-def _inline(schema, schemas: dict):
-    """Replace {"$ref": "x.json"} with the referenced schema (the refs are file names)."""
-    if isinstance(schema, dict):
-        if set(schema) == {"$ref"} and schema["$ref"] in schemas:
-            target = copy.deepcopy(schemas[schema["$ref"]])
-            target.pop("$id", None)
-            target.pop("$schema", None)
-            return _inline(target, schemas)
-        return {k: _inline(v, schemas) for k, v in schema.items()}
-    if isinstance(schema, list):
-        return [_inline(v, schemas) for v in schema]
-    return schema
-
-
-class SchemaCheck:
-    def __init__(self):
-        import jsonschema
-        self.jsonschema = jsonschema
-        raw = _load_schemas()
-        self.available = raw is not None
-        if not raw:
-            return
-        self.schemas = {name: _inline(s, raw) for name, s in raw.items()}
-        # RTK_MQTT_V1.md, inconsistency 3: the base pattern cannot match cmd.<op>.result/1.0;
-        # results keep that name, so they are checked against base without its schema pattern.
-        relaxed = copy.deepcopy(raw)
-        del relaxed["base.json"]["properties"]["schema"]["pattern"]
-        self.schemas["cmd-result.json"] = _inline(raw["cmd-result.json"], relaxed)
-
-    def schema_for(self, topic: str, message: dict) -> str | None:
-        kind = topic.split("/", 5)[5] if topic.count("/") >= 5 else ""
-        if kind == "cmd/req":
-            return None  # downlink: the tests' own requests, hostile ones included
-        if kind == "lwt":
-            return "lwt.json"
-        if kind == "attr":
-            return "attr.json"
-        if kind == "state":
-            return "state.json"
-        if kind == "telemetry/network":
-            return "telemetry-network.json"
-        if kind.startswith("telemetry/"):
-            return "telemetry.json"
-        if kind == "evt/threshold":
-            return "evt-threshold.json"
-        if kind.startswith("evt/"):
-            return "event.json"
-        if "payload" in message:  # enveloped replies
-            schema = message.get("schema", "")
-            if schema == "cmd.ack/1.0":
-                return "cmd-ack.json"
-            if schema == "cmd.error/1.0":
-                return "cmd-error.json"
-            return "cmd-result.json"
-        return None
-
-    def check(self, topic: str, message: dict) -> str | None:
-        """The name of the schema the message was checked against (None: no schema applies)."""
-        if not self.available:
-            return None
-        name = self.schema_for(topic, message)
-        if name is not None:
-            self.jsonschema.validate(message, self.schemas[name])
-        return name
-
-
 # ---- controller --------------------------------------------------------------------------------
 
 class Received:
@@ -316,14 +242,16 @@ class Controller:
 
     def _on_message(self, _c, _u, msg):
         received = Received(msg.topic, msg.payload, time.monotonic(), getattr(msg, "properties", None))
-        if received.json is not None and msg.topic.startswith("rtk/v1/"):
+        if isinstance(received.json, dict):
             try:
-                name = self.schemas.check(msg.topic, received.json)
-            except self.schemas.jsonschema.ValidationError as exc:
+                names = self.schemas.check(msg.topic, received.json)
+            except (self.schemas.jsonschema.ValidationError, ValueError) as exc:
                 # Raising here would stop paho's thread; the fixture fails the test instead.
-                self.schema_errors.append(f"{msg.topic}: {exc.message} in {received.raw[:300]!r}")
-                name = None
-            if name:
+                where = "/".join(str(p) for p in getattr(exc, "absolute_path", ()))
+                self.schema_errors.append(f"{msg.topic}: {getattr(exc, 'message', exc)}"
+                                          f"{f' at {where}' if where else ''} in {received.raw[:300]!r}")
+                names = []
+            for name in names:
                 self.checked[name] = self.checked.get(name, 0) + 1
         with self.cond:
             self.messages.append(received)

@@ -3,26 +3,32 @@ cdef extern from "baseline.h" nogil:
     ctypedef struct rtk_robust:
         double center, scale
         uint32_t n
-    rtk_robust rtk_robust_fit(const double *v, uint32_t n, double *scratch)
+    rtk_robust rtk_robust_fit(const double *v, uint32_t n, double min_scale, double *scratch)
     double rtk_tod_fit(const double *v, uint32_t n, int64_t first, int64_t step, uint32_t bins,
-                       uint32_t min_points, double *scratch, uint32_t *order, rtk_robust *fit)
+                       uint32_t min_points, double min_scale, double *scratch, uint32_t *order,
+                       rtk_robust *fit)
     void rtk_tod_z(const double *v, uint32_t n, int64_t first, int64_t step, uint32_t bins,
                    const rtk_robust *fit, int by_bin, double *z)
 
 
 cdef class TimeOfDayBaseline:
     """Median and robust scale of a per-bucket series (NaN = missing), overall and per
-    time-of-day bin (native/baseline.c). Value i is bucket first + i, step seconds long."""
+    time-of-day bin (native/baseline.c). Value i is bucket first + i, step seconds long.
+    min_scale, in the values' unit, is the smallest deviation that counts as one standard
+    deviation (a flat baseline would otherwise make any change extreme)."""
     cdef rtk_robust *fit
     cdef readonly uint32_t bins
     cdef readonly int64_t step
     cdef readonly double days
 
-    def __cinit__(self, values, int64_t first, int64_t step, uint32_t bins=48, uint32_t min_points=20):
+    def __cinit__(self, values, int64_t first, int64_t step, double min_scale, uint32_t bins=48,
+                  uint32_t min_points=20):
         cdef array v = array("d", values)
         cdef uint32_t n = len(v)
         if step <= 0 or bins == 0:
             raise ValueError("step and bins must be positive")
+        if not min_scale > 0 or min_scale == float("inf"):
+            raise ValueError(f"min_scale must be a positive finite number, not {min_scale}")
         self.bins, self.step = bins, step
         self.fit = <rtk_robust *>PyMem_Malloc((bins + 1) * sizeof(rtk_robust))
         cdef double *scratch = <double *>PyMem_Malloc(max(n, 1) * sizeof(double))
@@ -31,8 +37,8 @@ cdef class TimeOfDayBaseline:
             if self.fit == NULL or scratch == NULL or order == NULL:
                 raise MemoryError()
             with nogil:
-                self.days = rtk_tod_fit(v.data.as_doubles, n, first, step, bins, min_points, scratch, order,
-                                        self.fit)
+                self.days = rtk_tod_fit(v.data.as_doubles, n, first, step, bins, min_points, min_scale,
+                                        scratch, order, self.fit)
         finally:
             PyMem_Free(scratch)
             PyMem_Free(order)

@@ -3,21 +3,26 @@ cdef extern from "detect.h" nogil:
     ctypedef struct rtk_detect_config:
         uint32_t window, warmup, bins, days
         double period, smooth_alpha
-        uint32_t recent, recent_long, history
+        uint32_t recent, recent_long, history, quiet, weeks
     ctypedef struct rtk_detector:
         rtk_detect_config cfg
         uint64_t samples
         double z[3]
-        double fit[2]
-        double expected, surprise, score
+        double fit[3]
+        double expected, surprise, score, likelihood
         int view
+        uint32_t quiet_left
     void rtk_detect_default_config(rtk_detect_config *c)
     size_t rtk_detect_arena_size(const rtk_detect_config *c)
     int rtk_detect_init(rtk_detector *d, void *arena, const rtk_detect_config *c)
     double rtk_detect_update(rtk_detector *d, double t, double x)
+    size_t rtk_detect_state_size(const rtk_detector *d)
+    void rtk_detect_save(const rtk_detector *d, const void *arena, void *out)
+    int rtk_detect_load(rtk_detector *d, void *arena, const void *state, size_t length)
     void rtk_detect_run(rtk_detector *d, const double *t, const double *x, uint32_t n, double *out)
 
-DETECTOR_FIELDS = ("window", "warmup", "bins", "days", "period", "smooth_alpha", "recent", "recent_long", "history")
+DETECTOR_FIELDS = ("window", "warmup", "bins", "days", "period", "smooth_alpha", "recent", "recent_long", "history",
+                   "quiet", "weeks")
 
 
 def detector_defaults():
@@ -75,6 +80,18 @@ cdef class Detector:
             rtk_detect_run(&self.d, ts.data.as_doubles, xs.data.as_doubles, n, out.data.as_doubles)
         return out
 
+    def state(self):
+        """Everything the detector has learned, as bytes for `restore` (same build, same settings)."""
+        cdef bytearray out = bytearray(rtk_detect_state_size(&self.d))
+        cdef unsigned char *buf = out
+        rtk_detect_save(&self.d, self.arena, buf)
+        return bytes(out)
+
+    def restore(self, const unsigned char[::1] state):
+        """Continue from a `state()`: the next scores are those the saved detector would give."""
+        if len(state) == 0 or rtk_detect_load(&self.d, self.arena, &state[0], len(state)) != 0:
+            raise ValueError(f"not a detector state of this build with settings {self.settings}")
+
     @property
     def samples(self):
         return self.d.samples
@@ -82,7 +99,8 @@ cdef class Detector:
     def explain(self):
         """How the last sample was scored."""
         return {"score": self.d.score, "surprise": self.d.surprise,
+                "tail_neg_log10": self.d.likelihood, "quiet_after_alarm": self.d.quiet_left,
                 "z": {"level": self.d.z[0], "change": self.d.z[1], "smoothed": self.d.z[2]},
-                "baseline": "time_of_day" if self.d.view else "recent",
+                "baseline": ("recent", "time_of_day", "time_of_week")[self.d.view],
                 "expected": None if self.d.expected != self.d.expected else self.d.expected,
-                "fit": {"recent": self.d.fit[0], "time_of_day": self.d.fit[1]}}
+                "fit": {"recent": self.d.fit[0], "time_of_day": self.d.fit[1], "time_of_week": self.d.fit[2]}}

@@ -6,7 +6,8 @@ and at a clean shutdown. A file that is damaged or not ours is set aside with a
 reason, never a crash: the agent starts with an empty history and says so.
 
 File layout (version 1): magic `RTKQHIST`, u32 version, u32 index length, the
-index as JSON (tiers and each series' name, offset and length), the series
+index as JSON (tiers and each series' name, offset and length, and where its
+detector's state is saved, that blob's offset and length under "detector"), the
 blobs (native format, host byte order), and a CRC-32 of everything before it.
 """
 from __future__ import annotations
@@ -36,6 +37,7 @@ class HistoryStore:
         self.tiers = tuple(tuple(t) for t in tiers)
         self.max_series = max_series
         self.series: dict[str, History] = {}
+        self.detector_states: dict[str, bytes] = {}  # per series, opaque: saved and loaded beside it
         self.refused = 0  # samples refused: out of order, or past max_series
 
     def push(self, name: str, t: int, value: float, score: float = 0.0) -> bool:
@@ -62,6 +64,11 @@ class HistoryStore:
             index.append({"name": name, "offset": offset, "length": len(blob)})
             blobs.append(blob)
             offset += len(blob)
+            state = self.detector_states.get(name)
+            if state is not None:
+                index[-1]["detector"] = {"offset": offset, "length": len(state)}
+                blobs.append(state)
+                offset += len(state)
         meta = json.dumps({"tiers": self.tiers, "series": index, "written_at": int(time.time())}).encode()
         body = HEADER.pack(MAGIC, VERSION, len(meta)) + meta + b"".join(blobs)
         return body + CRC.pack(binascii.crc32(body))
@@ -113,6 +120,9 @@ class HistoryStore:
             except ValueError as exc:
                 raise ValueError(f"series {entry['name']!r}: {exc}") from None
             store.series[entry["name"]] = series
+            if "detector" in entry:
+                start = base + entry["detector"]["offset"]
+                store.detector_states[entry["name"]] = data[start:start + entry["detector"]["length"]]
         return store
 
     @classmethod

@@ -90,7 +90,9 @@ def test_an_injected_incident_is_found_by_both_methods(backend):
     start = (NOW - 25 * 60) * 1000
     assert start - 60_000 <= incident["start"] <= start and incident["duration_s"] >= 5 * 60
     assert incident["severity"] == "critical" and incident["ongoing"] is False
-    assert incident["peak"]["series"] == "probe.gateway.latency_ms" and incident["peak"]["value"] > 30
+    # The peak is the series furthest from its usual in scales: traffic +35 Mbit/s on a scale of
+    # 1 Mbit/s (its noise) beats latency +30 ms on the latency's least scale of 1 ms.
+    assert incident["peak"]["series"] == "eth0.rx_mbps" and incident["peak"]["value"] > 40
     assert any("queueing" in r for r in result["recommendations"])
 
 
@@ -105,6 +107,42 @@ def test_an_episode_still_open_is_published_as_an_event():
     payload = events[0][1]
     assert payload["state"] == "open" and payload["severity"] == "critical"
     assert payload["start"] == open_episodes[0]["start"]
+
+
+def _clean_links(loss_at) -> HistoryStore:
+    """Two days of an error rate of 0 %, every second of the last hour (the rest per minute);
+    `loss_at(t)` gives a second's error rate."""
+    store = HistoryStore()
+    for t in range(NOW - 2 * DAY, NOW - 3600, 60):
+        store.push("eth0.error_rate", t, 0.0)
+    for t in range(NOW - 3600, NOW + 1):
+        store.push("eth0.error_rate", t, loss_at(t))
+    return store
+
+
+def test_one_dropped_packet_after_a_clean_day_is_not_an_anomaly():
+    # One second with 1 of 100 packets dropped: the minute's max is 1 %. Against a scale of
+    # 1e-6 that was a critical z of 10^6; against the error rate's least scale (0.5 %) it is 2.
+    store = _clean_links(lambda t: 1.0 if t == NOW - 600 else 0.0)
+    result = _detect(store, baseline_period=DAY, metrics=["error_rate"], sensitivity="high",
+                     detection_methods=["statistical"])
+    assert result["detection_summary"]["status"] == "ok" and result["anomalies"] == []
+    assert result["current_metrics_summary"]["error_rate"]["eth0.error_rate"]["max"] == 1.0
+    # Five minutes of 5 % loss is ten of those scales: critical.
+    store = _clean_links(lambda t: 5.0 if NOW - 900 <= t < NOW - 600 else 0.0)
+    result = _detect(store, baseline_period=DAY, metrics=["error_rate"], detection_methods=["statistical"])
+    [episode] = result["anomalies"]
+    assert episode["severity"] == "critical" and episode["duration_s"] == 300
+    assert episode["peak"]["z_score"] == 10.0 and episode["peak"]["expected"] == 0.0
+
+
+def test_a_baseline_needs_a_positive_least_scale():
+    from rtk_qos._core import TimeOfDayBaseline
+    flat = TimeOfDayBaseline([0.0] * 100, 0, 60, 0.5)
+    assert flat.overall == (0.0, 0.5, 100)
+    for bad in (0.0, -1.0, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="min_scale"):
+            TimeOfDayBaseline([0.0] * 100, 0, 60, bad)
 
 
 def test_not_enough_history_is_a_clear_status_and_a_partial_one_is_used():
@@ -150,3 +188,17 @@ def test_a_live_agent_answers_from_its_own_history(start_agent, controller):
     assert summary["baseline"]["needed_s"] == 1800 and summary["baseline"]["requested_s"] == 86400
     assert summary["metrics_without_data"] == []  # its interfaces' throughput is being recorded
     assert result["current_metrics_summary"]["throughput"]
+
+
+def test_the_estimate_prices_the_work_asked_for():
+    from rtk_qos.commands import anomaly_detection as command
+
+    def estimate(series=None, **args):
+        return command.estimate_ms(prepare(command.OP, {"detection_window": 3600, "metrics": ["latency"], **args})[1],
+                                   series)
+    week, day = estimate(baseline_period=7 * DAY), estimate(baseline_period=DAY)
+    assert week > 5 * day  # (1 h + 7 d) against (1 h + 1 d) of minutes
+    assert estimate(detection_methods=["statistical", "ml_based"]) > estimate(detection_methods=["statistical"])
+    # By default the most series the history can hold for the metrics: all four cost the most.
+    assert estimate(metrics=["throughput", "error_rate", "latency", "jitter"]) > estimate()
+    assert estimate(series=command.MAX_SERIES["latency"]) == estimate()

@@ -92,3 +92,68 @@ def test_detect_cli_reads_iso_timestamps_from_stdin_and_names_a_bad_line():
     assert done.returncode == 2 and "line 4" in done.stderr and "lots" in done.stderr
     done = _cli("--input", "-", "--set", "window=2", stdin=good)
     assert done.returncode == 2 and "out of range" in done.stderr
+
+
+def _alarms(scores, level=5 / 13):
+    """Rows whose tail probability crossed the detector's alarm level (p < 1e-5: 5 / (5 + 8))."""
+    return [i for i, s in enumerate(scores) if s >= level]
+
+
+def test_a_restart_mid_series_gives_the_scores_of_an_uninterrupted_run():
+    # Three days with an evening peak, so the restart carries the time-of-day learning too.
+    rng = random.Random(7)
+    t = [1_700_000_000 + 60 * i for i in range(3 * 1440)]
+    x = [10 + 30 * (1140 <= i % 1440 < 1260) + rng.gauss(0, 1) for i in range(len(t))]
+    x[3900] += 40
+    whole = list(Detector().run(t, x))
+    before = Detector()
+    before.run(t[:2500], x[:2500])
+    after = Detector()
+    after.restore(before.state())
+    assert list(after.run(t[2500:], x[2500:])) == whole[2500:]
+    assert after.explain()["baseline"] == "time_of_day"
+    assert _alarms(whole[2500:]) != []
+    with pytest.raises(ValueError, match="not a detector state"):
+        Detector(quiet=10).restore(before.state())
+    with pytest.raises(ValueError, match="not a detector state"):
+        Detector().restore(before.state()[:-1])
+
+
+def test_a_level_shift_alarms_once_then_becomes_the_new_normal():
+    rng = random.Random(3)
+    t = [1_700_000_000 + 60 * i for i in range(5000)]
+    x = [100 + rng.gauss(0, 2) + (40 if i >= 2000 else 0) for i in range(len(t))]
+    scores = Detector().run(t, x)
+    assert max(scores[800:2000]) < 0.45  # noise stays above p = 1e-7
+    alarms = _alarms(scores[2000:])
+    assert alarms and alarms[0] < 5  # at the shift
+    assert _alarms(scores[2000 + 500:]) == []  # the new level is normal again
+    assert max(scores[3000:]) < 0.3
+
+
+def test_the_same_series_in_other_units_gives_the_same_detections():
+    t, x = _series(4000, seed=11, spike_at=2500)
+    x[3000:] = [v + 15 for v in x[3000:]]
+    small, large = Detector().run(t, x), Detector().run(t, [1000 * v for v in x])
+    assert _alarms(small) == _alarms(large)
+    assert _alarms(small)[:1] == [2500]
+    assert list(large) == pytest.approx(list(small), abs=1e-9)
+
+
+def test_the_weekly_view_expects_the_weekend_once_two_weeks_are_known():
+    # Four weeks at 5-minute steps: busy office hours on weekdays, quiet weekends.
+    rng = random.Random(5)
+    t = [1_700_006_400 + 300 * i for i in range(4 * 7 * 288)]
+
+    def value(ts):
+        weekday = (ts // 86400 + 3) % 7  # 1970-01-01 was a Thursday; 0 = Monday
+        busy = weekday < 5 and 9 * 3600 <= ts % 86400 < 17 * 3600
+        return 20 + (60 if busy else 0) + rng.gauss(0, 2)
+    x = [value(ts) for ts in t]
+    fourth_week = slice(3 * 7 * 288, None)
+    daily_only = Detector(weeks=0)
+    assert _alarms(daily_only.run(t, x)[fourth_week]) != []  # a weekday's peak missing on a weekend
+    weekly = Detector()
+    assert _alarms(weekly.run(t, x)[fourth_week]) == []
+    assert weekly.explain()["baseline"] == "time_of_week"
+    assert Detector.memory_bytes(weeks=0) < Detector.memory_bytes()

@@ -1,13 +1,16 @@
 """NAB scoring (bench/nab.py) against hand-computed figures.
 
 The series have one row a minute. With n = 1000 rows the probation is the first 150 rows. The
-usual window covers rows 400..499, so y = (i - 499) / 99, and since 2/(1+e^(5y)) - 1 =
--tanh(5y/2), a detection at row i earns tanh(2.5 (499 - i) / 99) / tanh(2.5) of the TP weight.
+usual window covers rows 400..499 (100 rows), so, as in NAB's sweeper, y = -(499 - i + 1) / 100,
+and since 2/(1+e^(5y)) - 1 = -tanh(5y/2), a detection at row i earns
+tanh(2.5 (500 - i) / 100) / tanh(2.5) of the TP weight.
 Standard profile: TP 1, FN 1, FP 0.11; one window means null = -1, perfect = +1, so
 normalised = 50 (raw + 1).
 """
+import importlib.util
 import math
 import os
+import random
 import sys
 from datetime import datetime, timezone
 
@@ -30,7 +33,7 @@ def series(fires, rows=1000, windows=((400, 499),), score=1.0):
 
 
 def share(row, left=400, right=499):
-    return math.tanh(2.5 * (right - row) / (right - left)) / math.tanh(2.5)
+    return math.tanh(2.5 * (right - row + 1) / (right - left + 1)) / math.tanh(2.5)
 
 
 def test_null_detector_scores_zero():
@@ -54,20 +57,21 @@ def test_perfect_detector_scores_100(profile):
     assert (result.files["b"].tp, result.files["b"].fp, result.files["b"].fn) == (1, 0, 0)
 
 
-def test_detection_at_right_edge_earns_nothing_but_is_no_miss():
+def test_detection_at_right_edge_earns_little_but_is_no_miss():
     result = nab.score_corpus({"a": series([499])}, "standard")
     a = result.files["a"]
     assert (a.tp, a.fn) == (1, 0)
-    assert a.raw == pytest.approx(0, abs=1e-12)
-    # Halfway between never firing (-1) and perfect (+1)...
-    assert result.score == pytest.approx(50)
+    assert a.raw == pytest.approx(share(499)) and share(499) < 0.026  # y = -1/100
+    # About halfway between never firing (-1) and perfect (+1)...
+    assert result.score == pytest.approx(50 * (1 + share(499)))
     # ...and two thirds of the way when a miss costs 2.
-    assert nab.score_corpus({"a": series([499])}, "reward_low_FN_rate").score == pytest.approx(200 / 3)
+    assert nab.score_corpus({"a": series([499])}, "reward_low_FN_rate").score == pytest.approx(
+        100 * (2 + share(499)) / 3)
 
 
 def test_reward_falls_along_the_window():
-    # rows 400..500: y = -0.5 at row 450, reward tanh(1.25) / tanh(2.5) = 0.8598
-    result = nab.score_corpus({"a": series([450], windows=((400, 500),))}, "standard")
+    # rows 400..499 (100 rows): y = -(499 - 450 + 1) / 100 = -0.5, reward tanh(1.25) / tanh(2.5) = 0.8598
+    result = nab.score_corpus({"a": series([450])}, "standard")
     assert result.raw == pytest.approx(math.tanh(1.25) / math.tanh(2.5))
     assert result.raw == pytest.approx(0.8598, abs=1e-4)
 
@@ -89,6 +93,42 @@ def test_detections_in_probation_are_ignored():
     big = dict(rows=10_000, windows=((5000, 5099),))
     assert nab.score_corpus({"a": series([749, 5000], **big)}, "standard").score == pytest.approx(100)
     assert nab.score_corpus({"a": series([750, 5000], **big)}, "standard").files["a"].fp == 1
+
+
+def test_a_window_inside_the_probation_neither_earns_nor_costs():
+    # As NAB's runner: the null detector loses only the windows that count, perfect earns them all.
+    result = nab.score_corpus({"a": series([400], windows=((100, 140), (400, 499)))}, "standard")
+    assert (result.null, result.perfect) == (-1, 2)
+    assert result.files["a"].fn == 0 and result.raw == pytest.approx(share(400))
+
+
+NAB_DEV = os.path.join(os.path.dirname(__file__), "..", "..", "..", "shared", "anomaly-data", "nab-dev")
+
+
+def test_agrees_with_nabs_own_sweeper_on_the_development_corpus():
+    """NAB's scorer (../shared, pure Python) and ours, on NAB's files and labels with seeded
+    random scores in three resolutions (so thresholds tie): the same optimum for every profile."""
+    if not os.path.isdir(NAB_DEV):
+        pytest.fail(f"{NAB_DEV} is missing: the comparison needs NAB's scorer")
+    spec = importlib.util.spec_from_file_location("nab_sweeper", os.path.join(NAB_DEV, "nab", "sweeper.py"))
+    sweeper_module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(sweeper_module)
+    Sweeper = sweeper_module.Sweeper
+    corpus = nab.load_corpus(NAB_DEV)
+    for digits in (1, 2, 6):
+        rng = random.Random(digits)
+        scored = {s.name: (s.timestamps, [round(rng.random() ** 8, digits) for _ in s.values], s.windows)
+                  for s in corpus}
+        for profile, p in nab.PROFILES.items():
+            sweeper = Sweeper(probationPercent=0.15,
+                              costMatrix={"tpWeight": p.tp, "fnWeight": p.fn, "fpWeight": p.fp})
+            rows = []
+            for s in corpus:
+                rows += sweeper.calcSweepScore(s.timestamps, scored[s.name][1], s.windows, s.name)
+            theirs = max(sweeper.calcScoreByThreshold(rows), key=lambda r: r.score)
+            ours = nab.score_corpus(scored, profile)
+            assert ours.raw == pytest.approx(theirs.score, abs=1e-9)
+            assert ours.threshold == theirs.threshold
 
 
 @pytest.mark.parametrize("profile, fp_weight", [("standard", 0.11), ("reward_low_FP_rate", 0.22)])

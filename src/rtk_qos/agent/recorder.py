@@ -14,11 +14,13 @@ score that fell in it); a gap has no sample and so no score. The detector's
 defaults suit per-minute series; the 1 Hz series use `DETECTOR_SETTINGS`: robust
 windows of 2 minutes (120 samples), scores 0 for the first minute, the long-run
 distribution of surprise over 10 minutes (600 samples), and a time-of-day
-baseline of 48 half-hour bins over 7 days (used once two days are seen).
-That is `DETECTOR_BYTES` = 33,464 bytes per series on x86-64 (the defaults take 124,632),
-beside the 253,440 of the series' history. Detector state is not persisted: after
-a restart the detectors start empty and re-warm in minutes (the time-of-day
-baseline in two days).
+baseline of 48 half-hour bins over 7 days (used once two days are seen), and of
+7 x 48 time-of-week bins over 4 weeks (once two weeks are seen). That is
+`DETECTOR_BYTES` per series beside the 253,440 of the series' history. Each detector's
+state is saved with the history and restored at start (a state this build cannot
+restore, or none, gives a fresh detector that re-warms in minutes), so a restart
+keeps the days of time-of-day learning. Times of day are the router's local time
+(its time zone, daylight saving included), not UTC.
 """
 from __future__ import annotations
 
@@ -53,6 +55,14 @@ class HistoryRecorder:
         self.store.max_series = sum(self.budget.values())
         self.used = {kind: sum(1 for name in self.store.series if _is_probe(name) == kind) for kind in self.budget}
         self.detectors: dict[str, Detector] = {}
+        for name, state in self.store.detector_states.items():
+            detector = Detector(**DETECTOR_SETTINGS)
+            try:
+                detector.restore(state)
+            except ValueError as exc:
+                log.info("history: detector of %s starts afresh: %s", name, exc)
+                continue
+            self.detectors[name] = detector
         if self.problem:
             log.warning("%s", self.problem)
         elif self.store.series:
@@ -87,7 +97,8 @@ class HistoryRecorder:
                     return
                 self.used[kind] += 1
             detector = self.detectors[name] = Detector(**DETECTOR_SETTINGS)
-        self.store.push(name, t, value, detector.update(t, value))
+        # The detector's seasons follow the local clock: an office's 9 o'clock is local.
+        self.store.push(name, t, value, detector.update(t + time.localtime(t).tm_gmtoff, value))
 
     def maybe_save(self) -> None:
         if time.monotonic() >= self._next_save:
@@ -95,6 +106,7 @@ class HistoryRecorder:
 
     def save(self) -> None:
         self._next_save = time.monotonic() + self.save_every_s
+        self.store.detector_states = {name: d.state() for name, d in self.detectors.items()}
         try:
             size = self.store.save(self.path)
         except OSError as exc:

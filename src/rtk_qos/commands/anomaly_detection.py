@@ -51,17 +51,41 @@ MEANAD_TO_SIGMA = 1.2533
 SEVERITY_RANK = {"medium": 1, "high": 2, "critical": 3}
 EVENT_SEVERITY = {"medium": "warning", "high": "error", "critical": "critical"}
 
-# metric -> (series suffix, only high values are bad, unit)
+# metric -> (series suffix, only high values are bad, unit, least scale). The least scale is the
+# smallest deviation (in the unit) that counts as one standard deviation, however flat the
+# baseline: an error rate of 0 all day must not make the first dropped packet a z of 10^5.
+# Chosen as effect sizes that matter: at the high sensitivity (2 sigma) an error rate must pass
+# 1 % (where the agent's health turns to warning), latency rise 2 ms, jitter 1 ms, traffic
+# 0.2 Mbit/s (background chatter of an idle link stays below it).
 METRICS = {
-    "throughput": ((".rx_mbps", ".tx_mbps"), False, "Mbit/s"),
-    "error_rate": ((".error_rate",), True, "%"),
-    "latency": ((".latency_ms",), True, "ms"),
-    "jitter": ((".jitter_ms",), True, "ms"),
+    "throughput": ((".rx_mbps", ".tx_mbps"), False, "Mbit/s", 0.1),
+    "error_rate": ((".error_rate",), True, "%", 0.5),
+    "latency": ((".latency_ms",), True, "ms", 1.0),
+    "jitter": ((".jitter_ms",), True, "ms", 0.5),
 }
 
 
-def estimate_ms(args: dict) -> int:
-    return 5000
+# What the work costs, measured by bench/anomaly.py on its x86-64 machine (bench/anomaly-report.json,
+# "estimate_basis", rounded up): per 1-minute row of one series, the whole command with the
+# statistical method (reading, judging, episodes, the result); per row of the forest's table,
+# the whole command with the forest.
+SERIES_ROW_NS = 71
+FOREST_ROW_NS = 1120
+# The most series the agent's history holds per metric at its default budget: 16 interfaces with rx and tx
+# and an error rate each; the gateway and up to 8 probe targets.
+MAX_SERIES = {"throughput": 32, "error_rate": 16, "latency": 9, "jitter": 9}
+
+
+def estimate_ms(args: dict, series: Optional[int] = None) -> int:
+    """The run time for the window and baseline asked, with `series` series (by default the most
+    the history can hold for the metrics asked, so the estimate bounds the run on the bench's CPU)."""
+    rows = (args["detection_window"] + args["baseline_period"]) // STEP_S
+    if series is None:
+        series = sum(MAX_SERIES[m] for m in set(args["metrics"]))
+    ns = rows * series * SERIES_ROW_NS
+    if "ml_based" in args["detection_methods"]:
+        ns += rows * FOREST_ROW_NS
+    return math.ceil(ns / 1e6)
 
 
 @dataclass
@@ -96,7 +120,8 @@ class Series:
             if self._usual is None:
                 self._usual = self.usual(self.mean)
             return self._usual
-        return _core.TimeOfDayBaseline(self.base(column), self.first, STEP_S, TOD_BINS, TOD_MIN_POINTS)
+        return _core.TimeOfDayBaseline(self.base(column), self.first, STEP_S, METRICS[self.metric][3], TOD_BINS,
+                                       TOD_MIN_POINTS)
 
 
 @dataclass
