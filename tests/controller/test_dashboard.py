@@ -4,6 +4,7 @@ Each test saves a screenshot in tests/artifacts/ and fails on any console error 
 from __future__ import annotations
 
 import math
+import threading
 import time
 from pathlib import Path
 
@@ -63,6 +64,17 @@ def probe_series(count: int, seed: int, offset: float = 0.0) -> dict[str, list]:
             "probe.gateway.jitter_ms": [round(1 + seed / 10 + abs(w), 3) for w in wave],
             "probe.gateway.loss_pct": [round(max(0.0, w) * seed / 3, 3) for w in wave],
             "eth0.rx_mbps": [round(50 + 20 * w, 3) for w in wave], "eth0.tx_mbps": [round(5 + 2 * w, 3) for w in wave]}
+
+
+def open_page(ctl, sim, page, first: int, path: str, view: str) -> str:
+    """One device online (as its agent announces itself), the page open at `path` with a live stream."""
+    device_id = device_ids(1, first)[0]
+    sim.online(device_id)
+    ctl.http.wait("/api/devices", lambda b: b["devices"], timeout=10)
+    page.goto(f"{ctl.http.url}/#{path.format(device_id=device_id)}")
+    page.wait_for_selector(f"body[data-ready='{view}']")
+    page.wait_for_selector("#conn.live")
+    return device_id
 
 
 def texts(page, selector: str) -> list[str]:
@@ -180,12 +192,7 @@ def test_device_plots_draw_the_stored_series_with_alert_marks(start_controller, 
 
 def test_an_agents_alert_appears_in_the_alerts_view_within_two_seconds(start_controller, sim, page):
     ctl = start_controller()
-    device_id = device_ids(1, 0xC0_00_00_00_00_00)[0]
-    sim.online(device_id)
-    ctl.http.wait("/api/devices", lambda b: b["devices"], timeout=10)
-    page.goto(f"{ctl.http.url}/#/alerts")
-    page.wait_for_selector("body[data-ready='alerts']")
-    page.wait_for_selector("#conn.live")
+    device_id = open_page(ctl, sim, page, 0xC0_00_00_00_00_00, "/alerts", "alerts")
     opened = int(time.time() * 1000) - 5000
     sent = time.monotonic()
     sim.event(device_id, "qos_alert", {"severity": "critical", "state": "open", "command_id": "c9", "metric": "latency",
@@ -228,25 +235,19 @@ def _plan_result(dry_run: bool, confirm_timeout_s: float) -> dict:
 
 def test_dry_run_shows_tc_lines_and_an_unconfirmed_apply_counts_down_and_reverts(start_controller, sim, page):
     ctl = start_controller()
-    device_id = device_ids(1, 0xD0_00_00_00_00_00)[0]
-    sim.online(device_id)
     confirm_s = 4.0
 
     def optimize(dev, args):
         if args.get("dry_run", True):
             return _plan_result(True, confirm_s)
         # The agent's shaper: pending, and reverted when not confirmed in time.
-        import threading
         threading.Timer(confirm_s, sim.event, args=(dev, "shaping_reverted", {
             "severity": "warning", "transaction": "tx0123456789", "state": "reverted",
             "reason": f"not confirmed within {confirm_s:g} s", "restored": {"eth0": {"exact": True}}})).start()
         return _plan_result(False, confirm_s)
 
     sim.answer("qos_auto_optimization", optimize)
-    ctl.http.wait("/api/devices", lambda b: b["devices"], timeout=10)
-    page.goto(f"{ctl.http.url}/#/device/{device_id}")
-    page.wait_for_selector("body[data-ready='device']")
-    page.wait_for_selector("#conn.live")
+    device_id = open_page(ctl, sim, page, 0xD0_00_00_00_00_00, "/device/{device_id}", "device")
     page.fill("#token", "test-token")
     page.click("#token-form button")
     page.click("#preview")
@@ -267,11 +268,7 @@ def test_dry_run_shows_tc_lines_and_an_unconfirmed_apply_counts_down_and_reverts
 
 def test_a_missing_or_invalid_token_is_refused_and_sends_nothing(start_controller, sim, page, console):
     ctl = start_controller()
-    device_id = device_ids(1, 0xE0_00_00_00_00_00)[0]
-    sim.online(device_id)
-    ctl.http.wait("/api/devices", lambda b: b["devices"], timeout=10)
-    page.goto(f"{ctl.http.url}/#/device/{device_id}")
-    page.wait_for_selector("body[data-ready='device']")
+    device_id = open_page(ctl, sim, page, 0xE0_00_00_00_00_00, "/device/{device_id}", "device")
     page.click("#ta")
     refused = page.wait_for_selector("#ta-out [data-refused]")
     assert refused.get_attribute("data-refused") == "401" and "bearer token is required" in refused.inner_text()
