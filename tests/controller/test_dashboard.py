@@ -4,8 +4,10 @@ Each test saves a screenshot in tests/artifacts/ and fails on any console error 
 from __future__ import annotations
 
 import math
+import re
 import threading
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -327,3 +329,24 @@ def test_phone_width_and_light_theme_with_a_lost_connection_shown(start_controll
     finally:
         context.close()
     assert errors == []
+
+
+def test_the_pages_endpoints_refuse_bad_input_precisely(start_controller, sim):
+    ctl = start_controller()
+    device_id = device_ids(1, 0xA1_00_00_00_00_00)[0]
+    sim.online(device_id)
+    ctl.http.wait("/api/devices", lambda b: b["devices"], timeout=10)
+    for path, status, message in (
+            ("/api/devices/XYZ/events", 400, "device_id: 'XYZ' is not 12 lower-case hex digits"),
+            ("/api/devices/0123456789ab/commands", 404, "device 0123456789ab is not known to this controller"),
+            (f"/api/devices/{device_id}/events?since=soon", 400, "since: 'soon' is not an integer (Unix time, ms)"),
+            (f"/api/devices/{device_id}/events?limit=0", 400, "limit: 0 is below the minimum 1")):
+        assert ctl.http.call("GET", path) == (status, {"error": {"status": status, "message": message}}), path
+    assert ctl.http.get(f"/api/devices/{device_id}/events") == {"events": []}
+    # The page and every file it names are served (uPlot from the package data, no other host).
+    html = urllib.request.urlopen(ctl.http.url + "/", timeout=10).read().decode()
+    files = re.findall(r'(?:src|href)="(/ui/[^"]+)"', html)
+    assert "/ui/vendor/uPlot.iife.min.js" in files and "/ui/app.js" in files
+    for path in files:
+        assert urllib.request.urlopen(ctl.http.url + path, timeout=10).status == 200, path
+    assert not re.search(r'(?:src|href)="(?:https?:)?//', html)

@@ -155,7 +155,8 @@ function fleetRow(d) {
   const off = d.status !== "online";
   const metric = (key, unit) => `<td class="num" data-metric="${key}" data-value="${d.latest[key] ?? ""}">${withUnit(d.latest[key], unit)}${sparkline(d.spark[key])}</td>`;
   const anomaly = d.anomaly ? `<span class="badge sev-${esc(d.anomaly.severity)}" title="${esc((d.anomaly.metrics || []).join(", "))}">anomalous ${ago(d.anomaly.ts)}</span>` : `<span class="muted">normal</span>`;
-  const health = d.health ? ` <span class="badge h-${esc(d.health)}">${esc(d.health)}</span>` : "";
+  // An offline device's last state is old news: its health badge is left out.
+  const health = d.health && !off ? ` <span class="badge h-${esc(d.health)}">${esc(d.health)}</span>` : "";
   return `<tr class="clickable${off ? " offline" : ""}" data-device="${esc(d.device_id)}" data-status="${esc(d.status)}">` +
     `<td><a href="#/device/${esc(d.device_id)}">${esc(d.device_id)}</a> <span class="muted hide-narrow">${esc(d.tenant)}/${esc(d.site)}</span></td>` +
     `<td><span class="badge st-${esc(d.status)}">${esc(d.status)}</span></td>` +
