@@ -96,8 +96,14 @@ def test_fleet_table_lists_the_devices_with_the_apis_figures(start_agent, start_
     sim.online(ids[5])
     sim.online(ids[5], status="offline")
     http = ctl.http
-    http.wait("/api/fleet", lambda f: {d["device_id"] for d in f["devices"] if d["latest"]["latency"] is not None}
-              >= set(ids[:5]) | {agent.device_id}, timeout=40)
+
+    def stored(fleet) -> bool:
+        """Every batch ingested: the agent has a figure, each simulated device its 14 or 15 whole minutes
+        (the window moves on at the next minute)."""
+        minutes = {d["device_id"]: sum(v is not None for v in d["spark"]["latency"]) for d in fleet["devices"]}
+        return minutes.get(agent.device_id, 0) >= 1 and all(minutes.get(d, 0) >= 14 for d in ids[:5])
+
+    http.wait("/api/fleet", stored, timeout=40)
     fleet = {d["device_id"]: d for d in http.get("/api/fleet")["devices"]}
 
     page.goto(ctl.http.url + "/")
@@ -140,7 +146,8 @@ def test_fleet_table_lists_the_devices_with_the_apis_figures(start_agent, start_
     shown = [float(v.split()[0]) for v in texts(page, "#fleet tbody td[data-metric='latency']") if v[0] != "—"]
     assert shown == sorted(shown, reverse=True)
     # Sparklines drawn from the per-minute means.
-    assert page.locator(f"tr[data-device='{ids[0]}'] svg.spark polyline").count() == 4
+    assert page.locator(f"tr[data-device='{ids[0]}'] svg.spark polyline").count() == 4, \
+        [d["spark"] for d in http.get("/api/fleet")["devices"] if d["device_id"] == ids[0]]
     # The other theme, kept for the next visit.
     page.click("#theme")
     page.wait_for_selector("html[data-theme='dark'] body[data-ready='fleet']")
