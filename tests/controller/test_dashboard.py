@@ -11,6 +11,8 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from paho.mqtt import client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
 from playwright.sync_api import sync_playwright
 
 from fleet_sim import FleetSim, device_ids
@@ -220,6 +222,37 @@ def test_an_agents_alert_appears_in_the_alerts_view_within_two_seconds(start_con
     row.locator("text=on the plot").click()
     page.wait_for_selector("body[data-ready='device']")
     assert f"at={opened}" in page.url and page.locator(".plot").count() == 5
+
+
+def test_an_alert_raised_by_a_real_agent_shows_within_two_seconds_of_its_event(start_agent, start_controller,
+                                                                              broker, page):
+    agent = start_agent()
+    ctl = start_controller()
+    ctl.http.wait("/api/devices", lambda b: any(d["status"] == "online" for d in b["devices"]), timeout=20)
+    page.goto(f"{ctl.http.url}/#/alerts")
+    page.wait_for_selector("body[data-ready='alerts']")
+    page.wait_for_selector("#conn.live")
+    arrived = []
+    watcher = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="dashboard-test-watcher")
+    watcher.on_message = lambda *_: arrived.append(time.monotonic())
+    watcher.connect("127.0.0.1", broker.plain_port)
+    watcher.subscribe(f"rtk/v1/+/+/{agent.device_id}/evt/qos_alert", qos=1)
+    watcher.loop_start()
+    try:
+        # Any round trip to the gateway is above 1 microsecond: the agent's own monitor opens an episode.
+        ctl.http.post("/api/commands", {"device_id": agent.device_id, "op": "qos_performance_monitor", "args": {
+            "monitor_duration": 60, "metrics": ["latency"], "alert_thresholds": {"latency_ms": 0.001}}}, expect=202)
+        deadline = time.monotonic() + 45
+        while not page.locator("#open-alerts tr[data-state='open']").count():
+            assert time.monotonic() < deadline, "no alert in the page"
+            time.sleep(0.05)
+        shown = time.monotonic()
+    finally:
+        watcher.loop_stop()
+        watcher.disconnect()
+    assert arrived and shown - arrived[0] < 2.0, (arrived, shown)
+    text = page.locator("#open-alerts tr[data-state='open']").first.inner_text()
+    assert agent.device_id in text and "latency" in text and "agent" in text
 
 
 def _plan_result(dry_run: bool, confirm_timeout_s: float) -> dict:

@@ -16,6 +16,7 @@ const esc = s => String(s ?? "").replace(/[&<>"']/g, c => ({"&": "&amp;", "<": "
 function num(v, digits) {
   if (v == null || !isFinite(v)) return "—";
   const a = Math.abs(v);
+  if (digits == null && a > 0 && a < 0.01) return String(+v.toPrecision(2));   // 0.001 ms stays 0.001
   const d = digits ?? (a >= 100 ? 0 : a >= 10 ? 1 : 2);
   return v.toFixed(d);
 }
