@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 import netns
-from mqtt_harness import free_port, to_toml, wait_listening
+from mqtt_harness import free_port, stop_process, to_toml, wait_listening
 
 REFLECTOR = Path(__file__).resolve().parents[1] / "reflector.py"
 
@@ -86,15 +86,9 @@ class ControllerProcess:
         self.http.wait("/api/devices", lambda _: True)
 
     def stop(self, sig=signal.SIGTERM) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        code = stop_process(self.proc, sig)
         self.log_file.close()
-        return self.proc.returncode
+        return code
 
     def db(self) -> sqlite3.Connection:
         return sqlite3.connect(f"file:{self.state_dir / 'controller.db'}?mode=ro", uri=True)

@@ -9,7 +9,7 @@ def test_discovery_last_will_and_device_gone(start_agent, start_controller):
     agent = start_agent(telemetry={"qos_period_s": 1.0})
     ctl = start_controller()
     http = ctl.http
-    device = http.wait(f"/api/devices", lambda b: b["devices"] and b["devices"][0]["health"] is not None)["devices"][0]
+    device = http.wait("/api/devices", lambda b: b["devices"] and b["devices"][0]["health"] is not None)["devices"][0]
     assert device["device_id"] == agent.device_id and device["status"] == "online"
     assert "qos_performance_monitor" in device["capabilities"]["diagnostics"]
     assert device["attr"]["mac_address"] == agent.host.mac and device["last_seen_ms"] > 0
@@ -36,7 +36,7 @@ def test_commands_to_a_real_agent(start_agent, start_controller, dialect):
     agent = start_agent()
     ctl = start_controller()
     http = ctl.http
-    http.wait(f"/api/devices", lambda b: any(d["status"] == "online" for d in b["devices"]))
+    http.wait("/api/devices", lambda b: any(d["status"] == "online" for d in b["devices"]))
     command = http.post("/api/commands", {"device_id": agent.device_id, "op": "qos_traffic_analysis",
                                           "args": {"duration": 1, "analysis_type": "basic"}, "dialect": dialect,
                                           "wait_s": 20})

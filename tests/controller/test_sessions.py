@@ -19,7 +19,7 @@ def test_session_alert_episode_survives_a_restart(start_agent, start_controller,
     agent = start_agent(telemetry={"qos_period_s": 1.0}, history={"probe_targets": [target]})
     ctl = start_controller()
     http = ctl.http
-    device = http.wait(f"/api/devices", lambda b: any(d["status"] == "online" for d in b["devices"]))["devices"][0]
+    device = http.wait("/api/devices", lambda b: any(d["status"] == "online" for d in b["devices"]))["devices"][0]
     assert device["device_id"] == agent.device_id and (device["tenant"], device["site"]) == ("lab", "bench")
 
     session = http.post("/api/sessions", {"device_id": agent.device_id, "duration": 50, "sampling_interval": 1,

@@ -32,7 +32,7 @@ from .web import add_routes as add_dashboard
 
 MAX_POINTS = 10_000
 MAX_BODY = 64 * 1024
-SSE_QUEUE = 1000
+SSE_QUEUE = 10_000  # events a client may fall behind (a fleet reconnecting is a burst) before it is cut off
 SSE_KEEPALIVE_S = 15.0
 COMMAND_FIELDS = {"device_id", "group", "tenant", "site", "op", "args", "timeout_ms", "dialect", "id", "wait_s"}
 FINISHED = ("completed", "failed", "partial", "timeout", "cancelled", "rejected", "finished")
@@ -141,6 +141,7 @@ class Api:
         app = web.Application(middlewares=[self._errors, self._auth], client_max_size=MAX_BODY * 2)
         r = app.router
         r.add_get("/api/openapi.json", self.openapi)
+        r.add_get("/api/status", self.status)
         r.add_get("/api/qos/overview", self.overview)
         r.add_get("/api/devices", self.devices)
         r.add_get("/api/devices/{device_id}", self.device)
@@ -188,6 +189,16 @@ class Api:
 
     async def openapi(self, request):
         return web.json_response(SPEC)
+
+    async def status(self, request):
+        """The controller's own counters, cheap to poll (no per-device figures)."""
+        engine = self.engine
+        return web.json_response({"connected": engine.connected.is_set(), "inbox": len(engine.inbox),
+                                  "counts": dict(engine.counts), "commands": dict(engine.requests.counts),
+                                  "alerts": dict(engine.alerts.counts), "active_sessions": len(engine.sessions.active),
+                                  "late_session_samples": engine.sessions.late_samples,
+                                  "sse_clients": len(self.hub.clients), "sse_sent": self.hub.sent,
+                                  "sse_cut_off": self.hub.dropped_clients})
 
     async def overview(self, request):
         return web.json_response(await self._read(overview_mod.overview, self.store, _now_ms(),

@@ -11,6 +11,7 @@ from ..settings import ConfigError
 from . import config as config_mod
 
 log = logging.getLogger("rtk_qos.controller")
+SWITCH_INTERVAL_S = 0.0005
 
 
 def add_parser(commands) -> None:
@@ -82,6 +83,10 @@ def run(ns: argparse.Namespace) -> int:
         return 2
     logging.basicConfig(level=config["log_level"].upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # paho's network thread releases the GIL at every socket read and must win it back from the
+    # busy ingest thread: at the default 5 ms switch interval that convoy, not the work, set the
+    # ingest rate (bench/controller.py).
+    sys.setswitchinterval(SWITCH_INTERVAL_S)
     try:
         asyncio.run(serve(config))
     except OSError as exc:  # the HTTP port is taken, the state dir is not writable

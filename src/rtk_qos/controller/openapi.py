@@ -39,6 +39,9 @@ SPEC = {
             "status": {"type": "integer"}, "message": {"type": "string"}}}}},
                     "SessionConfig": _session_schema()}},
     "paths": {
+        "/api/status": {"get": {"summary": "the controller's own counters: MQTT connection, inbox, messages by "
+                                           "kind, commands, alerts, sessions, live-stream clients",
+                                "responses": {"200": _json("status")}}},
         "/api/qos/overview": {"get": {"summary": "active sessions, devices monitored, alerts of the last 24 h, "
                                                  "performance summary of the last 15 min (from stored samples)",
                                       "responses": {"200": _json("overview")}}},

@@ -16,7 +16,6 @@ import uuid
 from typing import Callable, Optional
 
 from ..protocol import messages, validate
-from ..protocol.errors import CommandError
 from ..protocol.topics import NAME, PREFIX
 
 GROUP = re.compile(NAME.pattern)
@@ -88,19 +87,22 @@ class Requests:
                                                      "duplicates": 0, "late": 0}
         return reply
 
-    def _known(self, command_id, now_ms: int) -> Optional[dict]:
+    def _match(self, device_id: str, message: dict):
+        """(enveloped, body, command, reply) for a reply to one of our commands, None otherwise."""
+        enveloped = isinstance(message.get("payload"), dict)
+        body = message["payload"] if enveloped else message
+        command_id = body.get("id")
         command = self.open.get(command_id) if isinstance(command_id, str) else None
         if command is None:
             self.counts["unknown"] += 1  # another controller's, or past its grace
-        return command
+            return None
+        return enveloped, body, command, self._reply(command, device_id)
 
     def on_ack(self, device_id: str, message: dict, now_ms: int) -> None:
-        enveloped = isinstance(message.get("payload"), dict)
-        body = message["payload"] if enveloped else message
-        command = self._known(body.get("id"), now_ms)
-        if command is None:
+        matched = self._match(device_id, message)
+        if matched is None:
             return
-        reply = self._reply(command, device_id)
+        enveloped, body, command, reply = matched
         if reply.get("acked_ms") is not None:
             reply["duplicates"] += 1
             self.counts["duplicates"] += 1
@@ -114,12 +116,10 @@ class Requests:
         self._save(command, reply, now_ms)
 
     def on_result(self, device_id: str, message: dict, now_ms: int) -> None:
-        enveloped = isinstance(message.get("payload"), dict)
-        body = message["payload"] if enveloped else message
-        command = self._known(body.get("id"), now_ms)
-        if command is None:
+        matched = self._match(device_id, message)
+        if matched is None:
             return
-        reply = self._reply(command, device_id)
+        enveloped, body, command, reply = matched
         if reply.get("finished_ms") is not None:
             reply["duplicates"] += 1
             self.counts["duplicates"] += 1
@@ -174,6 +174,3 @@ class Requests:
             replies = {r["device_id"]: r for r in row.pop("replies")}
             self.open[row["id"]] = {**row, "group": row["target"].startswith("group:"), "replies": replies}
 
-
-def describe_error(exc: Exception) -> str:
-    return f"{exc.kind}: {exc.message}" if isinstance(exc, CommandError) else str(exc)

@@ -28,7 +28,6 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from ..protocol import messages
 from ..protocol.topics import PREFIX, parse_uplink
 from .alerts import Alerts
 from .fleet import Fleet
@@ -67,7 +66,7 @@ class Engine:
         self.config = config
         s = config["store"]
         retention = Retention(s["raw_hours"], s["minute_days"], s["hour_days"])
-        self.store = open_store(s["url"], retention, s["synchronous"])
+        self.store = open_store(s["url"], retention, s["synchronous"], writer=True)
         self.reader = open_store(s["url"], retention, s["synchronous"])  # the API's own connection
         self.on_note = on_note or (lambda kind, data: None)
         self._notes: list[tuple[str, dict]] = []

@@ -147,9 +147,11 @@ class Store(abc.ABC):
     def close(self) -> None: ...
 
 
-def open_store(url: str, retention: Retention = Retention(), synchronous: str = "normal") -> Store:
-    """`sqlite:///path/to/file.db` (the default backend)."""
+def open_store(url: str, retention: Retention = Retention(), synchronous: str = "normal",
+               writer: bool = False) -> Store:
+    """`sqlite:///path/to/file.db` (the default backend). `writer`: the instance of the one writing
+    thread (it also keeps the file's housekeeping off that thread)."""
     if url.startswith("sqlite:///"):
         from .sqlite import SQLiteStore
-        return SQLiteStore(url[len("sqlite://"):], retention, synchronous)
+        return SQLiteStore(url[len("sqlite://"):], retention, synchronous, writer)
     raise StoreError(f"store: {url!r} is not a supported store URL (sqlite:///path)")

@@ -64,6 +64,7 @@ MIGRATIONS: list[str] = [
 _JSON_COLUMNS = {"devices": {"health_reasons", "capabilities", "attr", "state", "telemetry"},
                  "alerts": {"detail"}, "sessions": {"config", "progress"}, "commands": {"args"},
                  "replies": {"ack", "result"}, "events": {"payload"}}
+CHECKPOINT_S = 1.0
 ROLLUP_GRACE_MS = 15_000
 ROLLUP_SERIES = 250  # series per tier per rollup call: about 15,000 raw rows, some 15 ms
 _TIERS = (("samples_minute", "samples_raw", MINUTE_MS), ("samples_hour", "samples_minute", HOUR_MS))
@@ -82,7 +83,8 @@ def _values(table: str, record: dict, columns: tuple) -> list:
 
 
 class SQLiteStore(Store):
-    def __init__(self, path: str, retention: Retention = Retention(), synchronous: str = "normal"):
+    def __init__(self, path: str, retention: Retention = Retention(), synchronous: str = "normal",
+                 writer: bool = False):
         if synchronous not in ("normal", "full"):
             raise StoreError(f"store.synchronous: {synchronous!r} is not normal or full")
         self.path = path
@@ -98,6 +100,15 @@ class SQLiteStore(Store):
         self._depth = 0
         self._lock = threading.Lock()
         self._migrate()
+        self._checkpointer: Optional[threading.Thread] = None
+        self._closing = threading.Event()
+        if writer:
+            # SQLite checkpoints (and fsyncs) in the committing thread by default: hundreds of ms
+            # now and then, for ingest and the live stream. A thread of its own does it instead.
+            self.db.execute("PRAGMA wal_autocheckpoint=0")
+            self._checkpointer = threading.Thread(target=self._checkpoint_loop, name="rtk-qos-checkpoint",
+                                                  daemon=True)
+            self._checkpointer.start()
 
     # ---- schema -------------------------------------------------------------------------------
 
@@ -400,5 +411,17 @@ class SQLiteStore(Store):
         wal = self.path + "-wal"
         return pages + (os.path.getsize(wal) if os.path.exists(wal) else 0)
 
+    def _checkpoint_loop(self) -> None:
+        db = sqlite3.connect(self.path, isolation_level=None, timeout=30)
+        try:
+            while not self._closing.wait(CHECKPOINT_S):
+                # PASSIVE: copies what no reader still needs, never waits for the writer.
+                db.execute("PRAGMA wal_checkpoint(PASSIVE)")
+        finally:
+            db.close()
+
     def close(self) -> None:
+        self._closing.set()
+        if self._checkpointer is not None:
+            self._checkpointer.join(timeout=30)
         self.db.close()
