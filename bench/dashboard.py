@@ -14,6 +14,7 @@ drawn) plus the next animation frame; first-contentful-paint is reported beside 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import statistics
 import sys
@@ -24,12 +25,19 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests"))
-from controller.conftest import ControllerProcess  # noqa: E402
 from fleet_sim import FleetSim, device_ids  # noqa: E402
 from mqtt_harness import Broker  # noqa: E402
 from report import write as write_report  # noqa: E402
 
 from playwright.sync_api import sync_playwright  # noqa: E402
+
+
+def _controller_process():
+    """The tests' ControllerProcess, loaded by path: `controller` here is bench/controller.py."""
+    spec = importlib.util.spec_from_file_location("controller_conftest", HERE.parent / "tests/controller/conftest.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.ControllerProcess
 
 DEVICES = int(__import__("os").environ.get("BENCH_DEVICES", 1000))
 RUNS = 5
@@ -98,7 +106,7 @@ def main() -> int:
         (tmp / "broker").mkdir()
         broker = Broker(tmp / "broker")
         (tmp / "ctl").mkdir()
-        ctl = ControllerProcess(tmp / "ctl", broker.plain_port, log_level="info")
+        ctl = _controller_process()(tmp / "ctl", broker.plain_port, log_level="info")
         sim = FleetSim(broker.plain_port)
         try:
             now = int(time.time() * 1000)

@@ -211,7 +211,8 @@ async function fleetView(view) {
   };
   await load();
   let pending = null;
-  const soon = () => { pending ||= setTimeout(() => { pending = null; quietly(load)(); }, 500); };
+  // One re-read for a burst of news (a fleet's events come in bursts; the read covers every device).
+  const soon = () => { pending ||= setTimeout(() => { pending = null; quietly(load)(); }, 2000); };
   return [setInterval(quietly(load), FLEET_REFRESH_MS), on("device", soon), on("alert", soon), on("event", soon)];
 }
 
@@ -296,7 +297,8 @@ async function deviceView(view, id, params) {
   const soon = () => { redraw ||= setTimeout(() => { redraw = null; quietly(draw)(); }, 1000); };
   const mine = f => d => d.device_id === id && f(d);
   return [() => removeEventListener("resize", onResize), () => clearTimeout(redraw),
-    setInterval(() => !at && soon(), FLEET_REFRESH_MS), on("alert", mine(soon)), on("device", mine(soon)),
+    // 24 h and 7 d read the per-minute tier: once a minute is enough.
+    setInterval(() => !at && soon(), RANGES[range][2] ? FLEET_REFRESH_MS : MIN), on("alert", mine(soon)), on("device", mine(soon)),
     on("event", mine(e => { if (e.event_type === "shaping_reverted") reverted(e.payload); soon(); })),
     on("session", mine(() => quietly(sessionsPanel)($("#sessions"), id)))];
 }
