@@ -16,9 +16,10 @@ UPLOT_VERSION := 1.6.32
 WEB_VENDOR := src/rtk_qos/controller/web/static/vendor
 WEB_VENDOR_FILES := $(WEB_VENDOR)/uPlot.iife.min.js $(WEB_VENDOR)/uPlot.min.css
 
-.PHONY: run test bench native native-test deps clean cross cross-ci
+.PHONY: run test test-guest bench native native-test deps clean cross cross-ci
 
 include cross/targets.mk
+include tests/guest/rig/guest.mk
 # In `make test`: the C suite on one ARM and one big-endian MIPS target, and the wheel built and
 # tested in a Debian rootfs for one ARM and one MIPS arch. `make cross` runs every target.
 CROSS_CI_WHEELS ?= aarch64 mipsel
@@ -34,6 +35,7 @@ run: $(VENV)/.built
 
 test: $(VENV)/.built native-test
 	$(PY) -m pytest -q tests
+	$(MAKE) test-guest
 	$(MAKE) cross-ci
 
 cross-ci: cross-native-ci $(addprefix cross-wheel-test-,$(CROSS_CI_WHEELS))

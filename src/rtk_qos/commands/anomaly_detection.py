@@ -403,8 +403,9 @@ def run(args: dict, ctx: Context) -> dict:
     split = last - window_s // STEP_S + 1
     first = split - baseline_s // STEP_S
 
-    series = [_read(store, name, metric, first, split, last)
-              for metric in dict.fromkeys(args["metrics"]) for name in _series_names(store, metric)]
+    with store.lock:  # every series as of one instant: the agent's monitor pushes meanwhile
+        series = [_read(store, name, metric, first, split, last)
+                  for metric in dict.fromkeys(args["metrics"]) for name in _series_names(store, metric)]
     missing = [m for m in args["metrics"] if not any(s.metric == m for s in series)]
     usual = {s.name: s.usual() for s in series}
     judged = [s for s in series if usual[s.name].overall[2] >= MIN_BASELINE_POINTS and _present(s.window(s.mean))]
