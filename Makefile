@@ -90,5 +90,5 @@ $(VENV)/.built: $(VENV)/.deps $(NATIVE_SRC)
 	touch $@
 
 clean:
-	rm -rf build src/rtk_qos/_core.c src/rtk_qos/_core*.so
+	rm -rf build src/rtk_qos/_core.c src/rtk_qos/_core*.so $(WEB_VENDOR)
 	$(MAKE) -C native clean
