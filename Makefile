@@ -80,12 +80,12 @@ $(WEB_VENDOR_FILES) &: $(VENV)/.system
 	mkdir -p $(WEB_VENDOR)
 	cp build/npm/node_modules/uplot/dist/uPlot.iife.min.js build/npm/node_modules/uplot/dist/uPlot.min.css $(WEB_VENDOR)/
 
-$(VENV)/.deps: $(VENV)/.system pyproject.toml $(WEB_VENDOR_FILES)
+$(VENV)/.deps: $(VENV)/.system pyproject.toml
 	$(PY) -m pip install -q --upgrade pip "setuptools>=65" wheel "Cython>=3.0"
 	$(PY) -m pip install -q -e '.[test]' --no-build-isolation
 	touch $@
 
-$(VENV)/.built: $(VENV)/.deps $(NATIVE_SRC)
+$(VENV)/.built: $(VENV)/.deps $(NATIVE_SRC) $(WEB_VENDOR_FILES)
 	$(PY) setup.py -q build_clib build_ext --inplace
 	touch $@
 
