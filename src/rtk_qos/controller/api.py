@@ -28,6 +28,7 @@ from .openapi import SPEC
 from .requests import RequestError
 from .sessions import NotActive, UnknownDevice
 from .store import SessionConflict
+from .web import add_routes as add_dashboard
 
 MAX_POINTS = 10_000
 MAX_BODY = 64 * 1024
@@ -154,6 +155,7 @@ class Api:
         r.add_get("/api/commands/{command_id}", self.command)
         r.add_get("/api/events", self.events)
         r.add_get("/metrics", self.metrics)
+        add_dashboard(app, self)
         return app
 
     # ---- middleware ---------------------------------------------------------------------------

@@ -58,6 +58,7 @@ async def serve(config: dict) -> None:
     host, port = runner.addresses[0][:2]
     b = config["broker"]
     print(f"rtk-qos controller -> mqtt://{b['host']}:{b['port']} (client id {b['client_id']})\n"
+          f"  dashboard  http://{host}:{port}/\n"
           f"  API        http://{host}:{port}/api/qos/overview   (OpenAPI: /api/openapi.json)\n"
           f"  metrics    http://{host}:{port}/metrics\n"
           f"  live       curl -N http://{host}:{port}/api/events\n"

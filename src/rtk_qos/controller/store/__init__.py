@@ -112,6 +112,11 @@ class Store(abc.ABC):
         """device_id -> aggregate of every series matching `name_glob` (GLOB) over [start, end)."""
 
     @abc.abstractmethod
+    def fleet_series(self, name_glob: str, start_ms: int, end_ms: int, step_ms: int) -> dict[str, dict[int, Agg]]:
+        """device_id -> bucket start -> aggregate of every series matching `name_glob` (GLOB), in buckets of
+        `step_ms` over [start, end): one query for a whole fleet's sparklines."""
+
+    @abc.abstractmethod
     def raw(self, device_id: str, name: str, start_ms: int, end_ms: int) -> list[tuple[int, float]]: ...
 
     @abc.abstractmethod

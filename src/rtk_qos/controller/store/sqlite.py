@@ -341,6 +341,15 @@ class SQLiteStore(Store):
         self._buckets("s.name GLOB ?", (name_glob,), start_ms, end_ms, 0, out, finest)
         return {device_id: agg for (device_id, _), agg in out.items()}
 
+    def fleet_series(self, name_glob, start_ms, end_ms, step_ms):
+        finest = "samples_minute" if step_ms % MINUTE_MS == 0 and start_ms % MINUTE_MS == 0 else "samples_raw"
+        out: dict = {}
+        self._buckets("s.name GLOB ?", (name_glob,), start_ms, end_ms, step_ms, out, finest)
+        fleet: dict = {}
+        for (device_id, index), agg in out.items():
+            fleet.setdefault(device_id, {})[start_ms + index * step_ms] = agg
+        return fleet
+
     def raw(self, device_id, name, start_ms, end_ms):
         return self.db.execute("SELECT ts, value FROM samples_raw JOIN series s ON s.id = series_id WHERE "
                                "s.device_id = ? AND s.name = ? AND ts >= ? AND ts < ? ORDER BY ts",
