@@ -24,7 +24,7 @@ void rtk_detect_default_config(rtk_detect_config *c)
     c->recent = 4;
     c->recent_long = 32;
     c->history = 2048;
-    c->quiet = 50;
+    c->quiet = 100;
     c->weeks = 4;
 }
 
