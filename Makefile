@@ -9,9 +9,10 @@ SYSTEM_TOOLS := mosquitto:mosquitto ip:iproute2 ping:iputils-ping nft:nftables g
 NATIVE_SRC := $(wildcard native/*.c native/*.h src/rtk_qos/*.pxi) src/rtk_qos/_core.pyx src/rtk_qos/_native.pxd setup.py
 RUN_ARGS ?=
 
-.PHONY: run test bench native native-test deps clean cross cross-ci
+.PHONY: run test test-guest bench native native-test deps clean cross cross-ci
 
 include cross/targets.mk
+include tests/guest/rig/guest.mk
 # In `make test`: the C suite on one ARM and one big-endian MIPS target, and the wheel built and
 # tested in a Debian rootfs for one ARM and one MIPS arch. `make cross` runs every target.
 CROSS_CI_WHEELS ?= aarch64 mipsel
@@ -23,6 +24,7 @@ run: $(VENV)/.built
 
 test: $(VENV)/.built native-test
 	$(PY) -m pytest -q tests
+	$(MAKE) test-guest
 	$(MAKE) cross-ci
 
 cross-ci: cross-native-ci $(addprefix cross-wheel-test-,$(CROSS_CI_WHEELS))

@@ -5,7 +5,6 @@
 
 #include "stats.h"
 
-#define MAD_TO_SIGMA 1.4826
 #define MEANAD_TO_SIGMA 1.2533
 #define DAY 86400
 
@@ -17,7 +16,7 @@ static rtk_robust fit_values(double *w, uint32_t m, double min_scale)
         return r;
     double mad;
     rtk_median_mad(w, m, &r.center, &mad); /* leaves |w[i] - median| in w */
-    r.scale = MAD_TO_SIGMA * mad;
+    r.scale = RTK_MAD_TO_SIGMA * mad;
     if (r.scale == 0) {
         /* Over half the values are equal (an error rate that is mostly 0): the mean
            absolute deviation still sees the rest. */

@@ -3,6 +3,8 @@
 #include <math.h>
 #include <string.h>
 
+#include "stats.h"
+
 #define Z_CAP 30.0        /* |z| beyond this is equally certain: caps one sample's weight */
 #define MIN_WINDOW 8      /* fewer values than this give no robust scale worth trusting */
 #define SCORE_STD_FLOOR 0.05 /* a perfectly calm past still leaves room for noise */
@@ -261,7 +263,7 @@ static double expectation(const rtk_season *sn, uint32_t b, double *spread)
         for (uint32_t i = 0; i < n; i++)
             dev[i] = (float)fabs(v[i] - m);
         sort_floats(dev, n);
-        *spread = 1.4826 * median_of_sorted(dev, n);
+        *spread = RTK_MAD_TO_SIGMA * median_of_sorted(dev, n);
     }
     return m;
 }
@@ -294,7 +296,7 @@ static double baseline_step(rtk_season *sn, double t, double x, double *spread)
 
 static double robust_scale(const rtk_sortwin *w, double median)
 {
-    double s = 1.4826 * rtk_sortwin_mad(w, median);
+    double s = RTK_MAD_TO_SIGMA * rtk_sortwin_mad(w, median);
     /* A series that sits on a few values (quantised counters, an idle link) has a MAD near 0
        that would make its every other value extreme: the central 95 % spread keeps a scale. */
     double central = (rtk_sortwin_quantile(w, 1 - TAIL_SHARE) - rtk_sortwin_quantile(w, TAIL_SHARE)) / (2 * TAIL_Z);

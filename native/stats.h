@@ -21,6 +21,9 @@
 #include "ring.h"
 
 #define RTK_ROLLING_MAX_SERIES 8
+/* The MAD of a normal distribution times this is its standard deviation (1 / Phi^-1(3/4));
+ * the Python side's copy (vocab/units.py) is checked against it by a test. */
+#define RTK_MAD_TO_SIGMA 1.4826
 
 typedef struct {
     rtk_ring ring;       /* series j is column j */

@@ -7,6 +7,9 @@ import pytest
 import netns
 from mqtt_harness import AgentHost, AgentProcess, Broker, Controller
 
+# The `guest` marker and `kernel_features` fixture: tests for the router-kernel guest (tests/guest).
+pytest_plugins = ["guest.plugin"]
+
 
 def _require_root_networking():
     # Namespaces need root and iproute2; `make test` runs as root and installs iproute2,

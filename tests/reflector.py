@@ -4,7 +4,9 @@ against are the ones this program creates.
 
 Usage: reflector.py SCHEDULE_JSON
   {"base_ms": 20, "slow": [[first_seq, last_seq, delay_ms], ...], "drop": [seq, ...], "drop_every": [10, 5],
-   "duplicate": [seq, ...]}
+   "duplicate": [seq, ...], "foreign": [seq, ...]}
+"foreign": before the real reply, send one with the same identifier and sequence but another
+payload (what a second prober with the same identifier would get back).
 """
 import heapq
 import json
@@ -18,6 +20,7 @@ schedule = json.loads(sys.argv[1])
 slow = schedule.get("slow", [])
 drop = set(schedule.get("drop", []))
 duplicate = set(schedule.get("duplicate", []))
+foreign = set(schedule.get("foreign", []))
 every, phase = schedule.get("drop_every", [0, 0])
 
 
@@ -61,5 +64,10 @@ while True:
     reply = struct.pack("!BBHHH", 0, 0, checksum(header + body), ident, seq) + body
     due = now + delay_ms(seq) / 1000.0
     heapq.heappush(queue, (due, reply, source))
+    if seq in foreign:
+        other = bytes(b ^ 0xFF for b in body)
+        forged = struct.pack("!BBHHH", 0, 0, 0, ident, seq)
+        heapq.heappush(queue, (now, struct.pack("!BBHHH", 0, 0, checksum(forged + other), ident, seq) + other,
+                               source))
     if seq in duplicate:
         heapq.heappush(queue, (due + 0.001, reply, source))

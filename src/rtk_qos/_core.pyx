@@ -19,6 +19,7 @@ METRICS = ("rx_bytes", "tx_bytes", "rx_packets", "tx_packets",
            "rx_errors", "tx_errors", "rx_dropped", "tx_dropped")
 COUNTERS = METRICS
 DELTA_KINDS = ("ok", "wrap32", "reset")
+MAD_TO_SIGMA = RTK_MAD_TO_SIGMA
 SLOT_STATES = {RTK_SLOT_EMPTY: "empty", RTK_SLOT_ACTIVE: "active", RTK_SLOT_GONE: "gone"}
 
 cdef array _DOUBLES = array("d")

@@ -31,6 +31,7 @@ cdef extern from "ring.h" nogil:
     uint32_t rtk_ring_copy_last(const rtk_ring *r, uint32_t col, uint32_t n, double *out)
 
 cdef extern from "stats.h" nogil:
+    double RTK_MAD_TO_SIGMA
     ctypedef struct rtk_rolling:
         rtk_ring ring
         uint32_t k

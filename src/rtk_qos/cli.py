@@ -3,10 +3,10 @@
   rtk-qos run <op> ...    run one QoS command here, once, and print its result message
   rtk-qos agent ...       run the MQTT agent
   rtk-qos ctl <op> ...    send a command to an agent through the broker; print ack and result
+  rtk-qos collect [name]  print one reading of the collectors (--list: each one's cost and default)
 
-Op flags are generated from the protocol's argument table, so `--help`, the
-validation and the MQTT path agree. `--args '{json}'` gives the arguments as
-the wire would; flags override its keys.
+Op flags are generated from the protocol's argument table (`opflags.py`, shared
+with `ctl`), so `--help`, the validation and the MQTT path agree.
 """
 from __future__ import annotations
 
@@ -16,67 +16,17 @@ import signal
 import sys
 from typing import Optional
 
+from . import collectors, ctl
 from .commands import load_all
 from .commands.base import Context
 from .commands.runner import execute, prepare
-from .protocol import argspec, messages
+from .opflags import add_op_parsers, op_args
+from .protocol import messages
 from .protocol.errors import CommandError
 
 
-def _add_flag(parser: argparse.ArgumentParser, name: str, spec: argspec.Spec) -> None:
-    flag = "--" + name.replace("_", "-")
-    help_text = f"{spec.describe()}; {spec.doc}" if spec.doc else spec.describe()
-    if spec.default is not None:
-        help_text += f" (default: {spec.default if not isinstance(spec.default, tuple) else list(spec.default)})"
-    kwargs = {"dest": name, "default": None, "help": help_text}
-    if isinstance(spec, argspec.Bool):
-        parser.add_argument(flag, action=argparse.BooleanOptionalAction, **kwargs)
-    elif isinstance(spec, argspec.Int):
-        parser.add_argument(flag, type=int, metavar="N", **kwargs)
-    elif isinstance(spec, argspec.Num):
-        parser.add_argument(flag, type=float, metavar="X", **kwargs)
-    elif isinstance(spec, argspec.Enum):
-        parser.add_argument(flag, choices=spec.values, **kwargs)
-    elif isinstance(spec, argspec.Array):
-        parser.add_argument(flag, nargs="+", metavar="ITEM", **kwargs)
-    elif isinstance(spec, (argspec.Str,)):
-        parser.add_argument(flag, **kwargs)
-    # Nested objects (thresholds, constraints, rules) are given through --args.
-
-
-def add_op_parsers(parser: argparse.ArgumentParser, ops: dict[str, str]) -> None:
-    """One sub-parser per op (name -> summary), with a flag per argument and --args."""
-    sub_parsers = parser.add_subparsers(dest="op", required=True, metavar="OP")
-    for op, summary in ops.items():
-        sub = sub_parsers.add_parser(op, help=summary, description=summary)
-        sub.add_argument("--args", dest="args_json", metavar="JSON", default=None,
-                         help="the arguments as a JSON object, as sent over MQTT")
-        sub.add_argument("--compact", action="store_true", help="print JSON on one line")
-        for name, field_spec in argspec.ARGS[op].fields.items():
-            _add_flag(sub, name, field_spec)
-
-
-def op_args(ns: argparse.Namespace) -> dict:
-    """The args object from --args and the op flags; SystemExit(2) with a message when unusable."""
-    raw: dict = {}
-    if ns.args_json is not None:
-        try:
-            raw = json.loads(ns.args_json)
-        except json.JSONDecodeError as exc:
-            print(f"error: --args is not valid JSON: {exc}", file=sys.stderr)
-            raise SystemExit(2)
-        if not isinstance(raw, dict):
-            print("error: --args must be a JSON object", file=sys.stderr)
-            raise SystemExit(2)
-    for name in argspec.ARGS[ns.op].fields:
-        value = getattr(ns, name, None)
-        if value is not None:
-            raw[name] = value
-    return raw
-
-
 def build_parser() -> argparse.ArgumentParser:
-    from . import ctl, detect
+    from . import detect
     from .agent import main as agent_main
     parser = argparse.ArgumentParser(prog="rtk-qos", description="QoS monitoring agent for routers")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -84,6 +34,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--history", help="metric history file the command reads (qos_anomaly_detection; "
                                        "default: the agent's, from its configuration)")
     add_op_parsers(run, {op: spec.summary for op, spec in load_all().items()})
+    collect = commands.add_parser("collect", help="print one reading of each collector, or of those named")
+    collect.add_argument("names", nargs="*", metavar="NAME", help="collectors to read (default: those on by default)")
+    collect.add_argument("--list", action="store_true", help="list the collectors, their cost and default")
+    collect.set_defaults(handler=run_collectors)
     agent_main.add_parser(commands)
     ctl.add_parser(commands)
     detect.add_parser(commands)
@@ -123,6 +77,20 @@ def run_once(ns: argparse.Namespace) -> int:
         message = messages.result(request, "", ns.op, outcome.status, outcome.result, outcome.duration_ms)
     print(json.dumps(message, indent=None if ns.compact else 2))
     return 0 if outcome.status in ("completed", "cancelled") else 1
+
+
+def run_collectors(ns: argparse.Namespace) -> int:
+    if ns.list:
+        print(json.dumps({c.name: {"summary": c.summary, "cost": c.cost, "enabled": c.enabled}
+                          for c in collectors.load_all().values()}, indent=2))
+        return 0
+    try:
+        readings = collectors.collect(ns.names)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(readings, indent=2))
+    return 0
 
 
 def main(argv=None) -> int:

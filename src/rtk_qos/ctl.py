@@ -13,6 +13,7 @@ import threading
 import time
 import uuid
 
+from .opflags import add_op_parsers, op_args
 from .protocol import argspec
 from .protocol.topics import PREFIX
 
@@ -20,7 +21,6 @@ DISCOVERY_S = 1.0
 
 
 def add_parser(commands) -> None:
-    from .cli import add_op_parsers
     p = commands.add_parser("ctl", help="send a command to an agent and print its ack and result")
     p.add_argument("--broker-host", default="localhost")
     p.add_argument("--broker-port", type=int, default=1883)
@@ -119,7 +119,6 @@ def _discover(client: _Client, ns) -> tuple[str, str, str]:
 
 
 def run(ns: argparse.Namespace) -> int:
-    from .cli import op_args
     args = op_args(ns)
     try:
         client = _Client(ns)

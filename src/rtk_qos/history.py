@@ -9,6 +9,10 @@ File layout (version 1): magic `RTKQHIST`, u32 version, u32 index length, the
 index as JSON (tiers and each series' name, offset and length, and where its
 detector's state is saved, that blob's offset and length under "detector"), the
 blobs (native format, host byte order), and a CRC-32 of everything before it.
+
+Threads: the agent's monitor pushes, its saver serialises, commands read. `lock`
+guards the set of series and their contents: every method here takes it, and a
+reader that needs several series as of one instant holds it across its reads.
 """
 from __future__ import annotations
 
@@ -16,10 +20,12 @@ import binascii
 import json
 import os
 import struct
+import threading
 import time
-from typing import Optional
+from typing import Callable, Optional
 
 from ._core import HISTORY_TIERS, History
+from .durable import set_aside, write_atomic
 
 MAGIC = b"RTKQHIST"
 VERSION = 1
@@ -38,37 +44,55 @@ class HistoryStore:
         self.max_series = max_series
         self.series: dict[str, History] = {}
         self.detector_states: dict[str, bytes] = {}  # per series, opaque: saved and loaded beside it
+        # Whoever scores the series (the agent's recorder) supplies their detectors' current
+        # states here, read under the lock so they match the series they were saved with.
+        self.detector_state_source: Optional[Callable[[], dict[str, bytes]]] = None
         self.refused = 0  # samples refused: out of order, or past max_series
+        self.lock = threading.RLock()
 
     def push(self, name: str, t: int, value: float, score: float = 0.0) -> bool:
-        series = self.series.get(name)
-        if series is None:
-            if len(self.series) >= self.max_series:
+        with self.lock:
+            series = self.series.get(name)
+            if series is None:
+                if len(self.series) >= self.max_series:
+                    self.refused += 1
+                    return False
+                series = self.series[name] = History(self.tiers)
+            if not series.push(t, value, score):
                 self.refused += 1
                 return False
-            series = self.series[name] = History(self.tiers)
-        if not series.push(t, value, score):
-            self.refused += 1
-            return False
-        return True
+            return True
+
+    def names(self) -> list[str]:
+        with self.lock:
+            return sorted(self.series)
+
+    def samples(self) -> int:
+        with self.lock:
+            return sum(series.samples for series in self.series.values())
 
     def memory_bytes(self) -> int:
-        return len(self.series) * History.memory_bytes(self.tiers)
+        with self.lock:
+            return len(self.series) * History.memory_bytes(self.tiers)
 
     # ---- persistence --------------------------------------------------------------------------
 
     def to_bytes(self) -> bytes:
+        """Every series as of one instant (taken under the lock; checksummed outside it)."""
         blobs, index, offset = [], [], 0
-        for name, series in sorted(self.series.items()):
-            blob = series.to_bytes()
-            index.append({"name": name, "offset": offset, "length": len(blob)})
-            blobs.append(blob)
-            offset += len(blob)
-            state = self.detector_states.get(name)
-            if state is not None:
-                index[-1]["detector"] = {"offset": offset, "length": len(state)}
-                blobs.append(state)
-                offset += len(state)
+        with self.lock:
+            if self.detector_state_source is not None:
+                self.detector_states = self.detector_state_source()
+            for name, series in sorted(self.series.items()):
+                blob = series.to_bytes()
+                index.append({"name": name, "offset": offset, "length": len(blob)})
+                blobs.append(blob)
+                offset += len(blob)
+                state = self.detector_states.get(name)
+                if state is not None:
+                    index[-1]["detector"] = {"offset": offset, "length": len(state)}
+                    blobs.append(state)
+                    offset += len(state)
         meta = json.dumps({"tiers": self.tiers, "series": index, "written_at": int(time.time())}).encode()
         body = HEADER.pack(MAGIC, VERSION, len(meta)) + meta + b"".join(blobs)
         return body + CRC.pack(binascii.crc32(body))
@@ -76,19 +100,8 @@ class HistoryStore:
     def save(self, path: str) -> int:
         """Write atomically; returns the bytes written."""
         data = self.to_bytes()
-        directory = os.path.dirname(os.path.abspath(path))
-        os.makedirs(directory, exist_ok=True)
-        tmp = f"{path}.tmp"
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(fd)  # the rename itself reaches the disk
-        finally:
-            os.close(fd)
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        write_atomic(path, data)
         return len(data)
 
     @classmethod
@@ -138,6 +151,5 @@ class HistoryStore:
         try:
             return cls.from_bytes(data, tiers), None
         except (ValueError, KeyError, TypeError) as exc:
-            aside = f"{path}.bad-{int(time.time())}"
-            os.replace(path, aside)
+            aside = set_aside(path)
             return cls(tiers), f"history {path} set aside as {aside}: {exc}; starting empty"

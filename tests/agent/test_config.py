@@ -37,6 +37,7 @@ def test_device_id_defaults_to_the_primary_mac(netns_pair):
     ('device_id = "aabbccddeeff"\n', {"RTK_QOS_BROKER_PORT": "many"}, "broker.port: 'many' is not an integer"),
     ('device_id = "aabbccddeeff"\n[broker]\nprotocol = "4"\n', {}, "broker.protocol: '4' is not 3.1.1 or 5"),
     ('[history]\nml_backend = "torch"\n', {}, "history.ml_backend: 'torch' is not native or sklearn"),
+    ('device_id = "aabbccddeeff"\n[history]\nmax_interfaces = 65\n', {}, "history.max_interfaces: 65 is above 64"),
 ])
 def test_bad_settings_are_named(tmp_path, text, env, message):
     path = tmp_path / "agent.toml"

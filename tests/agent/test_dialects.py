@@ -7,6 +7,7 @@ from mqtt_harness import online
 from mqtt_harness import enveloped_request, flat_request
 
 
+@pytest.mark.guest(host=True)  # the agent end to end on the guest rig's kernel too (tests/guest)
 def test_flat_request_gets_a_fast_ack_and_a_measured_result(start_agent, controller, agent_host):
     agent = start_agent()
     ctl = controller()

@@ -37,16 +37,17 @@ def test_echo_probe_counts_loss_bursts_from_replies_switched_off(netns_pair):
     # B answers the first probes, then ignores echo for a stretch, then answers again.
     script = f"""
 import json, subprocess
-from rtk_qos.collectors.probe import EchoProber
+from rtk_qos.collectors.probe import Prober
 def toggle(value):
     subprocess.run(["ip", "netns", "exec", {netns_pair.b.name!r}, "sysctl", "-qw",
                     f"net.ipv4.icmp_echo_ignore_all={{value}}"], check=True)
-def on_reply(seq, rtt):
+def on_reply(_address, seq, rtt):
     if seq == 3:
         toggle(1)
         import threading
         threading.Timer(0.45, toggle, args=(0,)).start()
-report = EchoProber({netns_pair.b_addr!r}, interval=0.1, timeout=0.5).run(2.0, on_reply=on_reply)
+address = {netns_pair.b_addr!r}
+report = Prober([address], interval=0.1, timeout=0.5, fallback=False).run(2.0, on_reply=on_reply)[address]
 print(json.dumps(dict(sent=report.sent, received=report.received, lost=report.lost,
                       bursts=report.loss_bursts, rtts=list(report.rtts_ms), method=report.method,
                       dup=report.duplicates, reordered=report.reordered, pct=report.loss_percent)))
@@ -62,7 +63,7 @@ print(json.dumps(dict(sent=report.sent, received=report.received, lost=report.lo
 
 
 def test_gateway_probe_without_a_default_route_says_why(netns_pair):
-    assert call(netns_pair.b, "probe.probe_gateway(1.0)") == [None, "no default gateway to probe"]
+    assert call(netns_pair.b, "probe.gateway_address()") == [None, "no default gateway to probe"]
 
 
 def test_socket_flows_see_a_tcp_connection_and_its_rtt(netns_pair):
@@ -208,3 +209,109 @@ print(json.dumps(dict(sent=r.sent, received=r.received, lost=r.lost_seqs, dup=r.
     assert out["seqs"].index(5) > out["seqs"].index(7)
     assert 250 <= out["rtts"][out["seqs"].index(5)] < 270
     assert all(5 <= rtt < 15 for seq, rtt in zip(out["seqs"], out["rtts"]) if seq != 5)
+
+
+def test_two_probers_on_one_host_at_once_count_only_their_own_replies(netns_pair):
+    # Raw ICMP sockets (root, ping_group_range excluding us) see every echo reply: each prober
+    # must keep to its own, with exact counts, when both probe the same host in one process.
+    netns_pair.a.sysctl("net.ipv4.ping_group_range", "1 0")
+    script = f"""
+import json, threading
+from rtk_qos.collectors.probe import Prober
+reports, probers = {{}}, [Prober([{netns_pair.b_addr!r}], interval=0.05, timeout=1.0) for _ in range(3)]
+def run(i):
+    reports[i] = probers[i].run(2.0)[{netns_pair.b_addr!r}]
+threads = [threading.Thread(target=run, args=(i,)) for i in range(3)]
+[t.start() for t in threads]
+[t.join() for t in threads]
+print(json.dumps([dict(method=r.method, sent=r.sent, received=r.received, dup=r.duplicates, lost=r.lost,
+                       seqs=sorted(r.seqs)) for r in reports.values()] + [len({{p.ident for p in probers}})]))
+"""
+    *reports, distinct = json.loads(netns_pair.a.run(sys.executable, "-c", script).stdout)
+    assert [(r["method"], r["sent"], r["received"], r["dup"], r["lost"]) for r in reports] == [
+        ("icmp-raw", 40, 40, 0, 0)] * 3
+    assert all(r["seqs"] == list(range(40)) for r in reports)
+    assert distinct == 3
+
+
+def test_a_reply_with_our_identifier_but_not_our_payload_is_not_ours(netns_pair):
+    import pathlib
+    reflector = pathlib.Path(__file__).resolve().parents[1] / "reflector.py"
+    netns_pair.b.sysctl("net.ipv4.icmp_echo_ignore_all", "1")
+    netns_pair.a.sysctl("net.ipv4.ping_group_range", "1 0")
+    # The forged replies arrive at once, the real ones 20 ms later: taking a forged one would
+    # give an RTT under 20 ms and count the real one as a duplicate.
+    schedule = {"base_ms": 20, "foreign": [2, 3, 4, 7]}
+    proc = netns_pair.b.popen(sys.executable, str(reflector), json.dumps(schedule), stdout=subprocess.PIPE)
+    try:
+        assert proc.stdout.readline().strip() == b"ready"
+        script = f"""
+import json
+from rtk_qos.collectors.probe import Prober
+r = Prober([{netns_pair.b_addr!r}], interval=0.1, timeout=1.0).run(1.0)[{netns_pair.b_addr!r}]
+print(json.dumps(dict(sent=r.sent, received=r.received, dup=r.duplicates, rtts=list(r.rtts_ms))))
+"""
+        out = json.loads(netns_pair.a.run(sys.executable, "-c", script).stdout)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert (out["sent"], out["received"], out["dup"]) == (10, 10, 0)
+    assert all(rtt >= 20 for rtt in out["rtts"])
+
+
+def test_names_idna_cannot_encode_fail_alone(netns_pair):
+    out = call(netns_pair.a, f"probe.resolve_hosts(['{'a' * 64}.example', '127.0.0.1'], timeout=5)")
+    assert out["127.0.0.1"] == ["127.0.0.1", None]
+    address, why = out["a" * 64 + ".example"]
+    assert address is None and why.startswith(f"cannot resolve '{'a' * 64}.example': ") and "label" in why
+
+
+def test_a_hung_resolver_holds_a_bounded_number_of_threads(netns_pair):
+    import pathlib
+    # A name server that takes queries and never answers, in A's namespace.
+    etc = pathlib.Path("/etc/netns") / netns_pair.a.name
+    etc.mkdir(parents=True, exist_ok=True)
+    (etc / "resolv.conf").write_text("nameserver 127.0.0.1\noptions timeout:30 attempts:1\n")
+    (etc / "hosts").write_text("127.0.0.1 localhost\n")
+    try:
+        script = """
+import json, socket, threading
+from rtk_qos.collectors import probe
+silent = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); silent.bind(("127.0.0.1", 53))
+before = threading.active_count()
+first = probe.resolve_hosts([f"host{i}.hang.test" for i in range(40)], timeout=1)
+during = threading.active_count() - before
+second = probe.resolve_hosts(["another.hang.test"], timeout=1)
+print(json.dumps(dict(first=sorted({why for _, why in first.values()}), during=during,
+                      second=second["another.hang.test"], limit=probe.RESOLVER_THREADS)))
+"""
+        out = json.loads(netns_pair.a.run(sys.executable, "-c", script).stdout)
+    finally:
+        for name in ("resolv.conf", "hosts"):
+            (etc / name).unlink()
+        etc.rmdir()
+    assert out["limit"] == 8 and out["during"] == 8
+    assert len(out["first"]) == 40 and all(why.endswith("no answer within 1 s") for why in out["first"])
+    assert out["second"] == [None, "cannot resolve 'another.hang.test': every one of the 8 resolver threads "
+                                   "is still waiting for an earlier lookup"]
+
+
+def test_collectors_share_one_shape_and_read_in_a_namespace(netns_pair):
+    listing = json.loads(netns_pair.a.run(sys.executable, "-m", "rtk_qos", "collect", "--list").stdout)
+    assert sorted(listing) == ["flows", "links", "probe", "snmp"]
+    assert all(c["cost"] and c["summary"] for c in listing.values())
+    assert [name for name, c in listing.items() if not c["enabled"]] == ["probe"]  # it sends packets
+    default = json.loads(netns_pair.a.run(sys.executable, "-m", "rtk_qos", "collect").stdout)
+    assert sorted(default) == ["flows", "links", "snmp"]
+    out = json.loads(netns_pair.a.run(sys.executable, "-m", "rtk_qos", "collect", "links", "probe").stdout)
+    assert sorted(out) == ["links", "probe"]
+    assert {link["name"] for link in out["links"]["links"]} == {"lo", netns_pair.a_if}
+    assert out["links"]["default_routes"] == [{"family": 4, "gateway": netns_pair.b_addr, "ifname": netns_pair.a_if,
+                                               "metric": 0}]
+    probe = out["probe"]
+    assert (probe["gateway"], probe["sent"], probe["received"], probe["loss_percent"]) == (netns_pair.b_addr, 3, 3, 0)
+    assert default["snmp"]["counters"]["Ip.InReceives"] >= 0
+    assert default["flows"]["sockets"]["source"] == "sock_diag"
+    wrong = netns_pair.a.run(sys.executable, "-m", "rtk_qos", "collect", "nope", check=False)
+    assert wrong.returncode == 2
+    assert wrong.stderr.strip() == "error: no collector named 'nope'; known: flows, links, probe, snmp"

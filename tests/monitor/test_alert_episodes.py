@@ -1,46 +1,34 @@
-"""Alert episodes: hysteresis and a minimum duration, so a noisy metric gives one episode, not one per sample."""
-from rtk_qos.commands.performance_monitor import CLOSE_AFTER, OPEN_AFTER, Episode
+"""Alerts of the performance monitor: the shared episode rules, as alert objects and events."""
+from rtk_qos.commands.alerts import Alerts
 
 
-def feed(episode, values, start_ms=0):
-    changes = []
-    for i, value in enumerate(values):
-        change = episode.evaluate(value, start_ms + i * 1000)
-        if change:
-            changes.append((i, change))
-    return changes
+def test_alerts_become_protocol_alerts_and_events():
+    events = []
+    alerts = Alerts(lambda kind, body: events.append((kind, body)), "cmd-1",
+                    {"latency_ms": 100, "throughput_mbps": 10}, {"latency": ["gw"], "throughput": ["wan0"]})
+    for i, (latency, rate) in enumerate([(50, 20), (120, 6), (130, 5), (125, 4), (140, 3), (80, 12), (85, 12),
+                                         (70, 12), (60, 20)]):
+        alerts.evaluate("latency", "gw", latency, i * 1000)
+        alerts.evaluate("throughput", "wan0", rate, i * 1000)
+        alerts.evaluate("jitter", "gw", 999, i * 1000)  # no threshold asked: never judged
+    assert [(kind, body["state"], body["metric"]) for kind, body in events if kind == "qos_alert"] == [
+        ("qos_alert", "open", "latency"), ("qos_alert", "open", "throughput"),
+        ("qos_alert", "closed", "latency"), ("qos_alert", "closed", "throughput")]
+    assert all(body["command_id"] == "cmd-1" for kind, body in events if kind == "qos_alert")
+    threshold_events = [body for kind, body in events if kind == "threshold"]
+    assert len(threshold_events) == 4 and threshold_events[0]["threshold_type"] == "max"
+    latency, throughput = alerts.finish(20_000)
+    assert latency == {"timestamp": 1000, "metric": "latency", "host": "gw", "value": 140, "threshold": 100.0,
+                       "threshold_type": "max", "unit": "ms", "severity": "warning", "duration_s": 4,
+                       "ended_at": 5000, "ongoing": False}
+    assert throughput["threshold_type"] == "min" and throughput["severity"] == "critical"  # 10/3 > 3x
+    assert throughput["value"] == 3 and throughput["unit"] == "Mbps"
 
 
-def test_one_episode_for_a_noisy_excursion():
-    episode = Episode("latency", "gw", 100.0, "max", "ms")
-    # Three samples above open it; dips that stay inside the 10 % hysteresis band (above 90) do
-    # not close it; three samples at or below 90 do.
-    values = [50, 120, 130, 125, 99, 140, 95, 92, 80, 85, 70, 60]
-    assert (OPEN_AFTER, CLOSE_AFTER) == (3, 3)
-    assert feed(episode, values) == [(3, "open"), (10, "close")]
-    alert = episode.closed[0]
-    assert alert["timestamp"] == 1000 and alert["ended_at"] == 8000 and alert["duration_s"] == 7
-    assert alert["value"] == 140 and alert["severity"] == "warning" and alert["ongoing"] is False
-
-
-def test_a_short_spike_is_not_an_episode():
-    episode = Episode("latency", "gw", 100.0, "max", "ms")
-    assert feed(episode, [50] + [300] * (OPEN_AFTER - 1) + [50] * 5) == []
-    assert episode.closed == []
-
-
-def test_min_thresholds_and_severity_grades():
-    episode = Episode("throughput", "wan0", 10.0, "min", "Mbps")
-    changes = feed(episode, [20, 6, 5, 4, 3, 12, 12, 12, 20])
-    assert changes == [(OPEN_AFTER, "open"), (OPEN_AFTER + CLOSE_AFTER + 1, "close")]
-    assert episode.closed[0]["value"] == 3 and episode.closed[0]["severity"] == "critical"  # 10/3 > 3x
-    assert Episode("jitter", "h", 10.0, "max", "ms", peak=14.9).severity() == "warning"
-    assert Episode("jitter", "h", 10.0, "max", "ms", peak=15.0).severity() == "error"
-    assert Episode("jitter", "h", 10.0, "max", "ms", peak=30.0).severity() == "critical"
-
-
-def test_an_episode_open_at_the_end_is_reported_ongoing():
-    episode = Episode("packet_loss", "gw", 1.0, "max", "percent")
-    feed(episode, [5, 5, 5, 5])
-    alert = episode.close(10_000, ongoing=True)
+def test_an_alert_open_at_the_end_is_ongoing():
+    alerts = Alerts(lambda *_: None, "c", {"packet_loss_percent": 1.0}, {"packet_loss": ["gw"]})
+    for i in range(4):
+        alerts.evaluate("packet_loss", "gw", 5.0, i * 1000)
+    assert alerts.open_count == 1
+    [alert] = alerts.finish(10_000)
     assert alert["ongoing"] is True and alert["ended_at"] is None and alert["duration_s"] == 10

@@ -2,6 +2,11 @@
 import json
 import sys
 
+import pytest
+
+# Kernel-facing: also run on the router kernel of the guest rig (tests/guest).
+pytestmark = pytest.mark.guest(host=True)
+
 READ_BOTH = """
 import json
 from rtk_qos import _core

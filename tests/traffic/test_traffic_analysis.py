@@ -87,6 +87,7 @@ def stats_of(result, name):
     return next(s for s in result["result"]["interface_stats"] if s["interface"] == name)
 
 
+@pytest.mark.guest(host=True)  # the live sampler on the guest rig's kernel too (tests/guest)
 def test_known_udp_traffic_is_counted_exactly_and_rated_from_elapsed_time(hosts):
     count, rate = 1500, 1000.0
     run = Analysis(hosts.a, "--duration", "5", "--interfaces", hosts.a_if, "--analysis-type", "realtime")

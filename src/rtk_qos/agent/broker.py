@@ -8,10 +8,12 @@ import shutil
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 from typing import Optional
 
 log = logging.getLogger(__name__)
+LOG_BYTES = 256 * 1024  # per log file; one previous file (.1) is kept beside it
 
 
 def listening(host: str, port: int, timeout: float = 0.5) -> bool:
@@ -29,9 +31,13 @@ def free_port() -> int:
 
 
 class LocalBroker:
-    """mosquitto on 127.0.0.1, anonymous, no persistence, stopped with the agent."""
+    """mosquitto on 127.0.0.1, anonymous, no persistence, stopped with the agent.
 
-    def __init__(self, port: int):
+    Its log (one line per connect and disconnect) goes to `<log_dir>/mosquitto.log`, at most
+    `log_bytes` plus the previous file: read from its stderr by a thread of ours, since a pipe
+    nobody reads fills after 64 KiB and then blocks the broker."""
+
+    def __init__(self, port: int, log_dir: str, log_bytes: int = LOG_BYTES):
         binary = shutil.which("mosquitto") or shutil.which("mosquitto", path="/usr/sbin:/sbin")
         if binary is None:
             raise RuntimeError("no broker configured, none on localhost:1883, and mosquitto is not installed "
@@ -43,14 +49,39 @@ class LocalBroker:
             # set_tcp_nodelay: without it mosquitto holds the tail of each PUBLISH for the
             # agent's delayed ACK, and every ack leaves 40 ms late.
             f.write(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\nset_tcp_nodelay true\n")
+        os.makedirs(log_dir, mode=0o700, exist_ok=True)
+        self.log_path = os.path.join(log_dir, "mosquitto.log")
         self.proc = subprocess.Popen([binary, "-c", conf], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        self._logger = threading.Thread(target=self._keep_log, args=(log_bytes,), name="rtk-qos-broker-log",
+                                        daemon=True)
+        self._logger.start()
         deadline = time.monotonic() + 5
         while not listening("127.0.0.1", port, 0.2):
             if self.proc.poll() is not None or time.monotonic() > deadline:
-                err = self.proc.stderr.read().decode(errors="replace") if self.proc.poll() is not None else ""
+                exited = self.proc.poll() is not None
                 self.stop()
-                raise RuntimeError(f"mosquitto did not start on port {port}: {err.strip()[:300]}")
+                raise RuntimeError(f"mosquitto did not start on port {port}: "
+                                   f"{self._log_tail() if exited else 'not listening after 5 s'}")
             time.sleep(0.05)
+
+    def _keep_log(self, log_bytes: int) -> None:
+        out = open(self.log_path, "ab")
+        try:
+            for line in self.proc.stderr:
+                if out.tell() + len(line) > log_bytes:
+                    out.close()
+                    os.replace(self.log_path, self.log_path + ".1")
+                    out = open(self.log_path, "wb")
+                out.write(line)
+                out.flush()
+        finally:
+            out.close()
+
+    def _log_tail(self) -> str:
+        self._logger.join(1.0)  # the broker exited: its last lines are on their way
+        with open(self.log_path, "rb") as f:
+            f.seek(max(0, os.fstat(f.fileno()).st_size - 300))
+            return f.read().decode(errors="replace").strip()
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -59,6 +90,7 @@ class LocalBroker:
                 self.proc.wait(timeout=5)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
+        self._logger.join(1.0)
         self._dir.cleanup()
 
 
@@ -68,7 +100,7 @@ def ensure(config: dict) -> Optional[LocalBroker]:
     if config["_broker_configured"] or listening(broker["host"], broker["port"]):
         return None
     port = broker["port"] if broker["host"] in ("localhost", "127.0.0.1") else free_port()
-    local = LocalBroker(port)
+    local = LocalBroker(port, config["state_dir"])
     broker["host"], broker["port"] = "127.0.0.1", port
     log.info("no broker configured or answering: started mosquitto on 127.0.0.1:%d", port)
     return local

@@ -82,6 +82,7 @@ DEFAULTS: dict[str, Any] = {
 
 ENV_PREFIX = "RTK_QOS_"
 MAX_PROBE_TARGETS = 8
+MAX_INTERFACES = 64  # the agent's sampler follows at most 64 links (the agent passes it to the shared LinkSampler)
 PROBE_INTERVAL_RANGE = (0.1, 60.0)
 PROBE_TARGET = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:%-]{0,252}$")  # a host name or an address
 
@@ -197,6 +198,9 @@ def _finish(config: dict) -> dict:
                               ("history", "save_every_s", 1), ("history", "max_interfaces", 1)):
         if config[section][key] < low:
             raise ConfigError(f"{section}.{key}: {config[section][key]} is below {low}")
+    if config["history"]["max_interfaces"] > MAX_INTERFACES:
+        raise ConfigError(f"history.max_interfaces: {config['history']['max_interfaces']} is above {MAX_INTERFACES} "
+                          "(the links the agent samples at most)")
     _check_probe(config["history"])
     if config["history"]["ml_backend"] not in ("native", "sklearn"):
         raise ConfigError(f"history.ml_backend: {config['history']['ml_backend']!r} is not native or sklearn")

@@ -3,8 +3,11 @@
 Threads: the MQTT network thread (parses, acks, dispatches), the outbox drain,
 the command workers, one monitor thread that ticks the native sampler once
 a second, records the history and publishes state and telemetry on their periods,
-and the continuous probe's thread (gateway and configured hosts, see `probing.py`),
-whose samples the monitor thread takes and records each tick.
+the continuous probe's thread (gateway and configured hosts, see `services/probing.py`),
+whose samples the monitor thread takes and records each tick, and the history's
+saver (see `recorder.py`). The monitor thread owns (ticks) the sampler, the health and the
+state and telemetry schedule; other threads only ask for a state (`_state_due`). The sampler
+and the probe are the process's shared services: commands subscribe to them.
 """
 from __future__ import annotations
 
@@ -18,17 +21,22 @@ from .. import _core
 from ..commands import load_all
 from ..protocol import messages
 from ..protocol.topics import Topics
+from ..services import ContinuousProbe, LinkSampler, Services, install
+from ..vocab.units import mbps
 from . import device
+from .config import MAX_INTERFACES
 from .dispatcher import CANCEL_OP, Dispatcher, Replies
 from .outbox import Outbox
-from .probing import ContinuousProbe
 from .recorder import HistoryRecorder
 from .session import Session
 
 log = logging.getLogger(__name__)
-SAMPLER_LINKS = 64
-SAMPLER_WINDOW = 60
 HEALTH_EVERY_S = 10.0
+# All of a stop within systemd's TimeoutStopSec (20 s, cross/systemd/rtk-qos.service), with margin.
+STOP_BUDGET_S = 15.0
+SAVE_ON_STOP_S = 5.0  # the final history save; flash that takes longer is abandoned (the last save stays)
+COMMANDS_STOP_S = 5.0  # cancelled commands return what they measured within this
+DRAIN_ON_STOP_S = 3.0  # queued results get this long to reach a connected broker
 
 
 class Agent(Replies):
@@ -47,6 +55,10 @@ class Agent(Replies):
                                       config["probe"]["timeout_s"], self._stop, lambda: self._last_tick,
                                       config["telemetry"]["sample_period_s"]
                                       ) if settings["probe_interval_s"] > 0 else None
+        self.services = Services(LinkSampler(history=int(config["telemetry"]["state_period_s"] /
+                                                          config["telemetry"]["sample_period_s"]),
+                                             capacity=MAX_INTERFACES), self.probes)
+        install(self.services)
         self.history = HistoryRecorder(config, len(self.probes.names) if self.probes else 0)
         self.dispatcher = Dispatcher(config, self.device_id, self, history=self.history.store)
         self.session = Session(config, self.topics.of("lwt"), self.device_id, self.outbox,
@@ -54,11 +66,10 @@ class Agent(Replies):
         self.session.subscriptions = [self.topics.cmd_req] + self.topics.shared_requests(
             config["subscribe_broadcast"])
         self.ops = sorted(load_all()) + [CANCEL_OP]
-        self._state_due = False
+        self._state_due = threading.Event()  # set by any thread, cleared by the monitor before it publishes
         self._wake = threading.Event()
         self._health: tuple[str, list] = ("ok", [])
         self._counter_error: Optional[str] = None
-        self._sampler = None
         self._monitor = threading.Thread(target=self._monitor_loop, name="rtk-qos-monitor", daemon=True)
 
     # ---- lifecycle ----------------------------------------------------------------------------
@@ -66,24 +77,33 @@ class Agent(Replies):
     def start(self) -> None:
         self.session.start()
         self._monitor.start()
+        self.history.start(self._stop)
         if self.probes:
             self.probes.start()
 
     def stop(self) -> None:
-        """Cancel commands (their results are kept in the outbox), drain briefly, go offline cleanly."""
-        self._stop.set()
+        """Within STOP_BUDGET_S: save the history (first, so nothing slow below can cost it), cancel
+        commands (their results are kept in the outbox), drain briefly, go offline cleanly."""
+        deadline = time.monotonic() + STOP_BUDGET_S
+
+        def remaining(at_most: float = STOP_BUDGET_S) -> float:
+            return max(0.0, min(at_most, deadline - time.monotonic()))
+        self._stop.set()  # the history's saver starts its final save now
         self._wake.set()
-        self.dispatcher.shutdown()
-        deadline = time.monotonic() + 5.0
-        while len(self.outbox) and self.session.connected.is_set() and time.monotonic() < deadline:
+        if not self.history.join(remaining(SAVE_ON_STOP_S)):
+            log.error("history save to %s unfinished after %.0f s; the previous save stays in place",
+                      self.history.path, SAVE_ON_STOP_S)
+        log.info("stop: cancelling %d running or queued commands", len(self.dispatcher.running()))
+        self.dispatcher.shutdown(remaining(COMMANDS_STOP_S))
+        drained = time.monotonic() + remaining(DRAIN_ON_STOP_S)
+        while len(self.outbox) and self.session.connected.is_set() and time.monotonic() < drained:
             time.sleep(0.05)
         offline = messages.envelope("lwt/1.0", self.device_id,
                                     {"status": "offline", "last_seen": messages.now_ms(), "reason": "normal"})
-        self.session.stop(messages.encode(offline))
-        self._monitor.join(timeout=5)
+        self.session.stop(messages.encode(offline), remaining())
+        self._monitor.join(remaining())
         if self.probes:
-            self.probes.join(timeout=self.config["probe"]["timeout_s"] + 1)
-        self.history.save()
+            self.probes.join(remaining())
 
     def _on_connected(self) -> None:
         online = messages.envelope("lwt/1.0", self.device_id, {"status": "online", "last_seen": messages.now_ms()})
@@ -106,9 +126,10 @@ class Agent(Replies):
                                         correlation=request.correlation_data):
             log.info("ack for %s not sent: broker unreachable (the result will follow)", request.id)
 
-    def result(self, request: messages.Request, message: dict) -> None:
+    def result(self, request: messages.Request, message: dict, durable: bool = True) -> None:
         topic = request.reply_to or self.topics.cmd_res
-        self.outbox.put("result", topic, messages.encode(message), qos=1, correlation=request.correlation_data)
+        self.outbox.put("result" if durable else "reply", topic, messages.encode(message), qos=1,
+                        correlation=request.correlation_data)
         self._request_state()  # the set of running commands changed
 
     def progress(self, request: messages.Request, op: str, payload: dict) -> None:
@@ -124,20 +145,13 @@ class Agent(Replies):
 
     # ---- monitor ------------------------------------------------------------------------------
 
-    def _new_sampler(self):
-        history = max(2, int(self.config["telemetry"]["state_period_s"] / self.config["telemetry"]["sample_period_s"]))
-        return _core.Sampler(capacity=SAMPLER_LINKS, history=history, window=SAMPLER_WINDOW)
-
     def current_rates(self) -> dict:
         """Latest per-second rates of every present non-loopback link, from the sampler."""
-        if self._sampler is None or self._sampler.ticks < 2:
-            return {}
         out = {}
-        for slot, name in self._sampler.active_slots():
+        for name, r in self.services.sampler.rates().items():
             if name == "lo":
                 continue
-            r = self._sampler.last_rates(slot)
-            out[name] = {"rx_mbps": round(r[0] * 8e-6, 3), "tx_mbps": round(r[1] * 8e-6, 3),
+            out[name] = {"rx_mbps": round(mbps(r[0]), 3), "tx_mbps": round(mbps(r[1]), 3),
                          "rx_pps": round(r[2], 1), "tx_pps": round(r[3], 1),
                          "errors_ps": r[4] + r[5], "drops_ps": r[6] + r[7]}
         return out
@@ -153,9 +167,9 @@ class Agent(Replies):
                 self.config["device"]["device_type"], "router"), "diagnostics": self.ops},
             "health_reasons": reasons,
             "agent": {"version": device.__version__, "uptime_s": int(time.monotonic() - self.started),
-                      "running": self.dispatcher.running(), "requests": dict(self.dispatcher.counts),
-                      "outbox": {"queued": len(self.outbox), "dropped": dict(self.outbox.dropped)},
-                      "counter_source": self._sampler.source if self._sampler else None,
+                      "running": self.dispatcher.running(), "requests": self.dispatcher.request_counts(),
+                      "outbox": {"queued": len(self.outbox), "dropped": self.outbox.dropped_counts()},
+                      "counter_source": self.services.sampler.source,
                       "history": self.history.summary(),
                       "probe": self.probes.status() if self.probes else None},
             "interfaces": {name: {k: v for k, v in r.items() if k.endswith(("mbps", "pps"))}
@@ -181,7 +195,7 @@ class Agent(Replies):
             self.outbox.put("telemetry", topic, payload, qos=1)
 
     def _request_state(self) -> None:
-        self._state_due = True
+        self._state_due.set()
         self._wake.set()
 
     def _monitor_loop(self) -> None:
@@ -196,17 +210,15 @@ class Agent(Replies):
         telemetry = self.config["telemetry"]
         period = telemetry["sample_period_s"]
         reader = _core.CounterReader()
-        self._sampler = self._new_sampler()
         now = time.monotonic()
         next_tick = next_health = now
-        next_state = next_telemetry = now + telemetry["network_period_s"]
+        next_state = now + telemetry["state_period_s"]
+        next_telemetry = now + telemetry["network_period_s"]
         while not self._stop.is_set():
             now = time.monotonic()
             if now >= next_tick:
                 try:
-                    if self._sampler.overflow:  # links churned past capacity: start a fresh window
-                        self._sampler = self._new_sampler()
-                    self._sampler.tick()
+                    self.services.sampler.tick()
                     self._counter_error = None
                     self.history.record(self.current_rates(), int(time.time()))
                 except OSError as exc:
@@ -217,17 +229,18 @@ class Agent(Replies):
                 next_tick += period
                 if next_tick < now:
                     next_tick = now + period  # fell behind (suspend, overload): do not burst
-            self.history.maybe_save()
             if now >= next_health:
                 next_health = now + HEALTH_EVERY_S
-                health = device.health(self.current_rates(), sum(self.outbox.dropped.values()),
-                                       self._counter_error)
+                health = device.health(self.current_rates(), sum(self.outbox.dropped_counts().values()),
+                                       self._counter_error, self.outbox.write_error)
                 if health[0] != self._health[0]:
                     log.info("health %s -> %s %s", self._health[0], health[0], health[1])
-                    self._state_due = True
+                    self._state_due.set()
                 self._health = health
-            if self.session.connected.is_set() and (self._state_due or now >= next_state):
-                self._state_due = False
+            if self.session.connected.is_set() and (self._state_due.is_set() or now >= next_state):
+                # Cleared before the state is read: a request arriving meanwhile is either in
+                # this state or sets the flag again for the next one; none is lost.
+                self._state_due.clear()
                 next_state = now + telemetry["state_period_s"]
                 self.publish_state()
             if now >= next_telemetry:

@@ -64,7 +64,8 @@ def device_uptime_s() -> Optional[int]:
     return int(float(text.split()[0])) if text else None
 
 
-def health(sampler_rates: dict, outbox_dropped: int, counter_error: Optional[str]) -> tuple[str, list[str]]:
+def health(sampler_rates: dict, outbox_dropped: int, counter_error: Optional[str],
+           outbox_error: Optional[str] = None) -> tuple[str, list[str]]:
     """ok / warning / error from what the agent sees, with the reasons."""
     reasons, level = [], "ok"
     if counter_error:
@@ -76,6 +77,8 @@ def health(sampler_rates: dict, outbox_dropped: int, counter_error: Optional[str
         bad = rates["errors_ps"] + rates["drops_ps"]
         if packets > 0 and bad / packets > ERROR_RATE_WARNING:
             reasons.append(f"{name}: {100 * bad / packets:.1f} % of packets errored or dropped")
+    if outbox_error:
+        reasons.append(f"outbox not writable ({outbox_error}): results are held in memory only")
     if outbox_dropped:
         reasons.append(f"{outbox_dropped} queued messages dropped while the broker was unreachable")
     if reasons:

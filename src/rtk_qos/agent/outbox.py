@@ -5,10 +5,17 @@ only when the broker has acknowledged it (PUBACK), so neither a broker outage
 nor an agent crash loses one. Telemetry is queued only while the broker is
 unreachable. Messages leave in the order they entered.
 
-One file per message, written to a temporary name, fsynced and renamed: a
-crash leaves either the whole message or nothing. Past the bound (messages or
-bytes), the oldest telemetry is dropped first, then the oldest events, and
-results last.
+One file per message, written to a temporary name, fsynced and renamed (then the
+directory fsynced): a crash leaves either the whole message or nothing. Replies
+that need no crash safety (rejections, resent results: the controller retries)
+are kept in memory only, so a flood of bad requests costs no flash writes. When
+a file cannot be written (disk full, read-only state directory) the message is
+kept in memory too and `write_error` says why: it still leaves, but a crash
+before then loses it. Past the bound (messages or bytes), the oldest telemetry
+is dropped first, then the oldest replies and events, and results last.
+
+Threads: any thread puts, the session's drain thread takes and removes; every
+field is guarded by the one lock.
 """
 from __future__ import annotations
 
@@ -18,10 +25,12 @@ import threading
 from dataclasses import dataclass
 from typing import Optional
 
+from ..durable import set_aside, write_atomic
+
 log = logging.getLogger(__name__)
 
-# Drop order when full: lowest rank first.
-RANKS = {"telemetry": 0, "event": 1, "state": 1, "result": 2}
+# Drop order when full: lowest rank first. A "reply" is an answer held in memory only.
+RANKS = {"telemetry": 0, "event": 1, "state": 1, "reply": 1, "result": 2}
 SUFFIX = ".msg"
 
 
@@ -33,7 +42,7 @@ class Entry:
     qos: int
     retain: bool
     payload: bytes
-    path: str
+    path: Optional[str]  # None: held in memory only
     correlation: Optional[bytes] = None  # MQTT 5 Correlation Data of the request answered
 
     @property
@@ -47,6 +56,7 @@ class Outbox:
         self.max_messages = max_messages
         self.max_bytes = max_bytes
         self.dropped = {kind: 0 for kind in RANKS}
+        self.write_error: Optional[str] = None  # why the newest durable message has no file
         self._lock = threading.Lock()
         self._ready = threading.Condition(self._lock)
         os.makedirs(directory, mode=0o700, exist_ok=True)
@@ -73,30 +83,39 @@ class Outbox:
                          bytes.fromhex(correlation) if correlation != "-" else None)
         except (OSError, ValueError, UnicodeDecodeError) as exc:
             log.warning("outbox: setting aside unreadable %s: %s", path, exc)
-            os.replace(path, path + ".bad")
+            set_aside(path, family="")
             return None
 
     def put(self, kind: str, topic: str, payload: bytes, qos: int = 1, retain: bool = False,
             correlation: Optional[bytes] = None) -> Entry:
+        """Queue a message: on disk, except replies (kind "reply"), which need no crash safety."""
         if kind not in RANKS:
             raise ValueError(f"unknown outbox kind {kind!r}")
         with self._lock:
             seq = self._next
             self._next += 1
-            path = os.path.join(self.directory, f"{seq:016d}{SUFFIX}")
-            tmp = path + ".tmp"
-            with open(tmp, "wb") as f:
-                header = f"{seq} {kind} {qos} {int(retain)} {correlation.hex() if correlation else '-'} {topic}\n"
-                f.write(header.encode() + payload)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
+            path = None if kind == "reply" else self._write(seq, kind, topic, payload, qos, retain, correlation)
             entry = Entry(seq, kind, topic, qos, retain, payload, path, correlation)
             self._entries[seq] = entry
             self._bytes += entry.size
             self._enforce_bound()
             self._ready.notify_all()
             return entry
+
+    def _write(self, seq: int, kind: str, topic: str, payload: bytes, qos: int, retain: bool,
+               correlation: Optional[bytes]) -> Optional[str]:
+        """The message's file, or None (kept in memory, reason logged) when it cannot be written."""
+        path = os.path.join(self.directory, f"{seq:016d}{SUFFIX}")
+        header = f"{seq} {kind} {qos} {int(retain)} {correlation.hex() if correlation else '-'} {topic}\n"
+        try:
+            write_atomic(path, header.encode() + payload)
+        except OSError as exc:
+            self.write_error = f"{self.directory}: {exc.strerror or exc}"
+            log.error("outbox: %s #%d for %s not written to disk (%s): kept in memory only, so it is lost "
+                      "if the agent stops before the broker takes it", kind, seq, topic, self.write_error)
+            return None
+        self.write_error = None
+        return path
 
     def _enforce_bound(self) -> None:
         while len(self._entries) > self.max_messages or self._bytes > self.max_bytes:
@@ -111,6 +130,8 @@ class Outbox:
         if entry is None:
             return
         self._bytes -= entry.size
+        if entry.path is None:
+            return
         try:
             os.unlink(entry.path)
         except FileNotFoundError:
@@ -130,6 +151,10 @@ class Outbox:
     def wake(self) -> None:
         with self._lock:
             self._ready.notify_all()
+
+    def dropped_counts(self) -> dict:
+        with self._lock:
+            return dict(self.dropped)
 
     def __len__(self) -> int:
         with self._lock:

@@ -21,11 +21,18 @@ state is saved with the history and restored at start (a state this build cannot
 restore, or none, gives a fresh detector that re-warms in minutes), so a restart
 keeps the days of time-of-day learning. Times of day are the router's local time
 (its time zone, daylight saving included), not UTC.
+
+Threads: the monitor thread records (the detectors and the budgets are its own);
+a saver thread of its own writes the file every `history.save_every_s` and once
+more when the agent stops, so a save (megabytes, fsynced, slow on flash) never
+delays a tick; commands read the store. The store's lock gives the saver and the
+readers every series, and the detectors' states, as of one instant.
 """
 from __future__ import annotations
 
 import logging
 import math
+import threading
 import time
 from typing import Optional
 
@@ -63,12 +70,29 @@ class HistoryRecorder:
                 log.info("history: detector of %s starts afresh: %s", name, exc)
                 continue
             self.detectors[name] = detector
+        self.store.detector_state_source = lambda: {name: d.state() for name, d in self.detectors.items()}
         if self.problem:
             log.warning("%s", self.problem)
         elif self.store.series:
             log.info("history: %d series loaded from %s", len(self.store.series), self.path)
-        self.saved_at: Optional[int] = None
-        self._next_save = time.monotonic() + self.save_every_s
+        self.saved_at: Optional[int] = None  # wall ms of the last save, written by the saver thread
+        self._saver: Optional[threading.Thread] = None
+
+    def start(self, stop: threading.Event) -> None:
+        """Save every `save_every_s` on a thread of its own, and once more when `stop` is set."""
+        def saver() -> None:
+            while not stop.wait(self.save_every_s):
+                self.save()
+            self.save()
+        self._saver = threading.Thread(target=saver, name="rtk-qos-history", daemon=True)
+        self._saver.start()
+
+    def join(self, timeout: float) -> bool:
+        """Wait for the final save; False if it has not finished within `timeout` (stalled storage)."""
+        if self._saver is None:
+            return True
+        self._saver.join(timeout)
+        return not self._saver.is_alive()
 
     def record(self, rates: dict, t: int) -> None:
         """rates: interface -> {rx_mbps, tx_mbps, rx_pps, tx_pps, errors_ps, drops_ps}."""
@@ -88,6 +112,10 @@ class HistoryRecorder:
         """Score the sample with its series' detector and store both; NaN (a gap) stores nothing."""
         if math.isnan(value):
             return
+        with self.store.lock:  # a save reads the detectors' states with the series
+            self._push(name, t, value)
+
+    def _push(self, name: str, t: int, value: float) -> None:
         detector = self.detectors.get(name)
         if detector is None:
             if name not in self.store.series:
@@ -100,23 +128,17 @@ class HistoryRecorder:
         # The detector's seasons follow the local clock: an office's 9 o'clock is local.
         self.store.push(name, t, value, detector.update(t + time.localtime(t).tm_gmtoff, value))
 
-    def maybe_save(self) -> None:
-        if time.monotonic() >= self._next_save:
-            self.save()
-
     def save(self) -> None:
-        self._next_save = time.monotonic() + self.save_every_s
-        self.store.detector_states = {name: d.state() for name, d in self.detectors.items()}
         try:
             size = self.store.save(self.path)
         except OSError as exc:
             log.warning("history not saved to %s: %s", self.path, exc.strerror or exc)
             return
         self.saved_at = int(time.time() * 1000)
-        log.info("history saved: %d series, %d bytes, %s", len(self.store.series), size, self.path)
+        log.info("history saved: %d series, %d bytes, %s", len(self.store.names()), size, self.path)
 
     def summary(self) -> dict:
-        return {"series": len(self.store.series), "memory_bytes": self.store.memory_bytes(),
+        return {"series": len(self.store.names()), "memory_bytes": self.store.memory_bytes(),
                 "detector_memory_bytes": len(self.detectors) * DETECTOR_BYTES,
-                "samples": sum(s.samples for s in self.store.series.values()), "path": self.path,
+                "samples": self.store.samples(), "path": self.path,
                 "saved_at": self.saved_at, "problem": self.problem}

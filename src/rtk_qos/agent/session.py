@@ -4,6 +4,12 @@ paho-mqtt 2.x (callback API version 2) does the protocol; this module owns the
 policy: a stable client id and a persistent session (commands sent while the
 agent was away still arrive), Last Will `offline`, reconnect 1 s doubling to
 60 s with jitter, and an ordered outbox drained only while connected.
+
+Threads: the network thread runs paho's loop and its callbacks (and so the
+dispatcher's intake); the drain thread publishes the outbox; `publish_now` is
+called from any thread (paho's publish takes its own lock). `connected` is an
+Event; `status`, `last_error` and `connects` are written by the network thread
+only and read elsewhere as plain values.
 """
 from __future__ import annotations
 
@@ -25,6 +31,7 @@ from .outbox import Outbox
 
 log = logging.getLogger(__name__)
 PUBACK_WAIT_S = 10.0
+OFFLINE_WAIT_S = 2.0
 
 
 def backoff_delay(attempt: int, low: float, high: float, rng: random.Random = random.Random()) -> float:
@@ -207,19 +214,22 @@ class Session:
             self.outbox.remove(entry.seq)
             return
         deadline = time.monotonic() + PUBACK_WAIT_S
-        while not info.is_published() and self.connected.is_set() and time.monotonic() < deadline:
+        while (not info.is_published() and self.connected.is_set() and not self._stop.is_set()
+               and time.monotonic() < deadline):
             info.wait_for_publish(timeout=0.2)
         if info.is_published():
             self.outbox.remove(entry.seq)
 
-    def stop(self, offline_payload: Optional[bytes] = None) -> None:
-        """Clean shutdown: publish `offline` (retained) so the Last Will is not needed, then disconnect."""
+    def stop(self, offline_payload: Optional[bytes] = None, wait_s: float = 5.0) -> None:
+        """Clean shutdown within `wait_s`: publish `offline` (retained) so the Last Will is not
+        needed, then disconnect."""
+        deadline = time.monotonic() + wait_s
         if offline_payload is not None and self.connected.is_set():
             info = self.client.publish(self.lwt_topic, offline_payload, qos=1, retain=True)
-            deadline = time.monotonic() + 2.0
-            while not info.is_published() and time.monotonic() < deadline:
+            published = min(deadline, time.monotonic() + OFFLINE_WAIT_S)
+            while not info.is_published() and time.monotonic() < published:
                 time.sleep(0.05)
         self._stop.set()
         self.client.disconnect()
         for thread in self._threads:
-            thread.join(timeout=5)
+            thread.join(max(0.0, deadline - time.monotonic()))

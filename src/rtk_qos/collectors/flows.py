@@ -7,6 +7,8 @@ import socket
 import struct
 from typing import Optional, Union
 
+from .base import Collector, register
+
 NF_CONNTRACK = "/proc/net/nf_conntrack"
 NF_CONNTRACK_COUNT = "/proc/sys/net/netfilter/nf_conntrack_count"
 NF_CONNTRACK_ACCT = "/proc/sys/net/netfilter/nf_conntrack_acct"
@@ -186,3 +188,15 @@ def flow_count() -> tuple[Optional[int], str]:
     if sockets["tcp"] is None:
         return None, sockets["source"]
     return sockets["tcp"] + sockets["udp"], "sock_diag (no conntrack entries: counts this host's own sockets)"
+
+
+def collect() -> dict:
+    """How many flows (and from where), and this host's own sockets with TCP's RTT estimates."""
+    count, source = flow_count()
+    return {"flow_count": count, "flow_count_source": source, "sockets": socket_flows()}
+
+
+COLLECTOR = register(Collector(
+    name="flows", summary="flow count (conntrack, else sockets) and TCP RTTs of established connections",
+    cost="/proc/sys/net/netfilter/nf_conntrack_count, and a sock_diag dump of every TCP and UDP socket "
+         "(O(sockets))", collect=collect))

@@ -4,8 +4,10 @@ from __future__ import annotations
 import os
 import socket
 import struct
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Optional
+
+from .base import Collector, register
 
 SYS_NET = "/sys/class/net"
 IFF_UP = 0x1
@@ -139,3 +141,14 @@ def active_interfaces(carried_bytes: dict[str, int]) -> list[str]:
               if carried > 0 and name in infos and infos[name].up and not infos[name].loopback
               and infos[name].operstate not in ("down", "lowerlayerdown", "notpresent")]
     return sorted(active, key=lambda name: -carried_bytes[name])
+
+
+def collect() -> dict:
+    """Every link (kind, state, speed or why unknown) and the default routes."""
+    return {"links": [asdict(info) for info in list_links()],
+            "default_routes": [asdict(route) for route in default_routes()]}
+
+
+COLLECTOR = register(Collector(
+    name="links", summary="links and routes: kind, state, MAC, speed; default routes",
+    cost="a few small sysfs files per link, /proc/net/route and /proc/net/ipv6_route", collect=collect))

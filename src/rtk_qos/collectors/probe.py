@@ -12,6 +12,13 @@ A host that answers no ICMP echo within its first probes is tried with TCP
 connect (a SYN-ACK or a RST both prove a live host), then UDP to the echo port
 (an echo or an ICMP port-unreachable both answer); probes spent on methods that
 got no answer are not counted as loss of the method finally used.
+
+Every Prober has its own ICMP echo identifier and a random token at the start of
+its payload: raw ICMP sockets see every echo reply the host receives, so two
+probers in one process (a command's and the agent's) or in two processes tell
+their replies apart by both. Deadlines (timeouts, pacing) run on the monotonic
+clock, so a wall-clock step never expires a probe early or late; only the RTT
+itself is a difference of two realtime stamps, as the kernel's receive stamp is.
 """
 from __future__ import annotations
 
@@ -22,6 +29,7 @@ import math
 from array import array
 from collections import deque
 import os
+import random
 import selectors
 import socket
 import struct
@@ -31,6 +39,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Optional
 
 from . import links
+from .base import Collector, register
 
 ICMP_ECHO, ICMP_ECHOREPLY = 8, 0
 ICMP6_ECHO, ICMP6_ECHOREPLY = 128, 129
@@ -47,6 +56,33 @@ UDP_ECHO_PORT = 7
 DISCOVERY_PROBES = 3  # per method, before falling back to the next one
 METHODS = ("icmp", "tcp", "udp")
 _NS = 1_000_000_000
+TOKEN_BYTES = 8  # random bytes at the start of every ICMP payload of one prober
+
+
+class _Identifiers:
+    """ICMP echo identifiers in use in this process: each running prober holds its own."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._used: set[int] = set()
+        self._random = random.SystemRandom()
+
+    def take(self) -> int:
+        with self._lock:
+            if len(self._used) >= 0x10000:
+                raise ProbeUnavailable("every ICMP echo identifier is in use by this process")
+            while True:
+                ident = self._random.getrandbits(16)
+                if ident not in self._used:
+                    self._used.add(ident)
+                    return ident
+
+    def give_back(self, ident: int) -> None:
+        with self._lock:
+            self._used.discard(ident)
+
+
+_identifiers = _Identifiers()
 
 
 class ProbeUnavailable(Exception):
@@ -194,12 +230,14 @@ class Prober:
             raise ValueError("no address to probe")
         self.interval = interval
         self.timeout = timeout
-        self.payload = bytes(max(payload_size, 0))
+        size = max(payload_size, 0)
+        self.token = os.urandom(min(TOKEN_BYTES, size))
+        self.payload = self.token + bytes(size - len(self.token))
         self._payload_words = _word_sum(self.payload)  # the payload never changes: sum it once
         self.tcp_port = tcp_port
         self.udp_port = udp_port
         self.fallback = fallback
-        self.ident = os.getpid() & 0xFFFF
+        self.ident: Optional[int] = None  # taken for the duration of run()
         self.addresses = list(dict.fromkeys(addresses))
         self.start: Optional[float] = None
         self._by_address: dict[str, _Host] = {}
@@ -207,12 +245,17 @@ class Prober:
     def run(self, duration: float, stop: Optional[threading.Event] = None,
             on_reply: Optional[Callable[[str, int, float], None]] = None) -> dict[str, ProbeReport]:
         """Probe for `duration` seconds (or until `stop`), then wait out the last timeout."""
+        self.ident = _identifiers.take()
         self._selector = selectors.DefaultSelector()
         self._icmp: dict[int, tuple[socket.socket, str]] = {}
-        for family in {socket.AF_INET6 if ":" in a else socket.AF_INET for a in self.addresses}:
-            sock, method = open_echo_socket(family)
-            self._icmp[family] = (sock, method)
-            self._selector.register(sock, selectors.EVENT_READ, ("icmp", family))
+        try:
+            for family in {socket.AF_INET6 if ":" in a else socket.AF_INET for a in self.addresses}:
+                sock, method = open_echo_socket(family)
+                self._icmp[family] = (sock, method)
+                self._selector.register(sock, selectors.EVENT_READ, ("icmp", family))
+        except ProbeUnavailable:
+            self._close()
+            raise
         n = len(self.addresses)
         hosts = [_Host(a, self.interval * i / n, self._icmp[socket.AF_INET6 if ":" in a else socket.AF_INET][1])
                  for i, a in enumerate(self.addresses)]
@@ -223,10 +266,24 @@ class Prober:
         try:
             self._loop(hosts, start, count, stop)
         finally:
-            for key in list(self._selector.get_map().values()):
-                key.fileobj.close()
-            self._selector.close()
+            self._close()
         return {h.address: self._finish(h) for h in hosts}
+
+    def icmp_method(self, address: str) -> Optional[str]:
+        """The ICMP socket kind (icmp-dgram, icmp-raw) probing `address`, once run() has opened it."""
+        icmp = getattr(self, "_icmp", {}).get(socket.AF_INET6 if ":" in address else socket.AF_INET)
+        return icmp[1] if icmp else None
+
+    def sequences_used(self, address: str) -> int:
+        """How many sequence numbers the last run() gave `address`."""
+        host = self._by_address.get(address)
+        return host.seq if host else 0
+
+    def _close(self) -> None:
+        for key in list(self._selector.get_map().values()):
+            key.fileobj.close()
+        self._selector.close()
+        _identifiers.give_back(self.ident)
 
     def live_loss(self, address: str, window_s: float) -> Optional[float]:
         """Percent of the probes resolved (answered or timed out) in the last `window_s` seconds
@@ -263,8 +320,11 @@ class Prober:
                 self._send(host)
                 if host.seq < count:
                     heapq.heappush(due, (start + host.offset + host.seq * self.interval, i))
-            now_ns = time.time_ns()
-            while self._expiries and self._expiries[0][0] <= now_ns:
+            if self._expiries and self._expiries[0][0] <= now:
+                # Replies already queued (this thread was late: a loaded CPU) are answers, not
+                # losses: read them before expiring anything.
+                self._dispatch(0.0)
+            while self._expiries and self._expiries[0][0] <= now:
                 _, host, seq = self._expiries.popleft()
                 if seq in host.pending:
                     self._expire(host, seq)
@@ -274,15 +334,19 @@ class Prober:
             if due:
                 wake = min(wake, due[0][0])
             if self._expiries:
-                wake = min(wake, now + (self._expiries[0][0] - now_ns) / _NS)
-            for key, _events in self._selector.select(max(0.0, wake - time.monotonic())):
-                kind = key.data[0]
-                if kind == "icmp":
-                    self._read_icmp(key.fileobj)
-                elif kind == "udp":
-                    self._read_udp(key.data[1], key.fileobj)
-                else:
-                    self._tcp_done(key.fileobj, *key.data[1:])
+                wake = min(wake, self._expiries[0][0])
+            self._dispatch(max(0.0, wake - time.monotonic()))
+
+    def _dispatch(self, timeout: float) -> None:
+        """Handle what is ready on any socket, waiting up to `timeout` seconds for something."""
+        for key, _events in self._selector.select(timeout):
+            kind = key.data[0]
+            if kind == "icmp":
+                self._read_icmp(key.fileobj)
+            elif kind == "udp":
+                self._read_udp(key.data[1], key.fileobj)
+            else:
+                self._tcp_done(key.fileobj, *key.data[1:])
 
     def _send(self, host: _Host) -> None:
         seq = host.seq
@@ -301,13 +365,13 @@ class Prober:
                 packet = header + self.payload
                 # Stamped after the packet is built, right before the syscall: the RTT then
                 # holds nothing of Python's own work but the call itself.
-                send_ns = host.pending[seq] = time.time_ns()
+                host.pending[seq] = time.time_ns()
                 sock.sendto(packet, (host.address, 0))
             elif method == "tcp":
                 sock = socket.socket(host.family, socket.SOCK_STREAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC)
                 # Close with RST, not FIN: no TIME_WAIT left behind per probe.
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-                send_ns = host.pending[seq] = time.time_ns()
+                host.pending[seq] = time.time_ns()
                 rc = sock.connect_ex((host.address, self.tcp_port))
                 if rc not in (0, errno.EINPROGRESS):
                     sock.close()
@@ -331,19 +395,22 @@ class Prober:
                 host.pending[seq] = send_ns
                 host.udp.send(packet)
             host.report.sent += 1
-            self._expiries.append((send_ns + int(self.timeout * _NS), host, seq))
+            self._expiries.append((time.monotonic() + self.timeout, host, seq))
         except OSError as exc:
             host.pending.pop(seq, None)
             host.report.errors.append(f"{method} probe {seq}: {exc.strerror or exc}")
             self._maybe_fall_back(host)
 
     def _answer(self, host: _Host, seq: int, arrival_ns: int) -> None:
-        send_ns = host.pending.pop(seq, None)
+        send_ns = host.pending.get(seq)
         if send_ns is None:
             if host.was_answered(seq):
                 host.report.duplicates += 1
             return  # a late answer to a probe already counted lost, or not ours
         rtt_ms = (arrival_ns - send_ns) / 1e6
+        if rtt_ms > self.timeout * 1000:
+            return  # arrived after its deadline (read late): lost, as if read in time
+        del host.pending[seq]
         host.answered[seq] = 1
         if host.method_of(seq) != host.method_index:
             return  # an answer to a discovery probe of a method since abandoned
@@ -375,7 +442,9 @@ class Prober:
             if kind != (ICMP_ECHOREPLY if family == socket.AF_INET else ICMP6_ECHOREPLY):
                 continue
             if raw and ident != self.ident:
-                continue  # another process's ping
+                continue  # another prober's or another process's ping
+            if data[ECHO.size:ECHO.size + len(self.token)] != self.token:
+                continue  # same identifier by chance, not our payload
             host = self._by_address.get(peer[0].split("%")[0]) or self._by_address.get(peer[0])
             if host is None:
                 continue
@@ -467,19 +536,6 @@ class Prober:
         return report
 
 
-class EchoProber:
-    """One host: the traffic analysis's gateway probe and simple uses."""
-
-    def __init__(self, address: str, interval: float = 1.0, timeout: float = 2.0, payload_size: int = 56):
-        self.address = address
-        self._prober = Prober([address], interval, timeout, payload_size, fallback=False)
-
-    def run(self, duration: float, stop: Optional[threading.Event] = None,
-            on_reply: Optional[Callable[[int, float], None]] = None) -> ProbeReport:
-        callback = (lambda _address, seq, rtt: on_reply(seq, rtt)) if on_reply else None
-        return self._prober.run(duration, stop, callback)[self.address]
-
-
 def gateway_address() -> tuple[Optional[str], Optional[str]]:
     """(address, None) of the IPv4 (else IPv6) default gateway, scoped when link-local; (None, reason)."""
     route = links.default_gateway(4) or links.default_gateway(6)
@@ -491,39 +547,80 @@ def gateway_address() -> tuple[Optional[str], Optional[str]]:
     return address, None
 
 
-def probe_gateway(duration: float, interval: float = 1.0, stop: Optional[threading.Event] = None
-                  ) -> tuple[Optional[ProbeReport], Optional[str]]:
-    """Echo-probe the IPv4 (else IPv6) default gateway; (None, reason) when there is none."""
-    address, problem = gateway_address()
-    if address is None:
-        return None, problem
-    return EchoProber(address, interval=interval).run(duration, stop), None
+RESOLVER_THREADS = 8  # lookups at once, process-wide; a hung resolver holds at most this many threads
+_resolver_slots = threading.BoundedSemaphore(RESOLVER_THREADS)
+
+
+def _lookup(name: str) -> tuple[Optional[str], Optional[str]]:
+    try:
+        infos = socket.getaddrinfo(name, None, type=socket.SOCK_DGRAM)
+    except socket.gaierror as exc:
+        return None, f"cannot resolve {name!r}: {exc.strerror}"
+    except (OSError, ValueError) as exc:  # UnicodeError: a label IDNA cannot encode; ValueError: a NUL byte
+        return None, f"cannot resolve {name!r}: {exc}"
+    infos.sort(key=lambda info: info[0] != socket.AF_INET)
+    return infos[0][4][0], None
 
 
 def resolve_hosts(names: list[str], timeout: float = 5.0) -> dict[str, tuple[Optional[str], Optional[str]]]:
-    """Each name -> (address, None) or (None, why), resolved once, all at the same time.
+    """Each name -> (address, None) or (None, why), resolved once, several at the same time.
 
     Addresses are returned as given; names take their first address (IPv4 first,
     as a router's uplink is more often IPv4-only). A name still unresolved after
     `timeout` seconds (a resolver that does not answer) is an error, not a wait.
+    At most RESOLVER_THREADS lookups run at once in the whole process: a resolver
+    that never answers keeps that many threads, not one per name ever asked.
     """
     results: dict[str, tuple[Optional[str], Optional[str]]] = {}
-
-    def one(name: str) -> None:
-        try:
-            infos = socket.getaddrinfo(name, None, type=socket.SOCK_DGRAM)
-        except socket.gaierror as exc:
-            results[name] = (None, f"cannot resolve {name!r}: {exc.strerror}")
-            return
-        infos.sort(key=lambda info: info[0] != socket.AF_INET)
-        results[name] = (infos[0][4][0], None)
-
-    threads = [threading.Thread(target=one, args=(name,), daemon=True, name=f"resolve-{name[:20]}")
-               for name in dict.fromkeys(names)]
-    for thread in threads:
-        thread.start()
+    pending = deque(dict.fromkeys(names))
+    lock = threading.Lock()
     deadline = time.monotonic() + timeout
+
+    def worker() -> None:
+        try:
+            while time.monotonic() < deadline:
+                with lock:
+                    if not pending:
+                        return
+                    name = pending.popleft()
+                answer = _lookup(name)
+                with lock:
+                    results[name] = answer
+        finally:
+            _resolver_slots.release()
+
+    threads = []
+    for _ in range(min(len(pending), RESOLVER_THREADS)):
+        if not _resolver_slots.acquire(blocking=False):
+            break
+        threads.append(threading.Thread(target=worker, daemon=True, name="rtk-qos-resolve"))
+        threads[-1].start()
     for thread in threads:
         thread.join(max(0.0, deadline - time.monotonic()))
-    return {name: results.get(name, (None, f"cannot resolve {name!r}: no answer within {timeout:.0f} s"))
-            for name in names}
+    with lock:
+        done = dict(results)
+    why = (f"no answer within {timeout:.0f} s" if threads else
+           f"every one of the {RESOLVER_THREADS} resolver threads is still waiting for an earlier lookup")
+    return {name: done.get(name, (None, f"cannot resolve {name!r}: {why}")) for name in names}
+
+
+COLLECT_PROBES = 3
+
+
+def collect() -> dict:
+    """Three ICMP echo probes of the default gateway: RTTs, loss, and the socket kind used."""
+    address, problem = gateway_address()
+    if address is None:
+        return {"gateway": None, "unavailable": problem}
+    try:
+        report = Prober([address], interval=0.2, timeout=1.0, fallback=False).run(COLLECT_PROBES * 0.2)[address]
+    except ProbeUnavailable as exc:
+        return {"gateway": address, "unavailable": str(exc)}
+    return {"gateway": address, "method": report.method, "sent": report.sent, "received": report.received,
+            "rtts_ms": [round(rtt, 3) for rtt in report.rtts_ms], "loss_percent": round(report.loss_percent, 1)}
+
+
+COLLECTOR = register(Collector(
+    name="probe", summary="ICMP echo round trips to the default gateway",
+    cost=f"{COLLECT_PROBES} ICMP echo requests to the gateway, about 1.5 s; off unless named, as it sends packets",
+    collect=collect, enabled=False))

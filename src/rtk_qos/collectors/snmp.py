@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Optional
 
 from . import flows
+from .base import Collector, register
 
 SNMP_FILES = ("/proc/net/snmp", "/proc/net/netstat")
 SNMP6_FILE = "/proc/net/snmp6"
@@ -140,3 +141,16 @@ def tcp_quality(before: dict, after: dict) -> dict:
     if unavailable:
         out["unavailable"] = unavailable
     return out
+
+
+def collect() -> dict:
+    """The kernel's protocol counters (cumulative since boot) and conntrack's per-protocol packets."""
+    counters = read_snmp()
+    conntrack = counters.pop("_conntrack")
+    return {"counters": counters, "conntrack_packets": conntrack}
+
+
+COLLECTOR = register(Collector(
+    name="snmp", summary="protocol counters: IP, TCP, UDP, ICMP (v4 and v6), conntrack packets per protocol",
+    cost="/proc/net/snmp, /proc/net/netstat, /proc/net/snmp6; with conntrack accounting, /proc/net/nf_conntrack "
+         "(one line per tracked flow)", collect=collect))

@@ -31,6 +31,7 @@ from typing import Optional
 
 from .. import _core
 from ..history import HistoryStore
+from ..vocab.severity import Severity, distribution, grade, worst
 from .base import CommandSpec, Context, register
 
 OP = "qos_anomaly_detection"
@@ -46,10 +47,10 @@ MIN_FOREST_ROWS = 120       # minutes of baseline before a forest is trained
 EPISODE_GAP = 2             # anomalous minutes this close belong to one episode
 STREAM_ANOMALOUS = 0.5      # a streaming score this high counts as the detector agreeing
 FOREST = {"n_trees": 100, "sample_size": 256, "seed": 42}
-MAD_TO_SIGMA = 1.4826
-MEANAD_TO_SIGMA = 1.2533
-SEVERITY_RANK = {"medium": 1, "high": 2, "critical": 3}
-EVENT_SEVERITY = {"medium": "warning", "high": "error", "critical": "critical"}
+# Severity of a statistical point: error from 1.5x the sensitivity's z threshold, critical from 2x;
+# of a forest point: error when its score passes the threshold by more than FOREST_ERROR_MARGIN.
+Z_ERROR_AT, Z_CRITICAL_AT = 1.5, 2.0
+FOREST_ERROR_MARGIN = 0.1
 
 # metric -> (series suffix, only high values are bad, unit, least scale). The least scale is the
 # smallest deviation (in the unit) that counts as one standard deviation, however flat the
@@ -134,11 +135,12 @@ class Point:
     expected: Optional[float] = None
     z: Optional[float] = None
     score: Optional[float] = None
-    severity: str = "medium"
+    severity: Severity = Severity.WARNING
 
 
 @dataclass
-class Episode:
+class AnomalySpan:
+    """Anomalous minutes no more than EPISODE_GAP apart, reported as one anomaly."""
     first: int
     last: int
     points: list = field(default_factory=list)
@@ -180,8 +182,8 @@ def _time_of_day(usual: _core.TimeOfDayBaseline) -> bool:
     return usual.days >= TOD_MIN_DAYS
 
 
-def _severity(z: float, threshold: float) -> str:
-    return "critical" if z > 2 * threshold else "high" if z > 1.5 * threshold else "medium"
+def _severity(z: float, threshold: float) -> Severity:
+    return grade(z / threshold, Z_ERROR_AT, Z_CRITICAL_AT)
 
 
 def statistical(series: Series, threshold: float) -> list[Point]:
@@ -301,7 +303,7 @@ def ml_based(series: list[Series], contamination: float, backend: str) -> tuple[
         expected = [u.at(bucket, tod) for u, tod in zip(usual, by_bin)]
         z = [(row[j] - c) / sd for j, (c, sd) in enumerate(expected)]
         j = max(range(len(series)), key=lambda m: abs(z[m]))
-        severity = "high" if score - threshold > 0.1 else "medium"
+        severity = Severity.ERROR if score - threshold > FOREST_ERROR_MARGIN else Severity.WARNING
         points.append(Point(bucket, series[j].name, series[j].metric, "ml_based", row[j], expected[j][0],
                             z[j], score, severity))
     return points, info
@@ -309,14 +311,14 @@ def ml_based(series: list[Series], contamination: float, backend: str) -> tuple[
 
 # ---- episodes and the result --------------------------------------------------------------------
 
-def _episodes(points: list[Point]) -> list[Episode]:
-    out: list[Episode] = []
+def _spans(points: list[Point]) -> list[AnomalySpan]:
+    out: list[AnomalySpan] = []
     for p in sorted(points, key=lambda p: p.bucket):
         if out and p.bucket - out[-1].last <= EPISODE_GAP:
             out[-1].last = max(out[-1].last, p.bucket)
             out[-1].points.append(p)
         else:
-            out.append(Episode(p.bucket, p.bucket, [p]))
+            out.append(AnomalySpan(p.bucket, p.bucket, [p]))
     return out
 
 
@@ -324,7 +326,7 @@ def _round(value: Optional[float], digits: int = 3) -> Optional[float]:
     return None if value is None or math.isnan(value) else round(value, digits)
 
 
-def _describe(episode: Episode, by_name: dict, window_last: int) -> dict:
+def _describe(episode: AnomalySpan, by_name: dict, window_last: int) -> dict:
     stat = [p for p in episode.points if p.method == "statistical"]
     peak = max(stat, key=lambda p: abs(p.z)) if stat else max(episode.points, key=lambda p: p.score)
     stream = [sc for name in {p.series for p in episode.points}
@@ -334,7 +336,7 @@ def _describe(episode: Episode, by_name: dict, window_last: int) -> dict:
     methods = sorted({p.method for p in episode.points})
     if stream_top is not None and stream_top >= STREAM_ANOMALOUS:
         methods.append("streaming")
-    severity = max((p.severity for p in episode.points), key=SEVERITY_RANK.get)
+    severity = worst(p.severity for p in episode.points).guide
     return {
         "start": episode.first * STEP_S * 1000, "end": (episode.last + 1) * STEP_S * 1000,
         "duration_s": (episode.last - episode.first + 1) * STEP_S,
@@ -403,8 +405,9 @@ def run(args: dict, ctx: Context) -> dict:
     split = last - window_s // STEP_S + 1
     first = split - baseline_s // STEP_S
 
-    series = [_read(store, name, metric, first, split, last)
-              for metric in dict.fromkeys(args["metrics"]) for name in _series_names(store, metric)]
+    with store.lock:  # every series as of one instant: the agent's monitor pushes meanwhile
+        series = [_read(store, name, metric, first, split, last)
+                  for metric in dict.fromkeys(args["metrics"]) for name in _series_names(store, metric)]
     missing = [m for m in args["metrics"] if not any(s.metric == m for s in series)]
     usual = {s.name: s.usual() for s in series}
     judged = [s for s in series if usual[s.name].overall[2] >= MIN_BASELINE_POINTS and _present(s.window(s.mean))]
@@ -443,14 +446,13 @@ def run(args: dict, ctx: Context) -> dict:
         method_info["ml_based"] = info
 
     by_name = {s.name: s for s in series}
-    episodes = [_describe(e, by_name, last) for e in _episodes(points)]
+    episodes = [_describe(e, by_name, last) for e in _spans(points)]
     for e in episodes:
         if e["ongoing"]:
-            ctx.event("qos_anomaly", {"event_type": "qos_anomaly", "severity": EVENT_SEVERITY[e["severity"]],
-                                      "state": "open", "command_id": ctx.command_id, **e})
-    severity_counts = {"critical": 0, "high": 0, "medium": 0, "low": 0}
-    for e in episodes:
-        severity_counts[e["severity"]] += 1
+            # The event schema's severity names, not the result's (after **e, so they win).
+            ctx.event("qos_anomaly", {**e, "event_type": "qos_anomaly", "state": "open", "command_id": ctx.command_id,
+                                      "severity": Severity.from_guide(e["severity"]).wire})
+    severity_counts = distribution((Severity.from_guide(e["severity"]) for e in episodes), guide=True)
     return {
         "detection_summary": {
             "status": "ok" if judged else "insufficient_history",

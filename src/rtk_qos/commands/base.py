@@ -12,6 +12,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
+from ..services import Services, current as current_services
+
 Progress = Callable[[dict], None]
 EventSink = Callable[[str, dict], None]
 
@@ -32,7 +34,9 @@ class Context:
 
     `settings` carries the agent's configuration a command may need (probe rate,
     broker host); `history` is the agent's metric history (a `HistoryStore`; a
-    one-shot run loads the saved one, if any); `command_id` names the request in events. `deadline` is on the
+    one-shot run loads the saved one, if any); `command_id` names the request in events;
+    `services` are the process's shared sampler and continuous probe, to subscribe to
+    (None: the process has none). `deadline` is on the
     clock's monotonic scale. A command polls `stopped()` or
     waits with `wait_until()`; when either reports a stop, the command returns
     what it has measured so far and the runner reports `stop_reason`.
@@ -46,6 +50,7 @@ class Context:
     command_id: str = ""
     settings: dict = field(default_factory=dict)
     history: Optional[object] = None
+    services: Optional[Services] = field(default_factory=current_services)
 
     @property
     def stop_reason(self) -> Optional[str]:
@@ -74,6 +79,7 @@ class CommandSpec:
     estimate_ms: Callable[[dict], int]
     changes_router: bool = False  # refused unless the configuration allows it
     resource: Optional[str] = None  # commands naming the same resource never overlap
+    live: bool = False  # measures the network now: runs with the process's sampler and probe (started if none)
     summary: str = ""
 
 

@@ -5,12 +5,14 @@ behaves the same whichever way it was asked for.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass
 from typing import Any, Optional
 
 from ..protocol.argspec import validate
 from ..protocol.errors import CommandError
+from ..services import running
 from . import get
 from .base import Context
 
@@ -36,6 +38,11 @@ def prepare(op: Any, raw_args: Any):
 
 def execute(spec, args: dict, ctx: Context) -> Outcome:
     """Run a prepared command; a stop by cancel or deadline keeps what was measured."""
+    if spec.live and ctx.services is None:
+        # A process without shared services (a one-shot CLI run, a library caller) starts its
+        # own sampler and gateway probe for the command's duration.
+        with running() as own:
+            return execute(spec, args, dataclasses.replace(ctx, services=own))
     start = ctx.clock.monotonic()
     try:
         result = spec.run(args, ctx)

@@ -1,7 +1,8 @@
 """qos_traffic_analysis: measure the traffic crossing the interfaces for `duration` seconds.
 
-Data flows one way: the native sampler reads every tracked link's kernel
-counters once per sampling interval into its rings; at the end this module
+Data flows one way: the process's link sampler reads every link's kernel
+counters once a second; this command ingests one reading per sampling interval
+into a native Sampler of its own (its rings, its window); at the end this module
 turns rings, protocol counters, flow tables and gateway probes into the
 result. Every figure is measured; what cannot be measured here is null and
 its reason is listed under the section's `unavailable`.
@@ -11,29 +12,34 @@ milliseconds unless a key says otherwise.
 """
 from __future__ import annotations
 
-import threading
+import contextlib
+import queue
 import time
 from dataclasses import dataclass, field
 from typing import Optional
 
 from .. import _core
 from ..collectors import flows, links, snmp
-from ..collectors.probe import ProbeUnavailable, probe_gateway
 from ..protocol.errors import CommandError
+from ..services import GATEWAY
+from ..vocab.units import MAD_TO_SIGMA, mbps
 from .base import CommandSpec, Context, register
 
 OP = "qos_traffic_analysis"
-BITS_PER_MBIT = 1e6
 # Per-sample series of every tracked link live in memory for the whole run; a
 # router has little, so a run that would need more is refused up front.
 SAMPLE_MEMORY_BUDGET = 16 * 1024 * 1024
 ROLLING_WINDOW = 60
 PROGRESS_EVERY_S = 10.0
+READINGS_QUEUED = 8      # readings waiting for this run; past it the oldest is dropped
+READING_POLL_S = 0.25    # how often a wait for the next reading looks at cancel and deadline
+READING_EARLY_S = 0.5    # a reading this much before an interval's tick stands for it
+STALL_S = 5.0            # no reading this long past its time: the counters are unreadable
+PROBE_READY_S = 5.0  # at most this long for the continuous probe's first look-up (a starting process)
 # Bursts: runs of samples above max(median + 3 robust sigma, 2 x median, 1 kbit/s).
 BURST_SIGMAS = 3.0
 BURST_MEDIAN_FACTOR = 2.0
 BURST_FLOOR_BYTES_S = 125.0
-MAD_TO_SIGMA = 1.4826
 PEAK_QUANTILE = 0.9
 MAX_PEAK_PERIODS = 5
 MIN_PATTERN_SAMPLES = 5
@@ -51,7 +57,7 @@ class Interface:
 
 
 def _mbps(bytes_per_s: float) -> float:
-    return round(bytes_per_s * 8 / BITS_PER_MBIT, 3)
+    return round(mbps(bytes_per_s), 3)
 
 
 def _select(args: dict, snapshot: list) -> list[Interface]:
@@ -78,30 +84,59 @@ def _select(args: dict, snapshot: list) -> list[Interface]:
 
 
 class _GatewayProbe:
-    """Probes the default gateway in a thread for as long as the sampling runs."""
+    """The gateway's replies and losses from the process's continuous probe while the sampling runs."""
 
-    def __init__(self, duration: float):
-        self.stop = threading.Event()
+    def __init__(self, ctx: Context):
         self.report = None
         self.reason: Optional[str] = None
-        self._thread = threading.Thread(target=self._run, args=(duration,), daemon=True,
-                                        name="rtk-qos-gateway-probe")
-
-    def _run(self, duration: float) -> None:
-        try:
-            self.report, self.reason = probe_gateway(duration, stop=self.stop)
-        except ProbeUnavailable as exc:
-            self.reason = str(exc)
-        except OSError as exc:
-            self.reason = f"probe failed: {exc.strerror or exc}"
-
-    def start(self) -> "_GatewayProbe":
-        self._thread.start()
-        return self
+        probes = ctx.services.probes
+        self._subscription = None
+        if probes is None:
+            self.reason = "this process runs no continuous probe (history.probe_interval_s is 0)"
+        else:
+            self._subscription, self.reason = probes.subscribe_target(GATEWAY, PROBE_READY_S)
 
     def finish(self) -> None:
-        self.stop.set()
-        self._thread.join()
+        if self._subscription is not None:
+            self.report = self._subscription.close()
+
+
+class _Readings:
+    """The process's link sampler's readings, as they come, for one run (a bounded queue)."""
+
+    def __init__(self, ctx: Context):
+        self._queue: queue.Queue = queue.Queue(maxsize=READINGS_QUEUED)
+        # The run starts now, from a reading of its own; the ticks after it come from the sampler.
+        self._put(ctx.services.sampler.read_now())
+        self._unsubscribe = ctx.services.sampler.subscribe(self._put)
+        self.source = ctx.services.sampler
+
+    def _put(self, reading) -> None:
+        while True:  # the oldest reading gives way: this run only wants the newest
+            try:
+                self._queue.put_nowait(reading)
+                return
+            except queue.Full:
+                with contextlib.suppress(queue.Empty):
+                    self._queue.get_nowait()
+
+    def next(self, ctx: Context, not_before: float, stall_s: float):
+        """The first reading taken at or after monotonic `not_before`; None when the command is
+        stopped; TimeoutError when none comes within `stall_s` of `not_before`."""
+        give_up = max(not_before, _core.monotonic()) + stall_s  # -inf: from now
+        while not ctx.stopped():
+            try:
+                reading = self._queue.get(timeout=min(READING_POLL_S, max(0.0, give_up - _core.monotonic())))
+            except queue.Empty:
+                if _core.monotonic() >= give_up:
+                    raise TimeoutError from None
+                continue
+            if reading.when >= not_before:
+                return reading
+        return None
+
+    def close(self) -> None:
+        self._unsubscribe()
 
 
 def run(args: dict, ctx: Context) -> dict:
@@ -125,27 +160,36 @@ def run(args: dict, ctx: Context) -> dict:
             f"args: {len(selected)} interfaces x {samples_wanted} samples need "
             f"{needed // 2**20} MiB of sample memory, above the {SAMPLE_MEMORY_BUDGET // 2**20} MiB "
             "budget; raise sampling_interval or name fewer interfaces")
-    sampler = _core.Sampler(capacity=capacity, history=history, window=window)
+    sampler = _core.Sampler(capacity=capacity, history=history, window=window, open_reader=False)
     sampler.track([iface.name for iface in selected])
+    readings = _Readings(ctx)
 
     snmp_before = snmp.read_snmp() if detailed else None
     flow_samples = [flows.flow_count()] if detailed else []
-    probe = _GatewayProbe(duration).start() if detailed else None
+    probe = _GatewayProbe(ctx) if detailed else None
 
     warnings: list[str] = []
     vanished: dict[int, int] = {}
     wall0, mono0 = _clock_anchor(ctx)
-    sampler.tick()
-    start = _core.monotonic()
+    start = mono0
     next_progress = start + PROGRESS_EVERY_S
-    for k in range(1, samples_wanted + 1):
-        if not ctx.wait_until(start + k * interval):
-            break
+    for k in range(0, samples_wanted + 1):
+        # A reading counts for an interval's tick when it is at most half a period early; the
+        # last one is never early, so a run lasts its whole duration.
+        not_before = (float("-inf") if k == 0 else start + k * interval if k == samples_wanted
+                      else start + k * interval - READING_EARLY_S)
         try:
-            sampler.tick()
-        except OSError as exc:
-            warnings.append(f"counter read failed after {k - 1} samples: {exc.strerror or exc}")
+            reading = readings.next(ctx, not_before, interval + STALL_S)
+        except TimeoutError:
+            warnings.append(f"no counter reading for {interval + STALL_S:.0f} s (counters unreadable) "
+                            f"after {max(0, k - 1)} samples")
             break
+        if reading is None:
+            break
+        sampler.ingest(reading.counters, reading.when)
+        if k == 0:
+            start = reading.when
+            continue
         if sampler.vanished:
             now_ms = wall0 + int((_core.monotonic() - mono0) * 1000)
             for slot in sampler.slots():
@@ -158,6 +202,7 @@ def run(args: dict, ctx: Context) -> dict:
             ctx.progress({"op": OP, "stage": "sampling", "samples": k, "of": samples_wanted,
                           "percent": round(100.0 * k / samples_wanted, 1)})
 
+    readings.close()
     if probe:
         probe.finish()
     slots = sampler.slots()
@@ -176,7 +221,7 @@ def run(args: dict, ctx: Context) -> dict:
     }
     aggregate = _aggregate(sampler, selected, sampler.ticks - 1)
     result["analysis_summary"] = _summary(result["interface_stats"], aggregate, elapsed, args,
-                                          sampler, wall0, mono0, times)
+                                          readings.source.source, wall0, mono0, times)
     if detailed:
         flow_samples.append(flows.flow_count())
         snmp_after = snmp.read_snmp()
@@ -286,7 +331,7 @@ def _aggregate(sampler, selected: list, samples: int) -> list[float]:
     return [a + b for a, b in zip(rx, tx)]
 
 
-def _summary(stats: list, aggregate: list, elapsed: float, args: dict, sampler, wall0, mono0,
+def _summary(stats: list, aggregate: list, elapsed: float, args: dict, source, wall0, mono0,
              times) -> dict:
     total_bytes = sum(s["rx_bytes"] + s["tx_bytes"] for s in stats)
     total_packets = sum(s["rx_packets"] + s["tx_packets"] for s in stats)
@@ -301,7 +346,7 @@ def _summary(stats: list, aggregate: list, elapsed: float, args: dict, sampler, 
         "sampling_interval": args["sampling_interval"],
         "analysis_type": args["analysis_type"],
         "interfaces": [s["interface"] for s in stats],
-        "counter_source": sampler.source,
+        "counter_source": source,
         "started_at": _wall(times[0], wall0, mono0) if len(times) else None,
         "ended_at": _wall(times[-1], wall0, mono0) if len(times) else None,
     }
@@ -450,5 +495,5 @@ def _grade(result: dict) -> dict:
             "grade_basis": sorted(penalties)}
 
 
-SPEC = register(CommandSpec(op=OP, run=run, estimate_ms=estimate_ms,
+SPEC = register(CommandSpec(op=OP, run=run, estimate_ms=estimate_ms, live=True,
                             summary="Measure traffic, protocols, patterns and QoS on the interfaces"))
