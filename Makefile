@@ -5,9 +5,16 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # command:debian-package pairs the agent and its tests use.
-SYSTEM_TOOLS := mosquitto:mosquitto ip:iproute2 ping:iputils-ping nft:nftables gcc:gcc iperf3:iperf3 ethtool:ethtool
+SYSTEM_TOOLS := mosquitto:mosquitto ip:iproute2 ping:iputils-ping nft:nftables gcc:gcc npm:npm \
+	chromium:chromium iperf3:iperf3 ethtool:ethtool
 NATIVE_SRC := $(wildcard native/*.c native/*.h src/rtk_qos/*.pxi) src/rtk_qos/_core.pyx src/rtk_qos/_native.pxd setup.py
 RUN_ARGS ?=
+CONTROLLER_ARGS ?=
+# The dashboard's chart library: from the npm registry at this pinned version, its dist files copied
+# into the package data at build time (never committed: .gitignore).
+UPLOT_VERSION := 1.6.32
+WEB_VENDOR := src/rtk_qos/controller/web/static/vendor
+WEB_VENDOR_FILES := $(WEB_VENDOR)/uPlot.iife.min.js $(WEB_VENDOR)/uPlot.min.css
 
 .PHONY: run test test-guest bench native native-test deps clean cross cross-ci
 
@@ -17,10 +24,14 @@ include tests/guest/rig/guest.mk
 # tested in a Debian rootfs for one ARM and one MIPS arch. `make cross` runs every target.
 CROSS_CI_WHEELS ?= aarch64 mipsel
 
-# The agent on its embedded defaults: a local mosquitto is started when no broker is configured
-# and none answers on localhost:1883; it prints how to send it a command.
+# The agent and the controller on their embedded defaults: the agent starts a local mosquitto
+# when no broker is configured and none answers on localhost:1883; the controller (which retries
+# until the broker answers) prints its URL. Ctrl-C stops both.
+RUN_STATE ?= $(CURDIR)/.state
 run: $(VENV)/.built
-	$(VENV)/bin/rtk-qos agent --state-dir $(CURDIR)/.state $(RUN_ARGS)
+	@trap 'kill $$agent 2>/dev/null; wait $$agent' EXIT; \
+	$(VENV)/bin/rtk-qos agent --state-dir $(RUN_STATE)/agent $(RUN_ARGS) & agent=$$!; \
+	$(VENV)/bin/rtk-qos controller --state-dir $(RUN_STATE)/controller $(CONTROLLER_ARGS)
 
 test: $(VENV)/.built native-test
 	$(PY) -m pytest -q tests
@@ -35,6 +46,8 @@ bench: $(VENV)/.built
 	$(PY) bench/run.py --output bench/report.json
 	$(PY) bench/agent.py --output bench/agent-report.json
 	$(PY) bench/probe.py --output bench/probe-report.json
+	$(PY) bench/controller.py --output bench/controller-report.json
+	$(PY) bench/dashboard.py --output bench/dashboard-report.json
 	$(PY) bench/anomaly.py --output bench/anomaly-report.json
 	$(PY) bench/iforest.py --output bench/iforest-report.json
 	$(PY) bench/nab.py --halves --generated --sweep window=256,512,1024 --sweep smooth_alpha=0.05,0.1,0.2 --output bench/nab-report.json
@@ -63,15 +76,20 @@ $(VENV)/.system:
 	python3 -m venv $(VENV)
 	touch $@
 
+$(WEB_VENDOR_FILES) &: $(VENV)/.system
+	npm install --prefix build/npm --no-save --no-audit --no-fund --silent uplot@$(UPLOT_VERSION)
+	mkdir -p $(WEB_VENDOR)
+	cp build/npm/node_modules/uplot/dist/uPlot.iife.min.js build/npm/node_modules/uplot/dist/uPlot.min.css $(WEB_VENDOR)/
+
 $(VENV)/.deps: $(VENV)/.system pyproject.toml
 	$(PY) -m pip install -q --upgrade pip "setuptools>=65" wheel "Cython>=3.0"
 	$(PY) -m pip install -q -e '.[test]' --no-build-isolation
 	touch $@
 
-$(VENV)/.built: $(VENV)/.deps $(NATIVE_SRC)
+$(VENV)/.built: $(VENV)/.deps $(NATIVE_SRC) $(WEB_VENDOR_FILES)
 	$(PY) setup.py -q build_clib build_ext --inplace
 	touch $@
 
 clean:
-	rm -rf build src/rtk_qos/_core.c src/rtk_qos/_core*.so
+	rm -rf build src/rtk_qos/_core.c src/rtk_qos/_core*.so $(WEB_VENDOR)
 	$(MAKE) -C native clean

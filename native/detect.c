@@ -11,7 +11,9 @@
 #define SCORE_HALF 8.0 /* -log10 of the tail probability that scores 0.5 */
 #define ALARM 5.0 /* -log10 of the tail probability that raises an alarm (HTM's likelihood 1 - 1e-5) */
 #define EPISODE_Z 3.0 /* a recent mean this many standard deviations up opens an episode of surprise */
-#define RECURRING 3   /* episodes at least as high in the long-run window that make a surprise recurring */
+#define RECURRING 2   /* episodes about as high in the long-run window that make a surprise recurring */
+#define AS_HIGH 0.9   /* a past episode's peak this share of the surprise is about as high: a daily job's
+                         spike varies a little from day to day, and its surprise with it */
 #define TAIL_SHARE 0.025 /* each tail left out of the central spread that backs up the MAD */
 #define TAIL_Z 1.959964 /* the normal quantile of 1 - TAIL_SHARE */
 
@@ -26,7 +28,7 @@ void rtk_detect_default_config(rtk_detect_config *c)
     c->recent = 4;
     c->recent_long = 32;
     c->history = 2048;
-    c->quiet = 50;
+    c->quiet = 100;
     c->weeks = 4;
 }
 
@@ -366,12 +368,12 @@ static double neglog10_tail(double z)
     return (0.5 * z * z + log(z * sqrt(2.0 * 3.141592653589793))) / log(10.0);
 }
 
-/* A past episode of surprise peaked at least this high within the long-run window? */
+/* Past episodes of surprise that peaked about as high (AS_HIGH of `level` or more) within the long-run window. */
 static uint32_t episodes_as_high(const rtk_episodes *e, uint64_t now, uint32_t span, double level)
 {
     uint32_t k = 0;
     for (int i = 0; i < RTK_DETECT_EPISODES; i++)
-        k += e->at[i] != 0 && e->at[i] + span > now && e->peak[i] >= level;
+        k += e->at[i] != 0 && e->at[i] + span > now && e->peak[i] >= AS_HIGH * level;
     return k;
 }
 
@@ -379,7 +381,7 @@ static uint32_t episodes_as_high(const rtk_episodes *e, uint64_t now, uint32_t s
    of that mean (-log10 of its tail probability); the mean then joins that distribution.
    The normal tail is right for a one-off, not for what recurs (a nightly job's spike, a
    load balancer's regular bursts): when at least RECURRING past episodes in the long-run
-   window peaked as high, the probability is at least their share of that window. */
+   window peaked about as high, the probability is at least their share of that window. */
 static double tail_step(rtk_wsum *recent, rtk_wsum *history, rtk_episodes *e, uint64_t now, double surprise)
 {
     wsum_push(recent, surprise);

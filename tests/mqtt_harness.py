@@ -85,6 +85,18 @@ class Broker:
         return path.read_text(errors="replace") if path.exists() else ""
 
 
+def stop_process(proc: subprocess.Popen, sig=signal.SIGTERM, timeout: float = 15) -> int:
+    """Signal a process, kill it if it outlives `timeout`, and return its exit code."""
+    if proc.poll() is None:
+        proc.send_signal(sig)
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    return proc.returncode
+
+
 class AgentHost:
     """A namespace joined to the test's own namespace by a veth: the agent's router.
 
@@ -175,15 +187,9 @@ class AgentProcess:
                                        stdout=self.log_file, stderr=subprocess.STDOUT)
 
     def stop(self, sig=signal.SIGTERM) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        code = stop_process(self.proc, sig)
         self.log_file.close()
-        return self.proc.returncode
+        return code
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")

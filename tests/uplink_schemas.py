@@ -22,8 +22,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
 SCHEMAS = Path(os.environ.get("RTK_QOS_SCHEMAS", SHARED / "protocol" / "schemas"))
-PUBLISHED = ("base.json", "lwt.json", "attr.json", "state.json", "telemetry-network.json", "event.json",
-             "evt-threshold.json", "cmd-ack.json", "cmd-error.json", "cmd-result.json")
+PUBLISHED = ("base.json", "lwt.json", "attr.json", "state.json", "telemetry.json", "telemetry-network.json",
+             "event.json", "evt-threshold.json", "cmd-ack.json", "cmd-error.json", "cmd-result.json")
 
 
 class SchemaUnavailable(RuntimeError):
@@ -200,6 +200,8 @@ class SchemaCheck:
                  "telemetry/network": "telemetry-network.json", "evt/threshold": "evt-threshold.json"}
         if kind in named:
             return named[kind]
+        if kind.startswith("telemetry/"):
+            return "telemetry.json"  # telemetry/qos: the generic telemetry schema (telemetry.<kind>/1.0)
         if kind.startswith("evt/"):
             return "event.json"
         return "unknown"

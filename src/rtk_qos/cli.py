@@ -4,6 +4,7 @@
   rtk-qos agent ...       run the MQTT agent
   rtk-qos ctl <op> ...    send a command to an agent through the broker; print ack and result
   rtk-qos collect [name]  print one reading of the collectors (--list: each one's cost and default)
+  rtk-qos controller ...  run the fleet controller (HTTP API, monitoring sessions, alerts, storage)
 
 Op flags are generated from the protocol's argument table (`opflags.py`, shared
 with `ctl`), so `--help`, the validation and the MQTT path agree.
@@ -28,6 +29,7 @@ from .protocol.errors import CommandError
 def build_parser() -> argparse.ArgumentParser:
     from . import detect
     from .agent import main as agent_main
+    from .controller import main as controller_main
     parser = argparse.ArgumentParser(prog="rtk-qos", description="QoS monitoring agent for routers")
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("run", help="run one QoS command here once and print its result JSON")
@@ -40,6 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     collect.set_defaults(handler=run_collectors)
     agent_main.add_parser(commands)
     ctl.add_parser(commands)
+    controller_main.add_parser(commands)
     detect.add_parser(commands)
     return parser
 

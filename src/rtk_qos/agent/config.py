@@ -9,11 +9,11 @@ import copy
 import importlib.util
 import os
 import re
-import tomllib
 from typing import Any, Mapping, Optional
 
 from ..collectors import links
 from ..protocol.topics import DEVICE_ID, NAME
+from ..settings import ConfigError, env_overrides, merge, read_toml
 
 DEFAULTS: dict[str, Any] = {
     "device_id": "",            # empty: MAC of the primary interface
@@ -61,6 +61,7 @@ DEFAULTS: dict[str, Any] = {
         "network_period_s": 30,
         "state_period_s": 60,
         "sample_period_s": 1.0,
+        "qos_period_s": 10.0,   # telemetry/qos: the 1 Hz samples, batched; 0: off
     },
     "probe": {
         "interval_s": 1.0,   # per host; qos_performance_monitor and the gateway probe
@@ -95,67 +96,8 @@ HOURS = re.compile(r"^([01]\d|2[0-3]):[0-5]\d-([01]\d|2[0-3]):[0-5]\d$")
 PROBE_TARGET = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:%-]{0,252}$")  # a host name or an address
 
 
-class ConfigError(ValueError):
-    pass
-
-
-_TYPE_NAMES = {bool: "boolean", int: "integer", float: "number", str: "string", list: "list"}
-
-
-def _merge(base: dict, override: Mapping, where: str, from_text: bool = False) -> None:
-    for key, value in override.items():
-        if key not in base:
-            raise ConfigError(f"{where}{key}: unknown setting")
-        if isinstance(base[key], dict):
-            if not isinstance(value, Mapping):
-                raise ConfigError(f"{where}{key}: expected a table")
-            _merge(base[key], value, f"{where}{key}.", from_text)
-        else:
-            base[key] = _coerce(base[key], value, f"{where}{key}", from_text)
-
-
-def _coerce(default: Any, value: Any, where: str, from_text: bool) -> Any:
-    """TOML and flags give typed values; the environment gives text, parsed by the default's type."""
-    expected = _TYPE_NAMES.get(type(default), type(default).__name__)
-    if from_text and isinstance(value, str) and not isinstance(default, str):
-        text = value.strip()
-        try:
-            if isinstance(default, bool):
-                if text.lower() not in ("1", "0", "true", "false", "yes", "no"):
-                    raise ValueError
-                return text.lower() in ("1", "true", "yes")
-            if isinstance(default, int):
-                return int(text)
-            if isinstance(default, float):
-                return float(text)
-            if isinstance(default, list):
-                return [part for part in text.split(",") if part]
-        except ValueError:
-            raise ConfigError(f"{where}: {value!r} is not {'an' if expected[0] in 'aeiou' else 'a'} {expected}") from None
-    if (isinstance(default, bool) != isinstance(value, bool) or type(default) in (str, list) and not isinstance(
-            value, type(default)) or isinstance(default, (int, float)) and not isinstance(value, (int, float))):
-        raise ConfigError(f"{where}: expected {expected}, got {_TYPE_NAMES.get(type(value), type(value).__name__)}")
-    if isinstance(default, float):
-        return float(value)
-    return value
-
-
-def _env_overrides(environ: Mapping[str, str]) -> dict:
-    """RTK_QOS_BROKER_HOST=x -> {"broker": {"host": "x"}}; RTK_QOS_TENANT=x -> {"tenant": "x"}."""
-    out: dict = {}
-    for name, value in environ.items():
-        if not name.startswith(ENV_PREFIX) or name == ENV_PREFIX + "CONFIG":
-            continue
-        key = name[len(ENV_PREFIX):].lower()
-        if key in DEFAULTS and not isinstance(DEFAULTS[key], dict):  # DEVICE_ID is not device.id
-            out[key] = value
-            continue
-        section = next((s for s, v in DEFAULTS.items() if isinstance(v, dict) and key.startswith(s + "_")), None)
-        if section:
-            out.setdefault(section, {})[key[len(section) + 1:]] = value
-        else:
-            out[key] = value
-    return out
+# The controller's variables share the prefix; they are not the agent's to read.
+CONTROLLER_ENV_PREFIX = ENV_PREFIX + "CONTROLLER_"
 
 
 def load(path: Optional[str] = None, environ: Optional[Mapping[str, str]] = None,
@@ -165,20 +107,14 @@ def load(path: Optional[str] = None, environ: Optional[Mapping[str, str]] = None
     path = path or environ.get(ENV_PREFIX + "CONFIG")
     config["_broker_configured"] = False
     if path:
-        try:
-            with open(path, "rb") as f:
-                data = tomllib.load(f)
-        except OSError as exc:
-            raise ConfigError(f"{path}: {exc.strerror}") from None
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"{path}: {exc}") from None
-        _merge(config, data, "")
+        data = read_toml(path)
+        merge(config, data, "")
         config["_broker_configured"] |= "broker" in data and any(k in data["broker"] for k in ("host", "port"))
-    env = _env_overrides(environ)
-    _merge(config, env, "environment ", from_text=True)
+    env = env_overrides(environ, DEFAULTS, ENV_PREFIX, skip=(CONTROLLER_ENV_PREFIX,))
+    merge(config, env, "environment ", from_text=True)
     config["_broker_configured"] |= "broker" in env
     if flags:
-        _merge(config, flags, "flag ")
+        merge(config, flags, "flag ")
         config["_broker_configured"] |= bool(flags.get("broker"))
     return _finish(config)
 

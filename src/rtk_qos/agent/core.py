@@ -18,6 +18,7 @@ import time
 from typing import Optional
 
 from .. import _core
+from ..collectors import links
 from ..commands import load_all
 from ..protocol import messages
 from ..protocol.topics import Topics
@@ -27,6 +28,7 @@ from . import device
 from .config import MAX_INTERFACES
 from .dispatcher import CANCEL_OP, Dispatcher, Replies
 from .outbox import Outbox
+from .qos_telemetry import SCHEMA as QOS_SCHEMA, QosBatch
 from .recorder import HistoryRecorder
 from .session import Session
 
@@ -71,6 +73,8 @@ class Agent(Replies):
         self._wake = threading.Event()
         self._health: tuple[str, list] = ("ok", [])
         self._counter_error: Optional[str] = None
+        qos_period = config["telemetry"]["qos_period_s"]
+        self.qos_batch = QosBatch(qos_period, config["telemetry"]["sample_period_s"]) if qos_period > 0 else None
         self._shaping_thread: Optional[threading.Thread] = None
         self._shaping_lock = threading.Lock()
         self._monitor = threading.Thread(target=self._monitor_loop, name="rtk-qos-monitor", daemon=True)
@@ -232,6 +236,13 @@ class Agent(Replies):
         if not self.session.publish_now(topic, payload, qos=0):
             self.outbox.put("telemetry", topic, payload, qos=1)
 
+    def publish_qos(self, batch: dict) -> None:
+        """One telemetry/qos batch (see qos_telemetry.py); lost while offline, like live telemetry."""
+        primary = links.primary_interface()
+        payload = {"uplink": primary.name if primary else None, **batch}
+        message = messages.envelope(QOS_SCHEMA, self.device_id, payload)
+        self.session.publish_now(self.topics.of("telemetry/qos"), messages.encode(message), qos=0)
+
     def _request_state(self) -> None:
         self._state_due.set()
         self._wake.set()
@@ -258,11 +269,17 @@ class Agent(Replies):
                 try:
                     self.services.sampler.tick()
                     self._counter_error = None
-                    self.history.record(self.current_rates(), int(time.time()))
+                    rates = self.current_rates()
+                    self.history.record(rates, int(time.time()))
                 except OSError as exc:
                     self._counter_error = exc.strerror or str(exc)
-                if self.probes:
-                    self.history.record_probes(self.probes.take(), int(time.time()))
+                    rates = {}
+                probes = self.probes.take() if self.probes else {}
+                if probes:
+                    self.history.record_probes(probes, int(time.time()))
+                if self.qos_batch:
+                    for batch in self.qos_batch.add(messages.now_ms(), rates, probes):
+                        self.publish_qos(batch)
                 self._last_tick = now
                 next_tick += period
                 if next_tick < now:

@@ -65,3 +65,23 @@ def check_reply_topic(topic) -> str:
     if any(c in topic for c in "+#\0\n\r") or topic.startswith("$"):
         raise TopicError(f"{topic[:40]!r} is not a publishable topic (wildcard, control character or $-prefixed)")
     return topic
+
+
+@dataclass(frozen=True)
+class Uplink:
+    """Where an uplink message came from: rtk/v1/{tenant}/{site}/{device_id}/{message_type}[/{sub_type}]."""
+    tenant: str
+    site: str
+    device_id: str
+    message_type: str  # "state", "lwt", "telemetry/network", "evt/qos_alert", "cmd/ack", ...
+
+
+def parse_uplink(topic: str) -> Uplink | None:
+    """The parts of a device topic, or None for anything else (group and broadcast topics, foreign names)."""
+    parts = topic.split("/", 5)
+    if len(parts) < 6 or f"{parts[0]}/{parts[1]}" != PREFIX:
+        return None
+    tenant, site, device_id, rest = parts[2], parts[3], parts[4], parts[5]
+    if not (NAME.match(tenant) and NAME.match(site) and DEVICE_ID.match(device_id)):
+        return None
+    return Uplink(tenant, site, device_id, rest)

@@ -1,0 +1,142 @@
+"""The controller as a process (its own state dir, a free HTTP port, the test's mosquitto), an HTTP
+helper, and targets whose ICMP answers come from the scheduled reflector."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+import netns
+from mqtt_harness import free_port, stop_process, to_toml, wait_listening
+
+REFLECTOR = Path(__file__).resolve().parents[1] / "reflector.py"
+
+
+class Http:
+    def __init__(self, url: str, token: str | None):
+        self.url = url
+        self.token = token
+
+    def call(self, method: str, path: str, body=None, token: str | None = "default", raw: bytes | None = None):
+        """(status, decoded JSON body)."""
+        data = raw if raw is not None else (None if body is None else json.dumps(body).encode())
+        request = urllib.request.Request(self.url + path, data=data, method=method)
+        token = self.token if token == "default" else token
+        if token:
+            request.add_header("Authorization", f"Bearer {token}")
+        try:
+            with urllib.request.urlopen(request, timeout=30) as response:
+                return response.status, json.loads(response.read() or b"null")
+        except urllib.error.HTTPError as exc:
+            return exc.code, json.loads(exc.read() or b"null")
+
+    def get(self, path: str):
+        status, body = self.call("GET", path)
+        assert status == 200, (path, status, body)
+        return body
+
+    def post(self, path: str, body, expect: int = 200):
+        status, answer = self.call("POST", path, body)
+        assert status == expect, (path, status, answer)
+        return answer
+
+    def wait(self, path: str, predicate, timeout: float = 30, every: float = 0.2):
+        deadline = time.monotonic() + timeout
+        while True:
+            body = self.get(path)
+            if predicate(body):
+                return body
+            if time.monotonic() > deadline:
+                raise AssertionError(f"timed out waiting on {path}: {json.dumps(body)[:800]}")
+            time.sleep(every)
+
+
+class ControllerProcess:
+    def __init__(self, workdir: Path, broker_port: int, **overrides):
+        self.workdir = workdir
+        self.state_dir = workdir / "state"
+        self.port = free_port()
+        config = {"state_dir": str(self.state_dir), "log_level": "debug",
+                  "broker": {"host": "127.0.0.1", "port": broker_port, "client_id": f"test-ctl-{os.getpid()}"},
+                  "http": {"host": "127.0.0.1", "port": self.port, "token": "test-token"},
+                  "fleet": {"gone_after_s": 3.0}, "sessions": {"finish_grace_s": 3.0}}
+        for key, value in overrides.items():
+            config.setdefault(key, {}).update(value) if isinstance(value, dict) else config.__setitem__(key, value)
+        self.config_path = workdir / "controller.toml"
+        self.config_path.write_text(to_toml(config))
+        self.log_path = workdir / "controller.log"
+        self.http = Http(f"http://127.0.0.1:{self.port}", "test-token")
+        self.proc = None
+        self.start()
+
+    def start(self) -> None:
+        self.log_file = open(self.log_path, "a")
+        self.proc = subprocess.Popen([sys.executable, "-m", "rtk_qos", "controller", "--config", str(self.config_path)],
+                                     stdout=self.log_file, stderr=subprocess.STDOUT)
+        wait_listening(self.port)
+        self.http.wait("/api/devices", lambda _: True)
+
+    def stop(self, sig=signal.SIGTERM) -> int:
+        code = stop_process(self.proc, sig)
+        self.log_file.close()
+        return code
+
+    def db(self) -> sqlite3.Connection:
+        return sqlite3.connect(f"file:{self.state_dir / 'controller.db'}?mode=ro", uri=True)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+@pytest.fixture
+def start_controller(broker, tmp_path):
+    procs = []
+
+    def start(**overrides) -> ControllerProcess:
+        workdir = tmp_path / f"controller{len(procs)}"
+        workdir.mkdir()
+        proc = ControllerProcess(workdir, broker.plain_port, **overrides)
+        procs.append(proc)
+        return proc
+
+    yield start
+    for proc in procs:
+        proc.stop()
+
+
+@pytest.fixture
+def reflector(agent_host):
+    """A host beside the agent whose echo replies come from tests/reflector.py on a schedule."""
+    started = []
+
+    def start(schedule: dict) -> str:
+        octet = os.getpid() % 250 + 1
+        ns = netns.Netns(f"{netns.PREFIX}-{os.getpid()}-crefl")
+        here, there = f"10.81.{octet}.1", f"10.81.{octet}.2"
+        subprocess.run(["ip", "-n", agent_host.ns.name, "link", "add", "t0", "type", "veth", "peer", "name", "eth0",
+                        "netns", ns.name], check=True)
+        agent_host.ns.run("ip", "addr", "add", f"{here}/24", "dev", "t0")
+        agent_host.ns.run("ip", "link", "set", "t0", "up")
+        ns.run("ip", "addr", "add", f"{there}/24", "dev", "eth0")
+        ns.run("ip", "link", "set", "eth0", "up")
+        ns.run("ip", "route", "add", "default", "via", here)
+        ns.sysctl("net.ipv4.icmp_echo_ignore_all", "1")
+        proc = ns.popen(sys.executable, str(REFLECTOR), json.dumps(schedule), stdout=subprocess.PIPE)
+        assert proc.stdout.readline().strip() == b"ready"
+        started.append((ns, proc))
+        return there
+
+    yield start
+    for ns, proc in started:
+        proc.kill()
+        proc.wait()
+        ns.delete()
