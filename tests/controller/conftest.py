@@ -17,8 +17,46 @@ import pytest
 
 import netns
 from mqtt_harness import free_port, stop_process, to_toml, wait_listening
+from postgres_server import PostgresServer
 
 REFLECTOR = Path(__file__).resolve().parents[1] / "reflector.py"
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    """One PostgreSQL server for the session, started the first time a test asks for it."""
+    server = PostgresServer()
+    yield server
+    server.stop()
+
+
+class Backend:
+    """A store URL of one backend, and plain SQL on the same database for the tests' own checks."""
+
+    def __init__(self, name: str, url: str):
+        self.name = name
+        self.url = url
+
+    def query(self, sql: str) -> list[tuple]:
+        if self.name == "sqlite":
+            with sqlite3.connect(self.url[len("sqlite://"):]) as db:
+                return db.execute(sql).fetchall()
+        import psycopg
+        with psycopg.connect(self.url, autocommit=True) as db:
+            cursor = db.execute(sql)
+            return cursor.fetchall() if cursor.description else []
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def backend(request, tmp_path):
+    """Each store test runs on SQLite and on PostgreSQL (a database of its own on the session's server)."""
+    if request.param == "sqlite":
+        yield Backend("sqlite", f"sqlite://{tmp_path}/c.db")
+        return
+    server = request.getfixturevalue("postgres_server")
+    url = server.create_database()
+    yield Backend("postgresql", url)
+    server.drop_database(url)
 
 
 class Http:

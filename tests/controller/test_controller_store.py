@@ -1,19 +1,22 @@
-"""The SQLite store: versioned migrations, exact tiers, idempotent ingest, late samples, retention."""
+"""The store on both backends (SQLite, and a real PostgreSQL the tests start): versioned migrations,
+exact tiers, idempotent ingest, late samples, retention."""
 import random
-import sqlite3
 
 import pytest
 
 from rtk_qos.controller.store import HOUR_MS, MINUTE_MS, Retention, SessionConflict, StoreError, open_store
-from rtk_qos.controller.store.sqlite import MIGRATIONS
+from rtk_qos.controller.store import postgres, sqlite
 
 DEVICE = "aabbccddeeff"
 NAME = "probe.gateway.latency_ms"
 T0 = 1_790_000_000_000 - 1_790_000_000_000 % HOUR_MS  # an hour boundary
 
 
-def _store(tmp_path, **retention):
-    return open_store(f"sqlite://{tmp_path}/c.db", Retention(**retention))
+MIGRATIONS = {"sqlite": sqlite.MIGRATIONS, "postgresql": postgres.MIGRATIONS}
+
+
+def _store(backend, **retention):
+    return open_store(backend.url, Retention(**retention))
 
 
 def _samples(hours=3, seed=7):
@@ -36,21 +39,22 @@ def _means(rows, start, end, step):
     return {ts: sum(v) / len(v) for ts, v in buckets.items()}
 
 
-def test_migrations_are_versioned_and_run_once(tmp_path):
-    store = _store(tmp_path)
-    assert store.schema_version == len(MIGRATIONS)
+def test_migrations_are_versioned_and_run_once(backend):
+    latest = len(MIGRATIONS[backend.name])
+    store = _store(backend)
+    assert store.schema_version == latest
     store.close()
-    store = _store(tmp_path)  # reopening runs nothing again (a second CREATE TABLE would fail)
-    assert store.schema_version == len(MIGRATIONS)
+    store = _store(backend)  # reopening runs nothing again (a second CREATE TABLE would fail)
+    assert store.schema_version == latest
     store.close()
-    with sqlite3.connect(tmp_path / "c.db") as db:
-        db.execute(f"PRAGMA user_version = {len(MIGRATIONS) + 1}")
+    backend.query(f"PRAGMA user_version = {latest + 1}" if backend.name == "sqlite" else
+                  f"INSERT INTO schema_migrations VALUES ({latest + 1}, 0)")
     with pytest.raises(StoreError, match="newer than this controller's"):
-        _store(tmp_path)
+        _store(backend)
 
 
-def test_tiers_answer_exactly_what_the_raw_samples_say(tmp_path):
-    store = _store(tmp_path)
+def test_tiers_answer_exactly_what_the_raw_samples_say(backend):
+    store = _store(backend)
     rows = _samples()
     with store.transaction():
         assert store.add_samples(rows) == len(rows)
@@ -67,8 +71,8 @@ def test_tiers_answer_exactly_what_the_raw_samples_say(tmp_path):
     assert (agg.low, agg.high) == (min(expected), max(expected))
 
 
-def test_a_late_sample_is_rolled_up_again(tmp_path):
-    store = _store(tmp_path)
+def test_a_late_sample_is_rolled_up_again(backend):
+    store = _store(backend)
     rows = [r for r in _samples(hours=2) if (r[2] - T0) % 10_000]  # every tenth second missing
     with store.transaction():
         store.add_samples(rows)
@@ -83,8 +87,8 @@ def test_a_late_sample_is_rolled_up_again(tmp_path):
         assert got == pytest.approx(_means(rows, T0, T0 + 2 * HOUR_MS, step), rel=1e-12)
 
 
-def test_retention_keeps_the_coarser_tiers(tmp_path):
-    store = _store(tmp_path, raw_hours=1)
+def test_retention_keeps_the_coarser_tiers(backend):
+    store = _store(backend, raw_hours=1)
     rows = _samples()
     with store.transaction():
         store.add_samples(rows)
@@ -96,8 +100,8 @@ def test_retention_keeps_the_coarser_tiers(tmp_path):
     assert len(got) == 180 and got == pytest.approx(_means(rows, T0, T0 + 3 * HOUR_MS, MINUTE_MS), rel=1e-12)
 
 
-def test_the_store_refuses_a_second_active_session(tmp_path):
-    store = _store(tmp_path)
+def test_the_store_refuses_a_second_active_session(backend):
+    store = _store(backend)
     session = {"id": "a", "device_id": DEVICE, "status": "active", "config": {}, "started_ms": T0, "ends_ms": T0 + 1,
                "progress": {}, "evaluations": 0}
     with store.transaction():
@@ -111,8 +115,8 @@ def test_the_store_refuses_a_second_active_session(tmp_path):
     assert sorted(s["status"] for s in store.sessions()) == ["active", "completed"]
 
 
-def test_a_rollup_pass_spreads_over_calls_and_stays_exact(tmp_path):
-    store = _store(tmp_path)
+def test_a_rollup_pass_spreads_over_calls_and_stays_exact(backend):
+    store = _store(backend)
     rows = [(f"{d:012x}", NAME, T0 + i * 1000, float(d * 1000 + i)) for d in range(5) for i in range(600)]
     now = T0 + 20 * MINUTE_MS
     with store.transaction():
@@ -122,9 +126,8 @@ def test_a_rollup_pass_spreads_over_calls_and_stays_exact(tmp_path):
             store.rollup(now, max_series=2)
         tiers = {d: agg for d, agg in store.stats("probe.*", T0, T0 + 10 * MINUTE_MS).items()}
         assert sum(a.count for a in tiers.values()) == len(rows), calls  # exact at every step
-        with sqlite3.connect(tmp_path / "c.db") as db:
-            minutes = db.execute("SELECT COUNT(*) FROM samples_minute").fetchone()[0]
-            watermark = db.execute("SELECT value FROM meta WHERE key = 'samples_minute'").fetchone()[0]
+        ((minutes,),) = backend.query("SELECT COUNT(*) FROM samples_minute")
+        ((watermark,),) = backend.query("SELECT value FROM meta WHERE key = 'samples_minute'")
         assert minutes == min(5, 2 * calls) * 10
         # The watermark moves only when the pass ends: to the last minute complete 15 s before `now`.
         assert watermark == (T0 + 19 * MINUTE_MS if calls == 4 else T0)

@@ -16,6 +16,7 @@ from contextlib import contextmanager
 from typing import Iterable, Iterator, Optional
 
 from . import HOUR_MS, MINUTE_MS, Agg, Retention, SessionConflict, Store, StoreError
+from .records import row, values as _values, where
 
 # Each entry moves the schema one version up; never edit one that has shipped, add the next.
 MIGRATIONS: list[str] = [
@@ -60,26 +61,10 @@ MIGRATIONS: list[str] = [
         late INTEGER NOT NULL DEFAULT 0, PRIMARY KEY (command_id, device_id)) WITHOUT ROWID;
     """,
 ]
-# Columns holding JSON, per table (alerts.state is plain text, devices.state a payload).
-_JSON_COLUMNS = {"devices": {"health_reasons", "capabilities", "attr", "state", "telemetry"},
-                 "alerts": {"detail"}, "sessions": {"config", "progress"}, "commands": {"args"},
-                 "replies": {"ack", "result"}, "events": {"payload"}}
 CHECKPOINT_S = 1.0
 ROLLUP_GRACE_MS = 15_000
 ROLLUP_SERIES = 250  # series per tier per rollup call: about 15,000 raw rows, some 15 ms
 _TIERS = (("samples_minute", "samples_raw", MINUTE_MS), ("samples_hour", "samples_minute", HOUR_MS))
-
-
-def _row(table: str, cursor: sqlite3.Cursor, values: tuple) -> dict:
-    json_columns = _JSON_COLUMNS[table]
-    return {name: json.loads(value) if name in json_columns and value is not None else value
-            for (name, *_), value in zip(cursor.description, values)}
-
-
-def _values(table: str, record: dict, columns: tuple) -> list:
-    json_columns = _JSON_COLUMNS[table]
-    return [json.dumps(record.get(c), separators=(",", ":")) if c in json_columns and record.get(c) is not None
-            else record.get(c) for c in columns]
 
 
 class SQLiteStore(Store):
@@ -178,7 +163,8 @@ class SQLiteStore(Store):
         before = self.db.total_changes
         self.db.executemany("INSERT OR IGNORE INTO samples_raw (series_id, ts, value) VALUES (?, ?, ?)", prepared)
         added = self.db.total_changes - before
-        rolled = self._watermark("samples_minute")
+        # Late: in a minute already rolled up, or in the pass under way (its series may be done).
+        rolled = max(self._watermark("samples_minute"), self._meta("samples_minute.target"))
         late = {(sid, ts - ts % MINUTE_MS) for sid, ts, _ in prepared if ts < rolled}
         if late:
             self.db.executemany("INSERT OR IGNORE INTO rollup_dirty VALUES ('samples_minute', ?, ?)", late)
@@ -293,7 +279,7 @@ class SQLiteStore(Store):
 
     def _all(self, table: str, sql: str, params=()) -> list[dict]:
         cursor = self.db.execute(sql, params)
-        return [_row(table, cursor, values) for values in cursor.fetchall()]
+        return [row(table, cursor.description, values) for values in cursor.fetchall()]
 
     def devices(self) -> list[dict]:
         return self._all("devices", "SELECT * FROM devices ORDER BY device_id")
@@ -356,26 +342,15 @@ class SQLiteStore(Store):
                                (device_id, name, start_ms, end_ms)).fetchall()
 
     def alerts(self, device_id=None, severity=None, state=None, since_ms=None, session_id=None, limit=500):
-        clauses, params = [], []
-        for column, value in (("device_id", device_id), ("severity", severity), ("state", state),
-                              ("session_id", session_id)):
-            if value is not None:
-                clauses.append(f"{column} = ?")
-                params.append(value)
-        if since_ms is not None:
-            clauses.append("(opened_ms >= ? OR closed_ms IS NULL OR closed_ms >= ?)")
-            params += [since_ms, since_ms]
-        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
-        return self._all("alerts", f"SELECT * FROM alerts {where} ORDER BY opened_ms DESC, id DESC LIMIT ?", (*params, limit))
+        clause, params = where("?", (("device_id", device_id), ("severity", severity), ("state", state),
+                                     ("session_id", session_id)),
+                               ("(opened_ms >= {m} OR closed_ms IS NULL OR closed_ms >= {m})", since_ms))
+        return self._all("alerts", f"SELECT * FROM alerts {clause} ORDER BY opened_ms DESC, id DESC LIMIT ?",
+                         (*params, limit))
 
     def sessions(self, status=None, device_id=None):
-        clauses, params = [], []
-        for column, value in (("status", status), ("device_id", device_id)):
-            if value is not None:
-                clauses.append(f"{column} = ?")
-                params.append(value)
-        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
-        return self._all("sessions", f"SELECT * FROM sessions {where} ORDER BY started_ms DESC", params)
+        clause, params = where("?", (("status", status), ("device_id", device_id)))
+        return self._all("sessions", f"SELECT * FROM sessions {clause} ORDER BY started_ms DESC", params)
 
     def session(self, session_id):
         found = self._all("sessions", "SELECT * FROM sessions WHERE id = ?", (session_id,))
@@ -396,15 +371,8 @@ class SQLiteStore(Store):
         return commands
 
     def events(self, device_id=None, since_ms=None, limit=500):
-        clauses, params = [], []
-        if device_id is not None:
-            clauses.append("device_id = ?")
-            params.append(device_id)
-        if since_ms is not None:
-            clauses.append("ts >= ?")
-            params.append(since_ms)
-        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
-        return self._all("events", f"SELECT * FROM events {where} ORDER BY ts DESC, id DESC LIMIT ?", (*params, limit))
+        clause, params = where("?", (("device_id", device_id),), ("ts >= {m}", since_ms))
+        return self._all("events", f"SELECT * FROM events {clause} ORDER BY ts DESC, id DESC LIMIT ?", (*params, limit))
 
     def size_bytes(self) -> int:
         pages = self.db.execute("PRAGMA page_count").fetchone()[0] * self.db.execute("PRAGMA page_size").fetchone()[0]
