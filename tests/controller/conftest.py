@@ -109,6 +109,7 @@ class ControllerProcess:
                   "fleet": {"gone_after_s": 3.0}, "sessions": {"finish_grace_s": 3.0}}
         for key, value in overrides.items():
             config.setdefault(key, {}).update(value) if isinstance(value, dict) else config.__setitem__(key, value)
+        self.store_url = config.get("store", {}).get("url") or f"sqlite://{self.state_dir}/controller.db"
         self.config_path = workdir / "controller.toml"
         self.config_path.write_text(to_toml(config))
         self.log_path = workdir / "controller.log"
@@ -128,8 +129,15 @@ class ControllerProcess:
         self.log_file.close()
         return code
 
-    def db(self) -> sqlite3.Connection:
-        return sqlite3.connect(f"file:{self.state_dir / 'controller.db'}?mode=ro", uri=True)
+    def db(self):
+        """A read-only look at the controller's store: a DB-API connection of its backend."""
+        if self.store_url.startswith("sqlite://"):
+            return sqlite3.connect(f"file:{self.store_url[len('sqlite://'):]}?mode=ro", uri=True)
+        import psycopg
+        from psycopg.types.string import TextLoader
+        db = psycopg.connect(self.store_url, autocommit=True)
+        db.adapters.register_loader("jsonb", TextLoader)  # JSON as text, as SQLite gives it
+        return db
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")

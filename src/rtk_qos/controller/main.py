@@ -24,6 +24,8 @@ def add_parser(commands) -> None:
     p.add_argument("--http-host", help="address to serve on (default 127.0.0.1)")
     p.add_argument("--http-port", type=int, help="0: any free port")
     p.add_argument("--state-dir", help="where the store and the generated token live")
+    p.add_argument("--store", help="store URL: sqlite:///path (default: <state-dir>/controller.db) or "
+                                   "postgresql://user@host/db")
     p.add_argument("--log-level", choices=("debug", "info", "warning", "error"))
     p.set_defaults(handler=run)
 
@@ -34,7 +36,8 @@ def _flags(ns: argparse.Namespace) -> dict:
         if getattr(ns, key):
             flags[key] = getattr(ns, key)
     for section, pairs in (("broker", (("host", ns.broker_host), ("port", ns.broker_port))),
-                           ("http", (("host", ns.http_host), ("port", ns.http_port)))):
+                           ("http", (("host", ns.http_host), ("port", ns.http_port))),
+                           ("store", (("url", ns.store),))):
         given = {k: v for k, v in pairs if v is not None}
         if given:
             flags[section] = given
