@@ -1,6 +1,7 @@
 """The store on both backends (SQLite, and a real PostgreSQL the tests start): versioned migrations,
 exact tiers, idempotent ingest, late samples, retention."""
 import random
+import threading
 
 import pytest
 
@@ -131,3 +132,91 @@ def test_a_rollup_pass_spreads_over_calls_and_stays_exact(backend):
         assert minutes == min(5, 2 * calls) * 10
         # The watermark moves only when the pass ends: to the last minute complete 15 s before `now`.
         assert watermark == (T0 + 19 * MINUTE_MS if calls == 4 else T0)
+
+
+def test_fleet_series_buckets_every_device_across_the_tiers(backend):
+    store = _store(backend)
+    rows = [(f"{d:012x}", name, T0 + i * 1000, float((d + 1) * (i % 97)))
+            for d in range(3) for name in (NAME, "probe.dns.latency_ms", "probe.gateway.loss_pct")
+            for i in range(40 * 60)]
+    with store.transaction():
+        store.add_samples(rows)
+        _roll(store, T0 + 20 * MINUTE_MS)  # minutes rolled up to T0 + 19 min; the rest from raw
+    step = 5 * MINUTE_MS
+    fleet = store.fleet_series("probe.*.latency_ms", T0, T0 + 40 * MINUTE_MS, step)
+    for d in range(3):
+        mine = [r for r in rows if r[0] == f"{d:012x}" and r[1].endswith(".latency_ms")]
+        expected = {}
+        for _, _, ts, value in mine:
+            expected.setdefault(T0 + (ts - T0) // step * step, []).append(value)
+        got = fleet[f"{d:012x}"]
+        assert sorted(got) == sorted(expected)
+        for bucket, values in expected.items():
+            agg = got[bucket]
+            assert (agg.count, agg.low, agg.high) == (len(values), min(values), max(values))
+            assert agg.mean == pytest.approx(sum(values) / len(values), rel=1e-12)
+
+
+def test_events_alerts_and_commands_are_stored_once_and_read_back(backend):
+    store = _store(backend)
+    with store.transaction():
+        assert store.add_event(DEVICE, "link_flap", T0, "info", -42, {"seq": 1}) is True
+        assert store.add_event(DEVICE, "link_flap", T0, "info", -42, {"seq": 1}) is False  # a redelivery
+        alert = {"key": "k1", "source": "session", "device_id": DEVICE, "severity": "warning", "state": "open",
+                 "opened_ms": T0, "updated_ms": T0, "detail": {"why": ["latency"]}}
+        first = store.save_alert(alert)
+        assert store.save_alert({**alert, "state": "closed", "closed_ms": T0 + 5, "opened_ms": T0 + 1}) == first
+        store.save_command({"id": "c1", "target": DEVICE, "op": "get_status", "args": {"a": 1}, "dialect": "flat",
+                            "sent_ms": T0, "deadline_ms": T0 + 30_000, "status": "sent", "updated_ms": T0})
+        store.save_reply({"command_id": "c1", "device_id": DEVICE, "accepted": 1, "ack": {"ok": True},
+                          "acked_ms": T0 + 1, "duplicates": 0, "late": 0})
+        store.save_reply({"command_id": "c1", "device_id": DEVICE, "accepted": 1, "ack": {"ok": True},
+                          "acked_ms": T0 + 1, "duplicates": 1, "late": 0})
+    assert [(e["payload"], e["digest"]) for e in store.events(DEVICE)] == [({"seq": 1}, -42)]
+    (stored,) = store.alerts(DEVICE)
+    assert (stored["id"], stored["state"], stored["opened_ms"], stored["detail"]) == (first, "closed", T0,
+                                                                                     {"why": ["latency"]})
+    command = store.command("c1")
+    assert command["args"] == {"a": 1} and [(r["ack"], r["duplicates"]) for r in command["replies"]] == [({"ok": True}, 1)]
+    assert [c["id"] for c in store.recent_commands(T0)] == ["c1"] and store.recent_commands(T0 + 60_000) == []
+
+
+def test_two_instances_ingesting_the_same_messages_store_each_sample_once(postgres_server):
+    """Several controllers over one PostgreSQL: a message redelivered to another instance (after a
+    crash) is ingested by both, concurrently, and rollups run while they do."""
+    url = postgres_server.create_database()
+    stores = [open_store(url) for _ in range(2)]
+    rows = [(f"{d:012x}", NAME, T0 + i * 1000, float(i)) for d in range(20) for i in range(30 * 60)]
+    added = [0, 0]
+    failures = []
+
+    def ingest(index):
+        store = stores[index]
+        try:
+            for chunk in range(0, len(rows), 1000):
+                with store.transaction():
+                    added[index] += store.add_samples(rows[chunk:chunk + 1000])
+                with store.transaction():  # rollups interleave with the other instance's ingest
+                    store.rollup(T0 + 20 * MINUTE_MS, max_series=5)
+        except Exception as exc:  # surfaced by the assertion below
+            failures.append(exc)
+
+    threads = [threading.Thread(target=ingest, args=(i,)) for i in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    assert failures == []
+    assert sum(added) == len(rows)  # each sample counted new by exactly one instance
+    for _ in range(10):
+        with stores[0].transaction():
+            stores[0].rollup(T0 + 40 * MINUTE_MS, max_series=5)
+    stats = stores[1].stats("probe.*", T0, T0 + 30 * MINUTE_MS)
+    assert {d: a.count for d, a in stats.items()} == {f"{d:012x}": 30 * 60 for d in range(20)}
+    for d in range(20):  # the minute tier (rolled up while samples arrived) is exact
+        got = {ts: agg.mean for ts, agg in stores[1].series(f"{d:012x}", NAME, T0, T0 + 19 * MINUTE_MS, MINUTE_MS)}
+        assert got == pytest.approx(_means([r for r in rows if r[0] == f"{d:012x}"], T0, T0 + 19 * MINUTE_MS,
+                                           MINUTE_MS), rel=1e-12)
+    for store in stores:
+        store.close()
+    postgres_server.drop_database(url)

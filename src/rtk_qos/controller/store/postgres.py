@@ -188,12 +188,14 @@ class PostgresStore(Store):
         # Shared: any number of ingesting instances at once, never during a rollup (exclusive).
         self.db.execute("SELECT pg_advisory_xact_lock_shared(%s)", (ROLLUP_LOCK,))
         self._series_ids({(d, n) for d, n, _, _ in rows})
-        ids = [self._series[(d, n)] for d, n, _, _ in rows]
-        stamps = [ts for _, _, ts, _ in rows]
+        # In key order: two instances inserting overlapping batches (a takeover's redeliveries)
+        # wait on each other's rows in the same order, never deadlock.
+        prepared = sorted((self._series[(d, n)], ts, v) for d, n, ts, v in rows)
+        ids, stamps, readings = (list(column) for column in zip(*prepared))
         # The whole batch in one statement; a sample stored before (same series and ts) is skipped.
         added = self.db.execute("INSERT INTO samples_raw (series_id, ts, value) SELECT * FROM "
                                 "unnest(%s::integer[], %s::bigint[], %s::float8[]) ON CONFLICT DO NOTHING",
-                                (ids, stamps, [v for _, _, _, v in rows])).rowcount
+                                (ids, stamps, readings)).rowcount
         # Late: in a minute already rolled up, or in the pass under way (its series may be done).
         rolled = max(self._watermark("samples_minute"), self._meta("samples_minute.target"))
         late = sorted({(sid, ts - ts % MINUTE_MS) for sid, ts in zip(ids, stamps) if ts < rolled})
