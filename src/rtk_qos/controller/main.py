@@ -9,6 +9,7 @@ import sys
 
 from ..settings import ConfigError
 from . import config as config_mod
+from .store import StoreError, display_url
 
 log = logging.getLogger("rtk_qos.controller")
 SWITCH_INTERVAL_S = 0.0005
@@ -66,7 +67,7 @@ async def serve(config: dict) -> None:
           f"  metrics    http://{host}:{port}/metrics\n"
           f"  live       curl -N http://{host}:{port}/api/events\n"
           f"  writes     Authorization: Bearer <token in {config['http']['token'] and 'the configuration' or config['state_dir'] + '/token'}>\n"
-          f"  store      {config['store']['url']}\n"
+          f"  store      {display_url(config['store']['url'])}\n"
           f"  Ctrl-C stops the controller.", file=sys.stderr, flush=True)
     done = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -93,6 +94,9 @@ def run(ns: argparse.Namespace) -> int:
     try:
         asyncio.run(serve(config))
     except OSError as exc:  # the HTTP port is taken, the state dir is not writable
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except StoreError as exc:  # the database is unreachable, refuses us, or has a newer schema
         print(f"error: {exc}", file=sys.stderr)
         return 1
     return 0

@@ -11,6 +11,7 @@ import abc
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Iterable, Iterator, Optional
+from urllib.parse import urlsplit, urlunsplit
 
 MINUTE_MS = 60_000
 HOUR_MS = 3_600_000
@@ -147,6 +148,14 @@ class Store(abc.ABC):
     def close(self) -> None: ...
 
 
+def display_url(url: str) -> str:
+    """The store URL with its password (if any) masked, for logs and the start banner."""
+    parts = urlsplit(url)
+    if not parts.password:
+        return url
+    return urlunsplit(parts._replace(netloc=parts.netloc.replace(f":{parts.password}@", ":***@", 1)))
+
+
 def open_store(url: str, retention: Retention = Retention(), synchronous: str = "normal",
                writer: bool = False) -> Store:
     """`sqlite:///path/to/file.db` (the default backend) or `postgresql://user@host/db` (any libpq
@@ -159,4 +168,4 @@ def open_store(url: str, retention: Retention = Retention(), synchronous: str = 
     if url.startswith(("postgresql://", "postgres://")):
         from .postgres import PostgresStore
         return PostgresStore(url, retention)
-    raise StoreError(f"store: {url!r} is not a supported store URL (sqlite:///path or postgresql://...)")
+    raise StoreError(f"store: {display_url(url)!r} is not a supported store URL (sqlite:///path or postgresql://...)")

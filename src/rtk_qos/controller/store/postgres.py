@@ -18,7 +18,7 @@ from typing import Iterable, Iterator, Optional
 import psycopg
 from psycopg.types.string import TextLoader
 
-from . import HOUR_MS, MINUTE_MS, Agg, Retention, SessionConflict, Store, StoreError
+from . import HOUR_MS, MINUTE_MS, Agg, Retention, SessionConflict, Store, StoreError, display_url
 from .records import row, values, where
 from .sqlite import ROLLUP_GRACE_MS, ROLLUP_SERIES
 
@@ -106,7 +106,7 @@ class PostgresStore(Store):
             self.db = psycopg.connect(url, autocommit=True, connect_timeout=30,
                                       application_name="rtk-qos-controller")
         except psycopg.Error as exc:
-            raise StoreError(f"store: cannot connect to {_redacted(url)}: {exc}".strip()) from exc
+            raise StoreError(f"store: cannot connect to {display_url(url)}: {exc}".strip()) from exc
         # JSON columns come back as text, decoded as the SQLite backend decodes them.
         self.db.adapters.register_loader("jsonb", TextLoader)
         self._series: dict[tuple[str, str], int] = {}
@@ -123,7 +123,7 @@ class PostgresStore(Store):
                             "applied_ms bigint NOT NULL)")
             version = self.schema_version
             if version > len(MIGRATIONS):
-                raise StoreError(f"{_redacted(self.url)}: schema version {version} is newer than this controller's "
+                raise StoreError(f"{display_url(self.url)}: schema version {version} is newer than this controller's "
                                  f"{len(MIGRATIONS)}; upgrade the controller")
             for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
                 self.db.execute(script)
@@ -401,11 +401,3 @@ class PostgresStore(Store):
     def close(self) -> None:
         self.db.close()
 
-
-def _redacted(url: str) -> str:
-    """The URL without its password, for messages."""
-    try:
-        info = psycopg.conninfo.conninfo_to_dict(url)
-    except psycopg.ProgrammingError:
-        return "the configured PostgreSQL URL"
-    return " ".join(f"{k}={v}" for k, v in info.items() if k != "password")
