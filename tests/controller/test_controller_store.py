@@ -220,3 +220,26 @@ def test_two_instances_ingesting_the_same_messages_store_each_sample_once(postgr
     for store in stores:
         store.close()
     postgres_server.drop_database(url)
+
+
+def test_instances_starting_together_migrate_once(postgres_server):
+    url = postgres_server.create_database()
+    opened, failures = [], []
+
+    def start():
+        try:
+            opened.append(open_store(url))
+        except Exception as exc:  # surfaced by the assertion below
+            failures.append(exc)
+
+    threads = [threading.Thread(target=start) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert failures == [] and [s.schema_version for s in opened] == [len(postgres.MIGRATIONS)] * 4
+    with pytest.raises(StoreError, match=r"\[\.\.\.\] classes are not supported"):
+        opened[0].stats("probe.[ab].latency_ms", T0, T0 + MINUTE_MS)
+    for store in opened:
+        store.close()
+    postgres_server.drop_database(url)
