@@ -177,7 +177,8 @@ def test_events_alerts_and_commands_are_stored_once_and_read_back(backend):
     assert (stored["id"], stored["state"], stored["opened_ms"], stored["detail"]) == (first, "closed", T0,
                                                                                      {"why": ["latency"]})
     command = store.command("c1")
-    assert command["args"] == {"a": 1} and [(r["ack"], r["duplicates"]) for r in command["replies"]] == [({"ok": True}, 1)]
+    assert command["args"] == {"a": 1}
+    assert [(r["ack"], r["duplicates"]) for r in command["replies"]] == [({"ok": True}, 1)]
     assert [c["id"] for c in store.recent_commands(T0)] == ["c1"] and store.recent_commands(T0 + 60_000) == []
 
 
