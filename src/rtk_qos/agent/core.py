@@ -183,6 +183,9 @@ class Agent(Replies):
         message = messages.envelope(f"evt.{event_type}/1.0", self.device_id, payload,
                                     request.trace if request else None)
         self.outbox.put("event", self.topics.of(f"evt/{event_type}"), messages.encode(message), qos=1)
+        if event_type.startswith("shaping_"):
+            # A timer revert happens after its command ended: state must show it now, not a period later.
+            self._request_state()
 
     # ---- monitor ------------------------------------------------------------------------------
 
