@@ -4,7 +4,8 @@ SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-# command:debian-package pairs the agent and its tests use.
+# command:debian-package pairs the agent and its tests use (and PostgreSQL, off PATH, for the
+# controller's store tests: checked by its initdb below).
 SYSTEM_TOOLS := mosquitto:mosquitto ip:iproute2 ping:iputils-ping nft:nftables gcc:gcc npm:npm \
 	chromium:chromium iperf3:iperf3 ethtool:ethtool
 NATIVE_SRC := $(wildcard native/*.c native/*.h src/rtk_qos/*.pxi) src/rtk_qos/_core.pyx src/rtk_qos/_native.pxd setup.py
@@ -67,6 +68,7 @@ $(VENV)/.system:
 	  PATH="$$PATH:/usr/sbin:/sbin" command -v $$tool >/dev/null || missing="$$missing $$pkg"; \
 	done; \
 	python3 -c 'import ensurepip, venv' 2>/dev/null || missing="$$missing python3-venv"; \
+	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$$missing postgresql"; \
 	python3 -c 'import sysconfig, os, sys; sys.exit(not os.path.exists(sysconfig.get_paths()["include"] + "/Python.h"))' \
 	  || missing="$$missing python3-dev"; \
 	if [ -n "$$missing" ]; then \

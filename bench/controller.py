@@ -376,13 +376,18 @@ def store_figures(before: dict, after: dict, devices: int, seconds: int, workdir
     # The aggregate tiers' bytes per row, from a store filled for the purpose: 3 h of 1 Hz samples.
     per_row.update(aggregate_row_bytes(workdir))
     series = len(SERIES) + 1  # and the derived uplink.throughput_mbps
-    steady = (per_row["raw"] * series * 3600 * 6 + per_row["minute"] * series * 1440 * 14
-              + per_row["hour"] * series * 24 * 365)
+    steady = steady_state_bytes(per_row, series)
     return {"series_per_device": series, "raw_rows_added": raw_rows, "raw_bytes_added": raw_bytes,
             "raw_bytes_per_device_day_at_1hz": round(raw_bytes / device_days),
             "bytes_per_row": {k: round(v, 1) for k, v in per_row.items()},
             "steady_state_bytes_per_device_default_retention": round(steady),
             "note": "raw 6 h + per-minute 14 days + per-hour 365 days, from the measured bytes per row"}
+
+
+def steady_state_bytes(per_row: dict, series: int) -> float:
+    """What one device holds with the default retention, from bytes per row of each tier."""
+    return (per_row["raw"] * series * 3600 * 6 + per_row["minute"] * series * 1440 * 14
+            + per_row["hour"] * series * 24 * 365)
 
 
 def aggregate_row_bytes(workdir: Path) -> dict:

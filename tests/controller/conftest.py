@@ -17,8 +17,46 @@ import pytest
 
 import netns
 from mqtt_harness import free_port, stop_process, to_toml, wait_listening
+from postgres_server import PostgresServer
 
 REFLECTOR = Path(__file__).resolve().parents[1] / "reflector.py"
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    """One PostgreSQL server for the session, started the first time a test asks for it."""
+    server = PostgresServer()
+    yield server
+    server.stop()
+
+
+class Backend:
+    """A store URL of one backend, and plain SQL on the same database for the tests' own checks."""
+
+    def __init__(self, name: str, url: str):
+        self.name = name
+        self.url = url
+
+    def query(self, sql: str) -> list[tuple]:
+        if self.name == "sqlite":
+            with sqlite3.connect(self.url[len("sqlite://"):]) as db:
+                return db.execute(sql).fetchall()
+        import psycopg
+        with psycopg.connect(self.url, autocommit=True) as db:
+            cursor = db.execute(sql)
+            return cursor.fetchall() if cursor.description else []
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def backend(request, tmp_path):
+    """Each store test runs on SQLite and on PostgreSQL (a database of its own on the session's server)."""
+    if request.param == "sqlite":
+        yield Backend("sqlite", f"sqlite://{tmp_path}/c.db")
+        return
+    server = request.getfixturevalue("postgres_server")
+    url = server.create_database()
+    yield Backend("postgresql", url)
+    server.drop_database(url)
 
 
 class Http:
@@ -71,6 +109,7 @@ class ControllerProcess:
                   "fleet": {"gone_after_s": 3.0}, "sessions": {"finish_grace_s": 3.0}}
         for key, value in overrides.items():
             config.setdefault(key, {}).update(value) if isinstance(value, dict) else config.__setitem__(key, value)
+        self.store_url = config.get("store", {}).get("url") or f"sqlite://{self.state_dir}/controller.db"
         self.config_path = workdir / "controller.toml"
         self.config_path.write_text(to_toml(config))
         self.log_path = workdir / "controller.log"
@@ -90,8 +129,15 @@ class ControllerProcess:
         self.log_file.close()
         return code
 
-    def db(self) -> sqlite3.Connection:
-        return sqlite3.connect(f"file:{self.state_dir / 'controller.db'}?mode=ro", uri=True)
+    def db(self):
+        """A read-only look at the controller's store: a DB-API connection of its backend."""
+        if self.store_url.startswith("sqlite://"):
+            return sqlite3.connect(f"file:{self.store_url[len('sqlite://'):]}?mode=ro", uri=True)
+        import psycopg
+        from psycopg.types.string import TextLoader
+        db = psycopg.connect(self.store_url, autocommit=True)
+        db.adapters.register_loader("jsonb", TextLoader)  # JSON as text, as SQLite gives it
+        return db
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")

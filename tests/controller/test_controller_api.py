@@ -22,8 +22,8 @@ def _stored(ctl) -> tuple:
         return tuple(db.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0] for t in ("sessions", "commands", "alerts"))
 
 
-def test_bad_input_gets_a_precise_error_and_stores_nothing(broker, start_controller):
-    ctl = start_controller()
+def test_bad_input_gets_a_precise_error_and_stores_nothing(broker, start_controller, backend):
+    ctl = start_controller(store={"url": backend.url})
     http = ctl.http
     device = _announce(broker.plain_port)
     http.wait("/api/devices", lambda b: b["devices"])

@@ -1,5 +1,6 @@
 """What the broker holds for the controller survives a kill -9 (persistent session, QoS 1, acks only
-after the commit, idempotent ingest); replies repeated or after the deadline are recorded, not lost."""
+after the commit, idempotent ingest); replies repeated or after the deadline are recorded, not lost.
+Each on both store backends (SQLite and PostgreSQL)."""
 import json
 import signal
 import threading
@@ -22,8 +23,8 @@ def _count(ctl, sql):
         return db.execute(sql).fetchone()[0]
 
 
-def test_kill_9_mid_stream_loses_nothing_the_broker_held(broker, start_controller):
-    ctl = start_controller()
+def test_kill_9_mid_stream_loses_nothing_the_broker_held(broker, start_controller, backend):
+    ctl = start_controller(store={"url": backend.url})
     device = Controller(broker.plain_port)
     # 100 events and 100 sample batches a second: while the controller is away (about 3 s) the broker
     # queues some 600, within mosquitto's default max_queued_messages (1000); past it the broker drops.
@@ -66,8 +67,8 @@ def test_kill_9_mid_stream_loses_nothing_the_broker_held(broker, start_controlle
     device.close()
 
 
-def test_late_and_repeated_replies_are_recorded(broker, start_controller):
-    ctl = start_controller()
+def test_late_and_repeated_replies_are_recorded(broker, start_controller, backend):
+    ctl = start_controller(store={"url": backend.url})
     http = ctl.http
     device = Controller(broker.plain_port)
     device.subscribe(f"{BASE}/cmd/req")

@@ -1,6 +1,8 @@
 """A monitoring session against a real agent whose probe target delays on a schedule: the alert
 episode opens and closes (one alert, surviving a controller kill -9 in the middle), a second
-session is refused, the session completes, and the overview's figures match the stored samples."""
+session is refused, the session completes, and the overview's figures match the stored samples.
+On both store backends."""
+import fnmatch
 import signal
 import time
 
@@ -14,10 +16,10 @@ def _alerts(http, **query):
     return http.get(path)["alerts"]
 
 
-def test_session_alert_episode_survives_a_restart(start_agent, start_controller, reflector):
+def test_session_alert_episode_survives_a_restart(start_agent, start_controller, reflector, backend):
     target = reflector({"base_ms": 2, "slow": [[SLOW_FIRST, SLOW_LAST, SLOW_MS]]})
     agent = start_agent(telemetry={"qos_period_s": 1.0}, history={"probe_targets": [target]})
-    ctl = start_controller()
+    ctl = start_controller(store={"url": backend.url})
     http = ctl.http
     device = http.wait("/api/devices", lambda b: any(d["status"] == "online" for d in b["devices"]))["devices"][0]
     assert device["device_id"] == agent.device_id and (device["tenant"], device["site"]) == ("lab", "bench")
@@ -62,14 +64,17 @@ def test_session_alert_episode_survives_a_restart(start_agent, start_controller,
     time.sleep(1.0)
     overview = http.get("/api/qos/overview")
     window = overview["performance_summary"]["window"]
-    with ctl.db() as db:
-        def mean(glob):
-            return db.execute("SELECT AVG(value), COUNT(*) FROM samples_raw JOIN series s ON s.id = series_id "
-                              "WHERE s.name GLOB ? AND ts >= ? AND ts < ?", (glob, window["start_ms"],
-                                                                            window["end_ms"])).fetchone()
-        latency_avg, latency_n = mean("probe.*.latency_ms")
-        loss_avg, _ = mean("probe.*.loss_pct")
-        throughput_avg, _ = mean("uplink.throughput_mbps")
+    with ctl.db() as db:  # the window's samples, matched here (GLOB is SQLite's alone)
+        window_samples = db.execute(f"SELECT s.name, value FROM samples_raw JOIN series s ON s.id = series_id "
+                                    f"WHERE ts >= {int(window['start_ms'])} AND ts < {int(window['end_ms'])}").fetchall()
+
+    def mean(glob):
+        matched = [value for name, value in window_samples if fnmatch.fnmatchcase(name, glob)]
+        return sum(matched) / len(matched), len(matched)
+
+    latency_avg, latency_n = mean("probe.*.latency_ms")
+    loss_avg, _ = mean("probe.*.loss_pct")
+    throughput_avg, _ = mean("uplink.throughput_mbps")
     summary = overview["performance_summary"]
     assert summary["samples"]["latency"] == latency_n > 90  # gateway and reflector, about 1 Hz each
     assert summary["avg_latency_ms"] == pytest.approx(latency_avg, abs=1e-3)

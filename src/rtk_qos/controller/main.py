@@ -9,6 +9,7 @@ import sys
 
 from ..settings import ConfigError
 from . import config as config_mod
+from .store import StoreError, display_url
 
 log = logging.getLogger("rtk_qos.controller")
 SWITCH_INTERVAL_S = 0.0005
@@ -24,6 +25,8 @@ def add_parser(commands) -> None:
     p.add_argument("--http-host", help="address to serve on (default 127.0.0.1)")
     p.add_argument("--http-port", type=int, help="0: any free port")
     p.add_argument("--state-dir", help="where the store and the generated token live")
+    p.add_argument("--store", help="store URL: sqlite:///path (default: <state-dir>/controller.db) or "
+                                   "postgresql://user@host/db")
     p.add_argument("--log-level", choices=("debug", "info", "warning", "error"))
     p.set_defaults(handler=run)
 
@@ -34,7 +37,8 @@ def _flags(ns: argparse.Namespace) -> dict:
         if getattr(ns, key):
             flags[key] = getattr(ns, key)
     for section, pairs in (("broker", (("host", ns.broker_host), ("port", ns.broker_port))),
-                           ("http", (("host", ns.http_host), ("port", ns.http_port)))):
+                           ("http", (("host", ns.http_host), ("port", ns.http_port))),
+                           ("store", (("url", ns.store),))):
         given = {k: v for k, v in pairs if v is not None}
         if given:
             flags[section] = given
@@ -63,7 +67,7 @@ async def serve(config: dict) -> None:
           f"  metrics    http://{host}:{port}/metrics\n"
           f"  live       curl -N http://{host}:{port}/api/events\n"
           f"  writes     Authorization: Bearer <token in {config['http']['token'] and 'the configuration' or config['state_dir'] + '/token'}>\n"
-          f"  store      {config['store']['url']}\n"
+          f"  store      {display_url(config['store']['url'])}\n"
           f"  Ctrl-C stops the controller.", file=sys.stderr, flush=True)
     done = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -90,6 +94,9 @@ def run(ns: argparse.Namespace) -> int:
     try:
         asyncio.run(serve(config))
     except OSError as exc:  # the HTTP port is taken, the state dir is not writable
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except StoreError as exc:  # the database is unreachable, refuses us, or has a newer schema
         print(f"error: {exc}", file=sys.stderr)
         return 1
     return 0

@@ -1,4 +1,4 @@
-"""The controller's storage, behind one interface: a second backend (PostgreSQL) implements `Store`.
+"""The controller's storage, behind one interface: SQLite (embedded, the default) and PostgreSQL implement `Store`.
 
 Samples are kept in tiers, as Netdata does: raw (every sample, for hours), per-minute
 and per-hour aggregates (count, sum, min, max: means merge exactly) for weeks and a
@@ -11,6 +11,7 @@ import abc
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Iterable, Iterator, Optional
+from urllib.parse import urlsplit, urlunsplit
 
 MINUTE_MS = 60_000
 HOUR_MS = 3_600_000
@@ -147,11 +148,24 @@ class Store(abc.ABC):
     def close(self) -> None: ...
 
 
+def display_url(url: str) -> str:
+    """The store URL with its password (if any) masked, for logs and the start banner."""
+    parts = urlsplit(url)
+    if not parts.password:
+        return url
+    return urlunsplit(parts._replace(netloc=parts.netloc.replace(f":{parts.password}@", ":***@", 1)))
+
+
 def open_store(url: str, retention: Retention = Retention(), synchronous: str = "normal",
                writer: bool = False) -> Store:
-    """`sqlite:///path/to/file.db` (the default backend). `writer`: the instance of the one writing
-    thread (it also keeps the file's housekeeping off that thread)."""
+    """`sqlite:///path/to/file.db` (the default backend) or `postgresql://user@host/db` (any libpq
+    URL; several controllers may share one). `writer`: the instance of the one writing thread (it
+    also keeps the SQLite file's housekeeping off that thread). `synchronous` is SQLite's; PostgreSQL
+    commits durably by its own configuration."""
     if url.startswith("sqlite:///"):
         from .sqlite import SQLiteStore
         return SQLiteStore(url[len("sqlite://"):], retention, synchronous, writer)
-    raise StoreError(f"store: {url!r} is not a supported store URL (sqlite:///path)")
+    if url.startswith(("postgresql://", "postgres://")):
+        from .postgres import PostgresStore
+        return PostgresStore(url, retention)
+    raise StoreError(f"store: {display_url(url)!r} is not a supported store URL (sqlite:///path or postgresql://...)")

@@ -8,14 +8,14 @@ the cost of an fsync per batch. Migrations are numbered and run in order at open
 """
 from __future__ import annotations
 
-import json
 import os
 import sqlite3
 import threading
 from contextlib import contextmanager
-from typing import Iterable, Iterator, Optional
+from typing import Iterable, Iterator, Optional, Sequence
 
-from . import HOUR_MS, MINUTE_MS, Agg, Retention, SessionConflict, Store, StoreError
+from . import Retention, SessionConflict, StoreError
+from .sql import SqlStore, upsert, values
 
 # Each entry moves the schema one version up; never edit one that has shipped, add the next.
 MIGRATIONS: list[str] = [
@@ -60,35 +60,18 @@ MIGRATIONS: list[str] = [
         late INTEGER NOT NULL DEFAULT 0, PRIMARY KEY (command_id, device_id)) WITHOUT ROWID;
     """,
 ]
-# Columns holding JSON, per table (alerts.state is plain text, devices.state a payload).
-_JSON_COLUMNS = {"devices": {"health_reasons", "capabilities", "attr", "state", "telemetry"},
-                 "alerts": {"detail"}, "sessions": {"config", "progress"}, "commands": {"args"},
-                 "replies": {"ack", "result"}, "events": {"payload"}}
 CHECKPOINT_S = 1.0
-ROLLUP_GRACE_MS = 15_000
-ROLLUP_SERIES = 250  # series per tier per rollup call: about 15,000 raw rows, some 15 ms
-_TIERS = (("samples_minute", "samples_raw", MINUTE_MS), ("samples_hour", "samples_minute", HOUR_MS))
 
 
-def _row(table: str, cursor: sqlite3.Cursor, values: tuple) -> dict:
-    json_columns = _JSON_COLUMNS[table]
-    return {name: json.loads(value) if name in json_columns and value is not None else value
-            for (name, *_), value in zip(cursor.description, values)}
+class SQLiteStore(SqlStore):
+    JOIN = "CROSS JOIN"  # SQLite keeps the left table of a CROSS JOIN outer: series drives
 
-
-def _values(table: str, record: dict, columns: tuple) -> list:
-    json_columns = _JSON_COLUMNS[table]
-    return [json.dumps(record.get(c), separators=(",", ":")) if c in json_columns and record.get(c) is not None
-            else record.get(c) for c in columns]
-
-
-class SQLiteStore(Store):
     def __init__(self, path: str, retention: Retention = Retention(), synchronous: str = "normal",
                  writer: bool = False):
         if synchronous not in ("normal", "full"):
             raise StoreError(f"store.synchronous: {synchronous!r} is not normal or full")
+        super().__init__(retention)
         self.path = path
-        self.retention = retention
         directory = os.path.dirname(os.path.abspath(path))
         os.makedirs(directory, mode=0o700, exist_ok=True)
         # One instance is used by one thread; check_same_thread off only lets the owner change.
@@ -96,9 +79,6 @@ class SQLiteStore(Store):
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute(f"PRAGMA synchronous={synchronous.upper()}")
         self.db.execute("PRAGMA foreign_keys=ON")
-        self._series: dict[tuple[str, str], int] = {}
-        self._depth = 0
-        self._lock = threading.Lock()
         self._migrate()
         self._checkpointer: Optional[threading.Thread] = None
         self._closing = threading.Event()
@@ -125,286 +105,50 @@ class SQLiteStore(Store):
     def schema_version(self) -> int:
         return self.db.execute("PRAGMA user_version").fetchone()[0]
 
-    # ---- writes -------------------------------------------------------------------------------
+    # ---- the backend's part -------------------------------------------------------------------
+
+    def _execute(self, sql: str, params: Sequence = ()) -> sqlite3.Cursor:
+        return self.db.execute(sql, params)
+
+    def _executemany(self, sql: str, rows: list) -> None:
+        self.db.executemany(sql, rows)
 
     @contextmanager
-    def transaction(self) -> Iterator[None]:
-        with self._lock:
-            if self._depth:
-                self._depth += 1
-                try:
-                    yield
-                finally:
-                    self._depth -= 1
-                return
-            self.db.execute("BEGIN IMMEDIATE")
-            self._depth = 1
-            try:
-                yield
-            except BaseException:
-                self.db.execute("ROLLBACK")
-                self._series.clear()  # ids minted in the rolled-back transaction are gone
-                raise
-            else:
-                self.db.execute("COMMIT")
-            finally:
-                self._depth = 0
+    def _atomic(self) -> Iterator[None]:
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        self.db.execute("COMMIT")
 
-    def upsert_device(self, device: dict) -> None:
-        columns = ("device_id", "tenant", "site", "status", "status_since_ms", "reason", "last_seen_ms", "health",
-                   "health_reasons", "capabilities", "attr", "state", "telemetry", "updated_ms")
-        values = _values("devices", device, columns)
-        self.db.execute(f"INSERT OR REPLACE INTO devices ({', '.join(columns)}) VALUES "
-                        f"({', '.join('?' * len(columns))})", values)
+    def _name_match(self, name_glob: str) -> tuple[str, str]:
+        return "s.name GLOB ?", name_glob
 
-    def _series_id(self, device_id: str, name: str, create: bool = True) -> Optional[int]:
+    def _series_id(self, device_id: str, name: str) -> int:
         key = (device_id, name)
         found = self._series.get(key)
         if found is None:
             row = self.db.execute("SELECT id FROM series WHERE device_id = ? AND name = ?", key).fetchone()
             if row is None:
-                if not create:
-                    return None
                 row = (self.db.execute("INSERT INTO series (device_id, name) VALUES (?, ?)", key).lastrowid,)
             found = self._series[key] = row[0]
         return found
-
-    def _watermark(self, tier: str) -> int:
-        row = self.db.execute("SELECT value FROM meta WHERE key = ?", (tier,)).fetchone()
-        return row[0] if row else 0
 
     def add_samples(self, rows: Iterable[tuple[str, str, int, float]]) -> int:
         prepared = [(self._series_id(d, n), ts, v) for d, n, ts, v in rows]
         before = self.db.total_changes
         self.db.executemany("INSERT OR IGNORE INTO samples_raw (series_id, ts, value) VALUES (?, ?, ?)", prepared)
         added = self.db.total_changes - before
-        rolled = self._watermark("samples_minute")
-        late = {(sid, ts - ts % MINUTE_MS) for sid, ts, _ in prepared if ts < rolled}
-        if late:
-            self.db.executemany("INSERT OR IGNORE INTO rollup_dirty VALUES ('samples_minute', ?, ?)", late)
+        self._mark_late([(sid, ts) for sid, ts, _ in prepared])
         return added
 
-    def add_event(self, device_id, event_type, ts_ms, severity, digest, payload) -> bool:
-        cursor = self.db.execute("INSERT OR IGNORE INTO events (device_id, event_type, ts, severity, digest, payload)"
-                                 " VALUES (?, ?, ?, ?, ?, ?)",
-                                 (device_id, event_type, ts_ms, severity, digest, json.dumps(payload, separators=(",", ":"))))
-        return cursor.rowcount == 1
-
-    def save_alert(self, alert: dict) -> int:
-        columns = ("key", "source", "device_id", "session_id", "metric", "target", "severity", "state", "opened_ms",
-                   "closed_ms", "value", "threshold", "threshold_type", "unit", "description", "detail", "updated_ms")
-        values = _values("alerts", alert, columns)
-        updates = ", ".join(f"{c} = excluded.{c}" for c in columns if c not in ("key", "opened_ms"))
-        self.db.execute(f"INSERT INTO alerts ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))}) "
-                        f"ON CONFLICT (key) DO UPDATE SET {updates}", values)
-        return self.db.execute("SELECT id FROM alerts WHERE key = ?", (alert["key"],)).fetchone()[0]
-
     def save_session(self, session: dict) -> None:
-        columns = ("id", "device_id", "status", "config", "started_ms", "ends_ms", "stopped_ms", "stop_reason",
-                   "progress", "evaluations")
-        values = _values("sessions", session, columns)
-        updates = ", ".join(f"{c} = excluded.{c}" for c in columns[1:])
         try:
-            # An upsert, not INSERT OR REPLACE: REPLACE would delete the other active session.
-            self.db.execute(f"INSERT INTO sessions ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))}) "
-                            f"ON CONFLICT (id) DO UPDATE SET {updates}", values)
+            self.db.execute(upsert("sessions", ("id",)), values("sessions", session))
         except sqlite3.IntegrityError as exc:
             raise SessionConflict(f"device {session['device_id']} already has an active session") from exc
-
-    def save_command(self, command: dict) -> None:
-        columns = ("id", "target", "op", "args", "dialect", "sent_ms", "deadline_ms", "status", "updated_ms")
-        values = _values("commands", command, columns)
-        self.db.execute(f"INSERT OR REPLACE INTO commands ({', '.join(columns)}) VALUES "
-                        f"({', '.join('?' * len(columns))})", values)
-
-    def save_reply(self, reply: dict) -> None:
-        columns = ("command_id", "device_id", "accepted", "ack", "acked_ms", "status", "result", "finished_ms",
-                   "duplicates", "late")
-        values = _values("replies", reply, columns)
-        self.db.execute(f"INSERT OR REPLACE INTO replies ({', '.join(columns)}) VALUES "
-                        f"({', '.join('?' * len(columns))})", values)
-
-    def _meta(self, key: str, value: Optional[int] = None) -> int:
-        if value is not None:
-            self.db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
-            return value
-        return self._watermark(key)
-
-    def rollup(self, now_ms: int, max_series: int = ROLLUP_SERIES) -> int:
-        """Aggregate complete minutes (and hours) for at most `max_series` series per tier per call:
-        a pass over every series is spread over calls, so ingest never waits long on it. A pass
-        keeps its target end until done; the tier's watermark moves only then. Returns the rows
-        written, or 1 for a call that only ended a pass (0: nothing to do)."""
-        written = 0
-        # A minute is complete ROLLUP_GRACE_MS after its end; a sample arriving later (a delayed
-        # batch) marks its minute dirty and the minute is computed again.
-        done = now_ms - ROLLUP_GRACE_MS
-        complete = {"samples_minute": done - done % MINUTE_MS}
-        complete["samples_hour"] = complete["samples_minute"] - complete["samples_minute"] % HOUR_MS
-        for tier, finer, width in _TIERS:
-            aggregate = ("COUNT(*), SUM(value), MIN(value), MAX(value)" if finer == "samples_raw"
-                         else "SUM(n), SUM(total), MIN(low), MAX(high)")
-            # Driven by the series table (CROSS JOIN keeps it outer): index ranges, never a full scan.
-            insert = (f"INSERT OR REPLACE INTO {tier} SELECT f.series_id, f.ts - f.ts % {width}, {aggregate} "
-                      f"FROM series s CROSS JOIN {finer} f ON f.series_id = s.id WHERE s.id > ? AND s.id <= ? "
-                      f"AND f.ts >= ? AND f.ts < ? GROUP BY 1, 2")
-            start, target = self._watermark(tier), self._meta(f"{tier}.target")
-            if not target:
-                target = complete[tier]
-                if start == 0:  # the first pass: from the oldest sample of the finer tier
-                    first = self.db.execute(f"SELECT MIN((SELECT MIN(ts) FROM {finer} WHERE series_id = s.id)) "
-                                            f"FROM series s").fetchone()[0]
-                    start = target if first is None else min(target, first - first % width)
-                    self._meta(tier, start)
-                if target > start:
-                    self._meta(f"{tier}.target", target)
-            if target and target > start:
-                cursor = self._meta(f"{tier}.cursor")
-                last = self.db.execute(f"SELECT MAX(id) FROM (SELECT id FROM series WHERE id > ? ORDER BY id "
-                                       f"LIMIT {int(max_series)})", (cursor,)).fetchone()[0]
-                if last is not None:
-                    written += self.db.execute(insert, (cursor, last, start, target)).rowcount
-                    self._meta(f"{tier}.cursor", last)
-                else:  # every series done: the pass is complete
-                    written += 1
-                    self._meta(tier, target)
-                    self._meta(f"{tier}.cursor", 0)
-                    self._meta(f"{tier}.target", 0)
-            dirty = self.db.execute("SELECT series_id, ts FROM rollup_dirty WHERE tier = ?", (tier,)).fetchall()
-            for series_id, ts in dirty:
-                written += self.db.execute(insert, (series_id - 1, series_id, ts, ts + width)).rowcount
-                if tier == "samples_minute" and ts < self._watermark("samples_hour"):
-                    self.db.execute("INSERT OR IGNORE INTO rollup_dirty VALUES ('samples_hour', ?, ?)",
-                                    (series_id, ts - ts % HOUR_MS))
-            self.db.execute("DELETE FROM rollup_dirty WHERE tier = ?", (tier,))
-        return written
-
-    def prune(self, now_ms: int) -> int:
-        r = self.retention
-        removed = 0
-        for table, keep_ms in (("samples_raw", r.raw_hours * HOUR_MS), ("samples_minute", r.minute_days * 86400_000),
-                               ("samples_hour", r.hour_days * 86400_000), ("events", r.minute_days * 86400_000)):
-            # Per series for the tiers (their key starts with series_id): index ranges, not a scan.
-            where = "series_id IN (SELECT id FROM series) AND ts < ?" if table != "events" else "ts < ?"
-            removed += self.db.execute(f"DELETE FROM {table} WHERE {where}", (int(now_ms - keep_ms),)).rowcount
-        return removed
-
-    # ---- reads --------------------------------------------------------------------------------
-
-    def _all(self, table: str, sql: str, params=()) -> list[dict]:
-        cursor = self.db.execute(sql, params)
-        return [_row(table, cursor, values) for values in cursor.fetchall()]
-
-    def devices(self) -> list[dict]:
-        return self._all("devices", "SELECT * FROM devices ORDER BY device_id")
-
-    def device(self, device_id: str) -> Optional[dict]:
-        found = self._all("devices", "SELECT * FROM devices WHERE device_id = ?", (device_id,))
-        return found[0] if found else None
-
-    def series_names(self, device_id: str) -> list[str]:
-        return [r[0] for r in self.db.execute("SELECT name FROM series WHERE device_id = ? ORDER BY name",
-                                              (device_id,))]
-
-    def _buckets(self, where: str, params: tuple, start: int, end: int, step: int, out: dict,
-                 finest: str = "samples_raw") -> None:
-        """Merge rows of [start, end) into `out` (bucket -> Agg): each tier up to its watermark, the
-        rest from the next finer tier."""
-        order = ["samples_hour", "samples_minute", "samples_raw"]
-        tiers = order[order.index(finest):] if finest != "samples_raw" else ["samples_raw"]
-        lo = start
-        for tier in tiers:
-            hi = end if tier == "samples_raw" else min(end, self._watermark(tier))
-            if hi <= lo:
-                continue
-            aggregate = ("COUNT(*), SUM(value), MIN(value), MAX(value)" if tier == "samples_raw"
-                         else "SUM(n), SUM(total), MIN(low), MAX(high)")
-            bucket = f"(ts - {start}) / {step}" if step else "0"
-            rows = self.db.execute(
-                f"SELECT s.device_id, {bucket}, {aggregate} FROM series s CROSS JOIN {tier} ON series_id = s.id "
-                f"WHERE {where} AND ts >= ? AND ts < ? GROUP BY 1, 2", (*params, lo, hi)).fetchall()
-            for device_id, index, count, total, low, high in rows:
-                out.setdefault((device_id, index), Agg()).merge(count, total, low, high)
-            lo = hi
-
-    def series(self, device_id, name, start_ms, end_ms, step_ms):
-        finest = ("samples_hour" if step_ms % HOUR_MS == 0 and start_ms % HOUR_MS == 0 else
-                  "samples_minute" if step_ms % MINUTE_MS == 0 and start_ms % MINUTE_MS == 0 else "samples_raw")
-        out: dict = {}
-        self._buckets("s.device_id = ? AND s.name = ?", (device_id, name), start_ms, end_ms, step_ms, out, finest)
-        return sorted((start_ms + index * step_ms, agg) for (_, index), agg in out.items())
-
-    def stats(self, name_glob, start_ms, end_ms):
-        out: dict = {}
-        span = end_ms - start_ms
-        finest = "samples_minute" if start_ms % MINUTE_MS == 0 and span >= MINUTE_MS else "samples_raw"
-        self._buckets("s.name GLOB ?", (name_glob,), start_ms, end_ms, 0, out, finest)
-        return {device_id: agg for (device_id, _), agg in out.items()}
-
-    def fleet_series(self, name_glob, start_ms, end_ms, step_ms):
-        finest = "samples_minute" if step_ms % MINUTE_MS == 0 and start_ms % MINUTE_MS == 0 else "samples_raw"
-        out: dict = {}
-        self._buckets("s.name GLOB ?", (name_glob,), start_ms, end_ms, step_ms, out, finest)
-        fleet: dict = {}
-        for (device_id, index), agg in out.items():
-            fleet.setdefault(device_id, {})[start_ms + index * step_ms] = agg
-        return fleet
-
-    def raw(self, device_id, name, start_ms, end_ms):
-        return self.db.execute("SELECT ts, value FROM samples_raw JOIN series s ON s.id = series_id WHERE "
-                               "s.device_id = ? AND s.name = ? AND ts >= ? AND ts < ? ORDER BY ts",
-                               (device_id, name, start_ms, end_ms)).fetchall()
-
-    def alerts(self, device_id=None, severity=None, state=None, since_ms=None, session_id=None, limit=500):
-        clauses, params = [], []
-        for column, value in (("device_id", device_id), ("severity", severity), ("state", state),
-                              ("session_id", session_id)):
-            if value is not None:
-                clauses.append(f"{column} = ?")
-                params.append(value)
-        if since_ms is not None:
-            clauses.append("(opened_ms >= ? OR closed_ms IS NULL OR closed_ms >= ?)")
-            params += [since_ms, since_ms]
-        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
-        return self._all("alerts", f"SELECT * FROM alerts {where} ORDER BY opened_ms DESC, id DESC LIMIT ?", (*params, limit))
-
-    def sessions(self, status=None, device_id=None):
-        clauses, params = [], []
-        for column, value in (("status", status), ("device_id", device_id)):
-            if value is not None:
-                clauses.append(f"{column} = ?")
-                params.append(value)
-        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
-        return self._all("sessions", f"SELECT * FROM sessions {where} ORDER BY started_ms DESC", params)
-
-    def session(self, session_id):
-        found = self._all("sessions", "SELECT * FROM sessions WHERE id = ?", (session_id,))
-        return found[0] if found else None
-
-    def command(self, command_id):
-        found = self._all("commands", "SELECT * FROM commands WHERE id = ?", (command_id,))
-        if not found:
-            return None
-        command = found[0]
-        command["replies"] = self._all("replies", "SELECT * FROM replies WHERE command_id = ? ORDER BY device_id", (command_id,))
-        return command
-
-    def recent_commands(self, deadline_after_ms):
-        commands = self._all("commands", "SELECT * FROM commands WHERE deadline_ms >= ?", (deadline_after_ms,))
-        for command in commands:
-            command["replies"] = self._all("replies", "SELECT * FROM replies WHERE command_id = ?", (command["id"],))
-        return commands
-
-    def events(self, device_id=None, since_ms=None, limit=500):
-        clauses, params = [], []
-        if device_id is not None:
-            clauses.append("device_id = ?")
-            params.append(device_id)
-        if since_ms is not None:
-            clauses.append("ts >= ?")
-            params.append(since_ms)
-        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
-        return self._all("events", f"SELECT * FROM events {where} ORDER BY ts DESC, id DESC LIMIT ?", (*params, limit))
 
     def size_bytes(self) -> int:
         pages = self.db.execute("PRAGMA page_count").fetchone()[0] * self.db.execute("PRAGMA page_size").fetchone()[0]
