@@ -1,12 +1,9 @@
 """Devices on a real broker, publishing what an agent publishes (retained lwt and state, telemetry/qos
-batches, events) in the agent's own envelopes (protocol/messages.py), and answering commands with
-results of a given shape. For the dashboard's tests and benchmark, where one process stands in for
-many agents, or for an op no agent on this branch implements yet."""
+batches, events) in the agent's own envelopes (protocol/messages.py). For the dashboard's tests and
+benchmark, where one process stands in for many agents."""
 from __future__ import annotations
 
-import json
-import threading
-from typing import Callable, Optional
+from typing import Optional
 
 from paho.mqtt import client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
@@ -27,7 +24,6 @@ class FleetSim:
         self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"fleet-sim-{id(self)}")
         self.client.connect("127.0.0.1", port)
         self.client.loop_start()
-        self.handlers: dict[str, Callable[[str, dict], Optional[dict]]] = {}
 
     def close(self) -> None:
         self.client.disconnect()
@@ -60,34 +56,3 @@ class FleetSim:
 
     def event(self, device_id: str, event_type: str, payload: dict) -> None:
         self.publish(device_id, f"evt/{event_type}", f"evt.{event_type}/1.0", {"event_type": event_type, **payload})
-
-    # ---- answering commands -------------------------------------------------------------------
-
-    def answer(self, op: str, handler: Callable[[str, dict], Optional[dict]]) -> None:
-        """handler(device_id, args) -> result body (None: answer nothing)."""
-        if not self.handlers:
-            subscribed = threading.Event()
-            self.client.on_message = self._on_request
-            self.client.on_subscribe = lambda *_: subscribed.set()
-            self.client.subscribe(f"{self.base}/+/cmd/req", qos=1)
-            assert subscribed.wait(10), "the broker did not confirm the subscription"
-        self.handlers[op] = handler
-
-    def _on_request(self, _client, _userdata, msg) -> None:
-        device_id = msg.topic.split("/")[-3]
-        request = json.loads(msg.payload)
-        body = request.get("payload", request)
-        handler = self.handlers.get(body.get("op"))
-        if handler is None:
-            return
-        # Off paho's network thread: the handler may publish and wait.
-        threading.Thread(target=self._reply, args=(device_id, request, body, handler), daemon=True).start()
-
-    def _reply(self, device_id: str, request: dict, body: dict, handler) -> None:
-        parsed = messages.parse_request(json.dumps(request).encode(), device_id, 65536)
-        self.client.publish(f"{self.base}/{device_id}/cmd/ack",
-                            messages.encode(messages.ack(parsed, device_id, True)), qos=1)
-        result = handler(device_id, body.get("args") or {})
-        if result is not None:
-            message = messages.result(parsed, device_id, body["op"], "completed", result, 10)
-            self.client.publish(f"{self.base}/{device_id}/cmd/res", messages.encode(message), qos=1)

@@ -121,6 +121,14 @@ def _obj(*required, **properties) -> dict:
 _NUMBER = {"type": ["number", "null"]}  # a figure that cannot be measured is null with its reason
 _STRINGS = {"type": "array", "items": {"type": "string"}}
 
+# A dry run, an apply that found the tree already as planned, or a pending change with its deadline.
+_EXECUTION = {"anyOf": [
+    _obj("status", "changes", status={"const": "simulated"}),
+    _obj("changed", "note", changed={"const": False}),
+    _obj("changed", "transaction", "state", "steps", "apply_ms", "confirm_timeout_s", "confirm_by_ms", "confirm_with",
+         changed={"const": True}, state={"const": "pending"}, steps=_STRINGS, confirm_by_ms={"type": "integer"},
+         confirm_with=_obj("op", "args", op={"const": "qos_shaping_confirm"}))]}
+
 RESULT_SHAPES = {
     "qos_traffic_analysis": _obj(
         "analysis_summary", "interface_stats",
@@ -149,7 +157,7 @@ RESULT_SHAPES = {
         "current_state", "identified_issues", "optimization_plan", "execution_result", "estimated_improvement",
         current_state={"type": "object"},
         identified_issues={"type": "array", "items": _obj("type", "severity", "details")},
-        optimization_plan={"type": "object"}, execution_result={"type": "object"},
+        optimization_plan={"type": "object"}, execution_result=_EXECUTION,
         estimated_improvement={"type": "object"}),
     "qos_anomaly_detection": _obj(
         "detection_summary", "anomalies", "current_metrics_summary", "recommendations",

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import math
 import re
-import threading
 import time
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -16,6 +16,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from playwright.sync_api import sync_playwright
 
 from fleet_sim import FleetSim, device_ids
+from rtk_qos.shaping import tcstate
 
 ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
 CHROMIUM = "/usr/bin/chromium"
@@ -255,57 +256,83 @@ def test_an_alert_raised_by_a_real_agent_shows_within_two_seconds_of_its_event(s
     assert agent.device_id in text and "latency" in text and "agent" in text
 
 
-def _plan_result(dry_run: bool, confirm_timeout_s: float) -> dict:
-    """qos_auto_optimization's result as the shaping branch documents it (commands/auto_optimization.py)."""
-    lines = ["tc qdisc replace dev eth0 root handle 1: htb default 30",
-             "tc class replace dev eth0 parent 1: classid 1:1 htb rate 95mbit ceil 95mbit",
-             "tc class replace dev eth0 parent 1:1 classid 1:10 htb rate 20mbit ceil 95mbit prio 0"]
-    result = {"current_state": {"uplink": "eth0", "gateway": "10.0.0.1", "capacity_mbps": 100.0,
-                                "tc_tree": "qdisc pfifo_fast 0: root", "condition": "idle"},
-              "identified_issues": [{"type": "no_queue_management", "severity": "medium", "details": "default queue"}],
-              "optimization_plan": {"tc_commands": lines}, "diff": {"unchanged": False, "steps": lines},
-              "dry_run": dry_run}
-    if dry_run:
-        result["execution_result"] = {"status": "simulated", "changes": "none"}
-    else:
-        result["execution_result"] = {"changed": True, "transaction": "tx0123456789", "state": "pending",
-                                      "steps": lines, "apply_ms": 3.2, "confirm_timeout_s": confirm_timeout_s,
-                                      "confirm_with": {"op": "qos_shaping_confirm",
-                                                       "args": {"transaction": "tx0123456789"}}}
-    return result
+CONFIRM_S = 20.0  # above the apply's 10 s verification probe, which comes before its result
 
 
-def test_dry_run_shows_tc_lines_and_an_unconfirmed_apply_counts_down_and_reverts(start_controller, sim, page):
+def kernel_tree(agent_host):
+    """The agent's uplink tree as the kernel has it, read in the agent's namespace."""
+    from pyroute2 import NetNS
+
+    def read():
+        with NetNS(agent_host.ns.name) as ipr:
+            return tcstate.read(ipr, agent_host.agent_if)
+    # In a thread of its own: pyroute2 runs an asyncio loop, and Playwright's is running in this one.
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(read).result()
+
+
+def result_of(command: dict) -> dict:
+    """The agent's result in the command's one reply (as the page's resultOf reads it)."""
+    message = command["replies"][0]["result"]
+    return message.get("payload", message)["result"]
+
+
+@pytest.mark.parametrize("confirm", [False, True], ids=["not_confirmed", "confirmed"])
+def test_a_real_agents_plan_shows_its_tc_lines_and_its_apply_counts_down_to_revert_or_confirm(
+        confirm, start_agent, start_controller, agent_host, page):
+    agent = start_agent(security={"allow_router_changes": True}, shaping={"confirm_timeout_s": CONFIRM_S})
     ctl = start_controller()
-    confirm_s = 4.0
-
-    def optimize(dev, args):
-        if args.get("dry_run", True):
-            return _plan_result(True, confirm_s)
-        # The agent's shaper: pending, and reverted when not confirmed in time.
-        threading.Timer(confirm_s, sim.event, args=(dev, "shaping_reverted", {
-            "severity": "warning", "transaction": "tx0123456789", "state": "reverted",
-            "reason": f"not confirmed within {confirm_s:g} s", "restored": {"eth0": {"exact": True}}})).start()
-        return _plan_result(False, confirm_s)
-
-    sim.answer("qos_auto_optimization", optimize)
-    device_id = open_page(ctl, sim, page, 0xD0_00_00_00_00_00, "/device/{device_id}", "device")
+    device_id = agent.device_id
+    ctl.http.wait("/api/devices", lambda b: any(d["device_id"] == device_id and d["status"] == "online"
+                                                for d in b["devices"]), timeout=20)
+    before = kernel_tree(agent_host)
+    page.goto(f"{ctl.http.url}/#/device/{device_id}")
+    page.wait_for_selector("body[data-ready='device']")
+    page.wait_for_selector("#conn.live")
     page.fill("#token", "test-token")
     page.click("#token-form button")
+
     page.click("#preview")
-    page.wait_for_selector("#tc-lines", timeout=10000)
-    assert page.locator("#tc-lines").inner_text().splitlines() == _plan_result(True, 0)["optimization_plan"]["tc_commands"]
+    page.wait_for_selector("#tc-lines", timeout=40000)
+    (dry,) = ctl.http.get(f"/api/devices/{device_id}/commands")["commands"]
+    plan = result_of(dry)["optimization_plan"]
+    assert plan["tc_commands"] and page.locator("#tc-lines").inner_text().splitlines() == plan["tc_commands"]
+    assert kernel_tree(agent_host).signature() == before.signature()  # a dry run changes nothing
+
     page.click("#apply")
     page.click("#apply-yes")
-    page.wait_for_selector("#countdown", timeout=10000)
-    first = int(page.locator("#countdown").inner_text().split()[0])
-    assert 1 <= first <= confirm_s
+    page.wait_for_selector("#countdown", timeout=60000)
+    shown_at = time.time()
+    shown = int(page.locator("#countdown").inner_text().split()[0])
+    applied = ctl.http.get(f"/api/devices/{device_id}/commands")["commands"][0]
+    assert applied["args"]["dry_run"] is False
+    execution = result_of(applied)["execution_result"]
+    assert execution["state"] == "pending" and execution["confirm_timeout_s"] == CONFIRM_S
+    # The page counts down to the agent's own deadline (same clock here); a tick is 250 ms.
+    assert abs(shown - (execution["confirm_by_ms"] / 1000 - shown_at)) <= 1.5, (shown, execution)
+    root = kernel_tree(agent_host).root
+    assert root.kind == "htb" and any(f"dev {agent_host.agent_if} root handle {tcstate.fmt_handle(root.handle)} htb"
+                                      in line for line in plan["tc_commands"]), plan["tc_commands"]
     time.sleep(1.2)
-    assert int(page.locator("#countdown").inner_text().split()[0]) < first
-    page.wait_for_selector("#reverted", timeout=(confirm_s + 3) * 1000)
-    assert f"not confirmed within {confirm_s:g} s" in page.locator("#reverted").inner_text()
-    commands = ctl.http.get(f"/api/devices/{device_id}/commands")["commands"]
-    assert [c["args"]["dry_run"] for c in commands] == [False, True]
+    assert int(page.locator("#countdown").inner_text().split()[0]) < shown
+
+    if not confirm:
+        page.wait_for_selector("#reverted", timeout=(CONFIRM_S + 10) * 1000)
+        assert f"not confirmed within {CONFIRM_S:g} s" in page.locator("#reverted").inner_text()
+        assert kernel_tree(agent_host).signature() == before.signature()
+        return
+    page.click("#confirm")
+    page.wait_for_selector("#pending .confirmed", timeout=20000)
+    # The agent's state says so, and so does the page's shaping panel drawn from it.
+    ctl.http.wait(f"/api/devices/{device_id}", lambda d: (d.get("state") or {}).get("agent", {}).get(
+        "shaping", {}).get("transaction") == execution["transaction"]
+        and d["state"]["agent"]["shaping"]["state"] == "confirmed", timeout=20)
+    page.wait_for_selector("#shaping [data-shaping-state='confirmed']", timeout=10000)
+    # Past the deadline, the plan's htb root is still in place.
+    time.sleep(max(0.0, execution["confirm_by_ms"] / 1000 + 2 - time.time()))
+    assert not page.locator("#reverted").count()
+    assert kernel_tree(agent_host).signature() != before.signature()
+    assert kernel_tree(agent_host).root.describe() == root.describe()
 
 
 def test_a_missing_or_invalid_token_is_refused_and_sends_nothing(start_controller, sim, page, console):

@@ -158,6 +158,7 @@ class Shaper:
             self._arm(tx["id"])
             return {"changed": True, "transaction": tx["id"], "state": "pending", "steps": done,
                     "apply_ms": apply_ms, "confirm_timeout_s": self.confirm_timeout_s,
+                    "confirm_by_ms": tx["confirm_by_ms"],
                     "confirm_with": {"op": "qos_shaping_confirm", "args": {"transaction": tx["id"]}}}
 
     def _watch(self, ipr, plan: Plan, health: Callable[[], Optional[str]]) -> Optional[str]:

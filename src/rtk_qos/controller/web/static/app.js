@@ -459,21 +459,20 @@ function actionsPanel(el, id) {
     out.innerHTML = `<p>Apply this plan to ${esc(id)}? The agent reverts it unless confirmed in time.</p>
       <button id="apply-yes" class="danger">Yes, apply</button> <button id="apply-no">Cancel</button>`;
     $("#apply-no").onclick = () => { out.innerHTML = ""; };
-    $("#apply-yes").onclick = () => send(out, id, "qos_auto_optimization", optArgs(false), (result, done) => pending(out, id, result, done));
+    $("#apply-yes").onclick = () => send(out, id, "qos_auto_optimization", optArgs(false), result => pending(out, id, result));
   };
 }
 
 // The applied change is pending: count down to its revert, offer confirm, show the revert when it comes.
 let countdown = null;
-function pending(out, id, result, done) {
+function pending(out, id, result) {
   const exec = result?.execution_result;
   if (!exec || exec.state !== "pending") {
     if (result) out.insertAdjacentHTML("beforeend", `<pre>${esc(JSON.stringify(exec ?? result, null, 2))}</pre>`);
     return;
   }
-  // The agent starts its confirm timer at the apply; the result comes after its verification probe.
-  const finished = done.replies[0].finished_ms;
-  const deadline = exec.confirm_by_ms ?? finished + exec.confirm_timeout_s * 1000 - (result.verification?.after?.seconds ?? 0) * 1000;
+  // The agent's own deadline (wall clock): its timer started at the apply, before the verification probe.
+  const deadline = exec.confirm_by_ms;
   out.insertAdjacentHTML("beforeend", `<div id="pending" data-transaction="${esc(exec.transaction)}">
     <p>Applied ${esc(exec.steps?.length ?? 0)} step(s), transaction ${esc(exec.transaction)}: <b>pending</b>.
     Reverts in <span class="countdown" id="countdown"></span> unless confirmed.</p>
