@@ -62,7 +62,7 @@ def main():
     scores = c.Detector().run([60.0 * i for i in range(len(series))], series)
     assert all(0.0 <= x <= 1.0 for x in scores) and scores[4000] > max(scores[3000:4000]), scores[4000]
     out["detector"] = {"spike": scores[4000], "sum": math.fsum(scores), "max_before": max(scores[:4000])}
-    usual = c.TimeOfDayBaseline(series, 0, 60)
+    usual = c.TimeOfDayBaseline(series, 0, 60, 0.1)  # min_scale: far below this series' spread
     assert usual.days == 3.0 and close(usual.at(1150)[0], 51.0, rel=0.05), usual.at(1150)
     out["baseline"] = [usual.overall, usual.at(1150), list(usual.z(series[:3], 0))]
     rows = [[float((i * 31 + j * 17) % 97) for j in range(3)] for i in range(300)] + [[500.0, 500.0, 500.0]]
