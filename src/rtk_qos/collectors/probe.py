@@ -154,6 +154,16 @@ def _dgram_allowed() -> bool:
     return any(low <= gid <= high for gid in {os.getegid(), *os.getgroups()})
 
 
+def _request_kernel_timestamps(sock: socket.socket) -> None:
+    """Ask for receive timestamps; where the kernel (or qemu-user) refuses the option, replies
+    are stamped when read (`_kernel_time_ns` falls back), a little later but still measured."""
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+    except OSError as exc:
+        if exc.errno != errno.ENOPROTOOPT:
+            raise
+
+
 def open_echo_socket(family: int) -> tuple[socket.socket, str]:
     """An ICMP socket: the unprivileged datagram kind where allowed, else raw (root)."""
     proto = socket.IPPROTO_ICMP if family == socket.AF_INET else socket.IPPROTO_ICMPV6
@@ -166,7 +176,7 @@ def open_echo_socket(family: int) -> tuple[socket.socket, str]:
         except OSError as exc:
             errors.append(f"{method}: {exc.strerror}")
             continue
-        sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+        _request_kernel_timestamps(sock)
         sock.setblocking(False)
         return sock, method
     raise ProbeUnavailable("cannot open an ICMP socket (" + "; ".join(errors) +
@@ -381,7 +391,7 @@ class Prober:
             else:
                 if host.udp is None:
                     host.udp = socket.socket(host.family, socket.SOCK_DGRAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC)
-                    host.udp.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+                    _request_kernel_timestamps(host.udp)
                     # ICMP errors (port unreachable) come back on the error queue with the
                     # probe they answer, so each is matched to its own sequence number.
                     if host.family == socket.AF_INET:
