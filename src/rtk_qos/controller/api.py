@@ -193,16 +193,20 @@ class Api:
     async def status(self, request):
         """The controller's own counters, cheap to poll (no per-device figures)."""
         engine = self.engine
-        return web.json_response({"connected": engine.connected.is_set(), "inbox": len(engine.inbox),
-                                  "counts": dict(engine.counts), "commands": dict(engine.requests.counts),
-                                  "alerts": dict(engine.alerts.counts), "active_sessions": len(engine.sessions.active),
-                                  "late_session_samples": engine.sessions.late_samples,
-                                  "sse_clients": len(self.hub.clients), "sse_sent": self.hub.sent,
-                                  "sse_cut_off": self.hub.dropped_clients})
+        status = {"connected": engine.link.connected.is_set(), "inbox": len(engine.inbox),
+                  "counts": dict(engine.counts), "commands": dict(engine.requests.counts),
+                  "alerts": dict(engine.alerts.counts), "active_sessions": len(engine.sessions.active),
+                  "late_session_samples": engine.sessions.late_samples,
+                  "sse_clients": len(self.hub.clients), "sse_sent": self.hub.sent,
+                  "sse_cut_off": self.hub.dropped_clients}
+        if engine.scale is not None:  # this instance's share (active_sessions: those it owns)
+            status["scale"] = engine.scale.status()
+        return web.json_response(status)
 
     async def overview(self, request):
-        return web.json_response(await self._read(overview_mod.overview, self.store, _now_ms(),
-                                                  len(self.engine.sessions.active)))
+        # The stored count: with several instances, each holds only its partitions' sessions.
+        return web.json_response(await self._read(lambda: overview_mod.overview(
+            self.store, _now_ms(), len(self.store.sessions(status="active")))))
 
     async def _device(self, device_id: str) -> dict:
         if not DEVICE_ID.match(device_id):

@@ -53,6 +53,13 @@ DEFAULTS: dict[str, Any] = {
     "sessions": {
         "finish_grace_s": 12.0,     # after a session's end, wait this long for the device's last batch
     },
+    "scale": {                      # several instances over one PostgreSQL (scaleout.py)
+        "partitions": 0,            # 0: one instance, one MQTT session; else the fleet's partitions (all alike)
+        "instance_id": "",          # empty: <hostname>-<pid>-<random>, new at every start
+        "lease_s": 5.0,             # a partition's owner silent this long: another instance takes it
+        "renew_s": 1.0,             # heartbeat and lease renewal period
+        "client_prefix": "rtk-qos",  # MQTT client ids <prefix>-part-NNN (shared by the instances) and -lobby-<id>
+    },
     "commands": {
         "timeout_ms": 30000,        # default timeout_ms of a request (protocol: 1000-600000)
         "late_grace_s": 600.0,      # answers after the deadline are still recorded (late) this long
@@ -94,6 +101,15 @@ def _finish(config: dict) -> dict:
         raise ConfigError(f"commands.timeout_ms: {config['commands']['timeout_ms']} is outside 1000-600000")
     if not 1 <= config["broker"]["receive_maximum"] <= 65535:
         raise ConfigError(f"broker.receive_maximum: {config['broker']['receive_maximum']} is outside 1-65535")
+    scale = config["scale"]
+    if scale["partitions"]:
+        if not config["store"]["url"].startswith(("postgresql://", "postgres://")):
+            raise ConfigError("scale.partitions: several instances need a PostgreSQL store (store.url postgresql://...)")
+        if not 1 <= scale["partitions"] <= 1000:
+            raise ConfigError(f"scale.partitions: {scale['partitions']} is outside 1-1000")
+        if not 0 < scale["renew_s"] * 2 <= scale["lease_s"]:
+            raise ConfigError(f"scale.lease_s: {scale['lease_s']} must be at least twice scale.renew_s "
+                              f"({scale['renew_s']}), both positive")
     for section, key, low in (("http", "port", 0), ("broker", "port", 1), ("broker", "session_expiry_s", 0), ("ingest", "batch_max", 1),
                               ("ingest", "queue_max", 100), ("store", "raw_hours", 0.1),
                               ("store", "minute_days", 0.1), ("store", "hour_days", 0.1),

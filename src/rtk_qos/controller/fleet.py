@@ -15,13 +15,27 @@ LAST_SEEN_WRITE_MS = 10_000
 
 
 class Fleet:
-    def __init__(self, store, notify: Callable[[str, dict], None], stale_after_s: float):
+    def __init__(self, store, notify: Callable[[str, dict], None], stale_after_s: float, load: bool = True):
+        """`load`: every stored device (one instance); else those of the partitions adopted (scaleout.py)."""
         self.store = store
         self.notify = notify
         self.stale_after_ms = int(stale_after_s * 1000)
-        self.devices: dict[str, dict] = {d["device_id"]: d for d in store.devices()}
+        self.devices: dict[str, dict] = {}
         self._dirty: set[str] = set()
-        self._written_seen: dict[str, int] = {d: v.get("last_seen_ms") or 0 for d, v in self.devices.items()}
+        self._written_seen: dict[str, int] = {}
+        if load:
+            self.adopt(store.devices())
+
+    def adopt(self, devices: list[dict]) -> None:
+        for device in devices:
+            self.devices[device["device_id"]] = device
+            self._written_seen[device["device_id"]] = device.get("last_seen_ms") or 0
+
+    def forget(self, device_ids) -> None:
+        for device_id in device_ids:
+            self.devices.pop(device_id, None)
+            self._written_seen.pop(device_id, None)
+            self._dirty.discard(device_id)
 
     def seen(self, where: Uplink, now_ms: int) -> dict:
         device = self.devices.get(where.device_id)

@@ -28,8 +28,10 @@ class RequestError(ValueError):
 
 class Requests:
     def __init__(self, store, publish: Callable[[str, bytes, int], None], notify: Callable[[str, dict], None],
-                 default_timeout_ms: int, late_grace_s: float):
+                 default_timeout_ms: int, late_grace_s: float, shared: bool = False):
+        """`shared`: other instances send commands and hear replies too (scaleout.py)."""
         self.store = store
+        self.shared = shared
         self.publish = publish
         self.notify = notify
         self.default_timeout_ms = default_timeout_ms
@@ -87,19 +89,30 @@ class Requests:
                                                      "duplicates": 0, "late": 0}
         return reply
 
-    def _match(self, device_id: str, message: dict):
+    def _match(self, device_id: str, message: dict, now_ms: int):
         """(enveloped, body, command, reply) for a reply to one of our commands, None otherwise."""
         enveloped = isinstance(message.get("payload"), dict)
         body = message["payload"] if enveloped else message
         command_id = body.get("id")
         command = self.open.get(command_id) if isinstance(command_id, str) else None
+        if command is None and isinstance(command_id, str) and self.shared:
+            command = self._adopt(command_id, now_ms)
         if command is None:
             self.counts["unknown"] += 1  # another controller's, or past its grace
             return None
         return enveloped, body, command, self._reply(command, device_id)
 
+    def _adopt(self, command_id: str, now_ms: int) -> Optional[dict]:
+        """Several instances: a command another instance sent, answered by a device of ours."""
+        row = self.store.command(command_id)
+        if row is None or row["deadline_ms"] + self.late_grace_ms < now_ms:
+            return None
+        replies = {r["device_id"]: r for r in row.pop("replies")}
+        command = self.open[command_id] = {**row, "group": row["target"].startswith("group:"), "replies": replies}
+        return command
+
     def on_ack(self, device_id: str, message: dict, now_ms: int) -> None:
-        matched = self._match(device_id, message)
+        matched = self._match(device_id, message, now_ms)
         if matched is None:
             return
         enveloped, body, command, reply = matched
@@ -116,7 +129,7 @@ class Requests:
         self._save(command, reply, now_ms)
 
     def on_result(self, device_id: str, message: dict, now_ms: int) -> None:
-        matched = self._match(device_id, message)
+        matched = self._match(device_id, message, now_ms)
         if matched is None:
             return
         enveloped, body, command, reply = matched
@@ -159,6 +172,10 @@ class Requests:
     def expire(self, now_ms: int) -> None:
         """Past the deadline without a result: timeout (groups: done with whoever answered)."""
         for command_id, command in list(self.open.items()):
+            if now_ms > command["deadline_ms"] and command["status"] in ("sent", "accepted") and self.shared:
+                # Its result may have reached another instance (the device's owner) meanwhile.
+                stored = self.store.command(command_id)
+                command["status"] = stored["status"] if stored else command["status"]
             if now_ms > command["deadline_ms"] and command["status"] in ("sent", "accepted"):
                 command["status"] = "finished" if command["group"] else "timeout"
                 command["updated_ms"] = now_ms

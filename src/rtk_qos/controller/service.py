@@ -18,20 +18,18 @@ import concurrent.futures
 import hashlib
 import json
 import logging
-import ssl
 import threading
 import time
 from typing import Callable, Optional
 
 from paho.mqtt import client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
 
-from ..protocol.topics import PREFIX, parse_uplink
+from ..protocol.topics import parse_uplink
 from .alerts import Alerts
 from .fleet import Fleet
+from .link import Link, uplink_topics
 from .requests import Requests
+from .scaleout import LeaseLost, Scaleout
 from .sessions import THROUGHPUT_SERIES, Sessions
 from .store import Retention, open_store
 
@@ -72,66 +70,43 @@ class Engine:
         self._notes: list[tuple[str, dict]] = []
         self._batch_samples: list[tuple[str, str, int, float]] = []
         notify = lambda kind, data: self._notes.append((kind, data))  # noqa: E731 - sent after the commit
-        self.fleet = Fleet(self.store, notify, config["fleet"]["stale_after_s"])
+        partitioned = bool(config["scale"]["partitions"])
+        self.fleet = Fleet(self.store, notify, config["fleet"]["stale_after_s"], load=not partitioned)
         self.alerts = Alerts(self.store, notify)
         self.sessions = Sessions(self.store, self.alerts, self.fleet, notify, config["fleet"]["gone_after_s"],
                                  config["sessions"]["finish_grace_s"])
         self.requests = Requests(self.store, self._publish, notify, config["commands"]["timeout_ms"],
-                                 config["commands"]["late_grace_s"])
+                                 config["commands"]["late_grace_s"], shared=partitioned)
         self.inbox: collections.deque = collections.deque()
         self.actions: collections.deque = collections.deque()
         self.wake = threading.Event()
         self.stopping = threading.Event()
-        self.connected = threading.Event()
         self.counts = collections.Counter()
         self.latest: dict[str, dict[str, float]] = {}  # device -> series -> newest value (for /metrics)
-        self.client = self._client()
+        self.scale = Scaleout(self) if partitioned else None
+        if self.scale is None:  # one instance: one session with the fleet's wildcard subscriptions
+            self.link = Link(self, config["broker"]["client_id"], topics=self.subscriptions)
+        else:  # partitions, each its own session (scaleout.py); commands go out through the lobby's
+            self.link = self.scale.lobby
         self._thread = threading.Thread(target=self._run, name="rtk-qos-ingest", daemon=True)
 
     # ---- MQTT ---------------------------------------------------------------------------------
 
-    def _client(self) -> mqtt.Client:
-        b = self.config["broker"]
-        # Stable id, persistent session, manual acks: what the broker holds for us survives our crash.
-        # MQTT 5 for its Receive Maximum: the broker may have that many QoS 1 messages unacknowledged
-        # with us (mosquitto gives 3.1.1 clients 20), so one store transaction covers many.
-        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=b["client_id"], protocol=mqtt.MQTTv5,
-                             manual_ack=True)
-        if b["username"]:
-            client.username_pw_set(b["username"], b["password"] or None)
-        if b["tls"]:
-            client.tls_set(ca_certs=b["ca_file"] or None, certfile=b["cert_file"] or None,
-                           keyfile=b["key_file"] or None, cert_reqs=ssl.CERT_REQUIRED)
-        client.reconnect_delay_set(1, 30)
-        client.on_connect = self._on_connect
-        client.on_disconnect = lambda *_: self.connected.clear()
-        client.on_message = self._on_message
-        return client
-
     @property
     def subscriptions(self) -> list[str]:
-        base = f"{PREFIX}/{self.config['tenant']}/{self.config['site']}/+"
-        return [f"{base}/{kind}" for kind in ("lwt", "state", "attr", "telemetry/+", "evt/+", "cmd/ack", "cmd/res")]
+        return uplink_topics(self.config["tenant"], self.config["site"], "+")
 
-    def _on_connect(self, client, _userdata, _flags, reason_code, _props) -> None:
-        if reason_code.is_failure:
-            log.warning("broker refused the connection: %s", reason_code)
-            return
-        client.subscribe([(topic, mqtt.SubscribeOptions(qos=1)) for topic in self.subscriptions])
-        self.connected.set()
-        log.info("connected to %s:%s", self.config["broker"]["host"], self.config["broker"]["port"])
-
-    def _on_message(self, _client, _userdata, msg) -> None:
-        # The network thread only queues: parsing and storing happen in the ingest thread.
-        if msg.qos == 0 and len(self.inbox) >= self.config["ingest"]["queue_max"]:
+    def queue(self, item: tuple) -> None:
+        """From a network thread: (topic, payload, qos, mid, link) for the ingest thread."""
+        if item[2] == 0 and len(self.inbox) >= self.config["ingest"]["queue_max"]:
             self.counts["dropped_qos0"] += 1
         else:
-            self.inbox.append((msg.topic, msg.payload, msg.qos, msg.mid))
+            self.inbox.append(item)
         if not self.wake.is_set():  # the ingest thread clears it before it drains: nothing is missed
             self.wake.set()
 
     def _publish(self, topic: str, payload: bytes, qos: int) -> None:
-        info = self.client.publish(topic, payload, qos=qos)
+        info = self.link.client.publish(topic, payload, qos=qos)
         if info.rc != mqtt.MQTT_ERR_SUCCESS:
             # paho queues QoS 1 messages while disconnected; anything else is worth knowing.
             log.warning("publish to %s: %s", topic, mqtt.error_string(info.rc))
@@ -141,26 +116,27 @@ class Engine:
     def start(self) -> None:
         t = now_ms()
         with self.store.transaction():
-            resumed = self.sessions.resume(t)
+            # Several instances: each resumes the sessions of the partitions it takes (scaleout.py).
+            resumed = self.sessions.resume(t) if self.scale is None else 0
             self.requests.resume(t)
             self.sessions.flush()
         self._notes.clear()
         if resumed:
             log.info("resumed %d monitoring session(s)", resumed)
-        b = self.config["broker"]
-        props = Properties(PacketTypes.CONNECT)
-        props.SessionExpiryInterval = b["session_expiry_s"]
-        props.ReceiveMaximum = b["receive_maximum"]
-        self.client.connect_async(b["host"], b["port"], b["keepalive_s"], clean_start=False, properties=props)
-        self.client.loop_start()
+        if self.scale is None:
+            self.link.start()
+        else:
+            self.scale.start()
         self._thread.start()
 
     def stop(self) -> None:
         self.stopping.set()
         self.wake.set()
         self._thread.join(timeout=10)
-        self.client.disconnect()
-        self.client.loop_stop()
+        if self.scale is None:
+            self.link.close()
+        else:
+            self.scale.stop()
         self.store.close()
         self.reader.close()
 
@@ -181,15 +157,24 @@ class Engine:
             if not self.inbox and not self.actions:
                 self.wake.wait(timeout=max(0.0, min(next_housekeeping, next_rollup) - time.monotonic()))
                 self.wake.clear()
-            batch = [self.inbox.popleft() for _ in range(min(batch_max, len(self.inbox)))]
+            if self.scale is not None:
+                self.scale.control()  # partitions acquired, released or lost since the last batch
+            # What a closed link (a partition given up) had queued is neither stored nor acknowledged.
+            batch = [item for item in (self.inbox.popleft() for _ in range(min(batch_max, len(self.inbox))))
+                     if not item[4].closed]
             actions = [self.actions.popleft() for _ in range(len(self.actions))]
             outcomes = []
             now = time.monotonic()
             try:
                 with self.store.transaction():
+                    if self.scale is not None:
+                        self.scale.fence()  # still the owner of every partition held, else nothing commits
                     t = now_ms()
                     for item in batch:
-                        self._ingest(item, t)
+                        if self.scale is not None and item[4] is self.scale.lobby:
+                            self.scale.discover(item[0], t)
+                        else:
+                            self._ingest(item, t)
                     if self._batch_samples:  # one insert for the whole batch
                         self.counts["samples_new"] += self.store.add_samples(self._batch_samples)
                         self.counts["samples"] += len(self._batch_samples)
@@ -206,6 +191,14 @@ class Engine:
                         self.requests.expire(t)
                     self.fleet.flush()
                     self.sessions.flush()
+            except LeaseLost as exc:
+                # Another instance owns these partitions now: give them up, and redo the rest.
+                self._notes.clear()
+                self._batch_samples = []
+                self.inbox.extendleft(reversed(batch))
+                self.actions.extendleft(reversed(actions))
+                self.scale.lost(exc.parts)
+                continue
             except Exception as exc:
                 # Nothing of the batch is stored and nothing acknowledged: the broker sends it again.
                 log.exception("ingest batch of %d messages failed", len(batch))
@@ -216,9 +209,9 @@ class Engine:
                     future.set_exception(exc)
                 time.sleep(1.0)
                 continue
-            for _topic, _payload, qos, mid in batch:
+            for _topic, _payload, qos, mid, link in batch:
                 if qos:
-                    self.client.ack(mid, qos)
+                    link.ack(mid, qos)
             for future, value, exc in outcomes:
                 if exc is None:
                     future.set_result(value)
@@ -248,7 +241,7 @@ class Engine:
             return 0
 
     def _ingest(self, item, t: int) -> None:
-        topic, raw, _qos, _mid = item
+        topic, raw, _qos, _mid, _link = item
         where = parse_uplink(topic)
         if where is None:
             self.counts["ignored"] += 1

@@ -190,9 +190,23 @@ class Sessions:
         self._buckets[session["id"]] = {}
         self._episodes[session["id"]] = {}
 
-    def resume(self, now_ms: int) -> int:
-        """Reload active sessions, their open episodes, and replay their stored samples."""
+    def forget(self, device_ids) -> None:
+        """Another instance owns these devices now (their sessions are stored as of the last commit)."""
+        for device_id in device_ids:
+            session = self.active.pop(device_id, None)
+            if session is not None:
+                self._buckets.pop(session["id"])
+                self._episodes.pop(session["id"])
+                self._dirty.discard(device_id)
+
+    def resume(self, now_ms: int, device_ids: Optional[set] = None) -> int:
+        """Reload active sessions (of these devices: None, all), their open episodes, and replay
+        their stored samples; how many were resumed."""
+        resumed = 0
         for session in self.store.sessions(status="active"):
+            if device_ids is not None and session["device_id"] not in device_ids:
+                continue
+            resumed += 1
             session["progress"] = session.get("progress") or {}
             self._track(session)
             for alert in self.store.alerts(session_id=session["id"], state="open"):
@@ -207,4 +221,4 @@ class Sessions:
                 session["progress"].pop(name, None)
                 for ts, value in self.store.raw(session["device_id"], name, start, end):
                     self._add(session, name, ts, value)
-        return len(self.active)
+        return resumed

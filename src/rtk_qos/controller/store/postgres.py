@@ -13,7 +13,7 @@ from __future__ import annotations
 import functools
 import time
 from contextlib import AbstractContextManager
-from typing import Iterable, Sequence
+from typing import Iterable, Optional, Sequence
 
 import psycopg
 from psycopg.types.string import TextLoader
@@ -66,7 +66,20 @@ MIGRATIONS: list[str] = [
         acked_ms bigint, status text, result jsonb, finished_ms bigint, duplicates integer NOT NULL DEFAULT 0,
         late integer NOT NULL DEFAULT 0, PRIMARY KEY (command_id, device_id));
     """,
+    # 2: several instances (scaleout.py): who is alive, who owns which partition of the fleet, and
+    # which partition each device is in (recorded by whichever instance discovers it first).
+    """
+    CREATE TABLE instances (id text PRIMARY KEY, http_url text, started_ms bigint NOT NULL,
+        heartbeat_ms bigint NOT NULL);
+    CREATE TABLE partition_leases (part integer PRIMARY KEY, owner text, epoch bigint NOT NULL DEFAULT 0,
+        expires_ms bigint NOT NULL DEFAULT 0);
+    CREATE TABLE device_partitions (device_id text PRIMARY KEY, part integer NOT NULL, tenant text NOT NULL,
+        site text NOT NULL, discovered_ms bigint NOT NULL);
+    CREATE INDEX device_partitions_part ON device_partitions (part);
+    """,
 ]
+# The database's clock, in Unix ms: every instance's leases are timed by the same clock.
+DB_NOW_MS = "(extract(epoch FROM clock_timestamp()) * 1000)::bigint"
 # Advisory lock keys (one 64-bit space per database): arbitrary, fixed, distinct.
 MIGRATE_LOCK = 0x7274_6B71_6F73_0001
 ROLLUP_LOCK = 0x7274_6B71_6F73_0002
@@ -177,6 +190,85 @@ class PostgresStore(SqlStore):
         """One instance at a time (the others wait), inside the caller's transaction."""
         self.db.execute("SELECT pg_advisory_xact_lock(%s)", (ROLLUP_LOCK,))
         return super().rollup(now_ms, max_series)
+
+    # ---- several instances: membership, partition leases, fencing (scaleout.py) ----------------
+
+    def setup_partitions(self, count: int) -> None:
+        """Create the lease rows of `count` partitions; refuse a database partitioned otherwise
+        (a device's partition is its hash modulo the count: every instance must agree on it)."""
+        with self.db.transaction():
+            self.db.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATE_LOCK,))
+            existing = self.db.execute("SELECT COUNT(*) FROM partition_leases").fetchone()[0]
+            if existing and existing != count:
+                raise StoreError(f"scale.partitions: {count}, but {display_url(self.url)} is split into {existing} "
+                                 f"partitions; every instance must use the same count")
+            self.db.execute("INSERT INTO partition_leases (part) SELECT generate_series(0, %s - 1) "
+                            "ON CONFLICT DO NOTHING", (count,))
+
+    def heartbeat(self, instance_id: str, http_url: str) -> int:
+        """Record this instance as alive; the database's time (ms)."""
+        return self.db.execute(f"INSERT INTO instances VALUES (%s, %s, {DB_NOW_MS}, {DB_NOW_MS}) ON CONFLICT (id) "
+                               f"DO UPDATE SET heartbeat_ms = excluded.heartbeat_ms, http_url = excluded.http_url "
+                               f"RETURNING heartbeat_ms", (instance_id, http_url)).fetchone()[0]
+
+    def live_instances(self, ttl_ms: int) -> list[str]:
+        return [r[0] for r in self.db.execute(f"SELECT id FROM instances WHERE heartbeat_ms > {DB_NOW_MS} - %s "
+                                              f"ORDER BY id", (ttl_ms,)).fetchall()]
+
+    def leave(self, instance_id: str) -> None:
+        """A clean stop: the others need not wait for our heartbeat to age."""
+        with self.db.transaction():
+            self.db.execute("UPDATE partition_leases SET owner = NULL, expires_ms = 0 WHERE owner = %s", (instance_id,))
+            self.db.execute("DELETE FROM instances WHERE id = %s", (instance_id,))
+
+    def renew_leases(self, instance_id: str, ttl_ms: int) -> dict[int, int]:
+        """Extend every unexpired lease this instance holds; {partition: epoch} of those.
+        Row locks in partition order, as `fence` takes them: never a deadlock with ingest."""
+        return dict(self.db.execute(
+            f"UPDATE partition_leases SET expires_ms = {DB_NOW_MS} + %s WHERE part IN (SELECT part FROM "
+            f"partition_leases WHERE owner = %s AND expires_ms > {DB_NOW_MS} ORDER BY part FOR UPDATE) "
+            f"RETURNING part, epoch", (ttl_ms, instance_id)).fetchall())
+
+    def leases(self) -> list[dict]:
+        cursor = self.db.execute(f"SELECT part, owner, epoch, expires_ms - {DB_NOW_MS} AS expires_in_ms "
+                                 f"FROM partition_leases ORDER BY part")
+        return [dict(zip((c.name for c in cursor.description), r)) for r in cursor.fetchall()]
+
+    def acquire_lease(self, part: int, instance_id: str, ttl_ms: int) -> Optional[int]:
+        """Take a partition that nobody holds (or whose holder let its lease expire): its new
+        epoch, None when it is held."""
+        found = self.db.execute(f"UPDATE partition_leases SET owner = %s, epoch = epoch + 1, "
+                                f"expires_ms = {DB_NOW_MS} + %s WHERE part = %s AND (owner IS NULL OR "
+                                f"expires_ms <= {DB_NOW_MS}) RETURNING epoch", (instance_id, ttl_ms, part)).fetchone()
+        return found[0] if found else None
+
+    def release_lease(self, part: int, instance_id: str, epoch: int) -> None:
+        self.db.execute("UPDATE partition_leases SET owner = NULL, expires_ms = 0 WHERE part = %s AND owner = %s "
+                        "AND epoch = %s", (part, instance_id, epoch))
+
+    def fence(self, instance_id: str) -> dict[int, int]:
+        """Inside the caller's transaction: {partition: epoch} of the leases this instance holds
+        unexpired, locked (shared) until the commit, so no other instance takes one over before
+        this transaction's writes are in."""
+        return dict(self.db.execute(f"SELECT part, epoch FROM partition_leases WHERE owner = %s AND "
+                                    f"expires_ms > {DB_NOW_MS} ORDER BY part FOR SHARE", (instance_id,)).fetchall())
+
+    def record_devices(self, rows: list[tuple[str, int, str, str, int]]) -> None:
+        """(device_id, partition, tenant, site, discovered_ms) of newly discovered devices."""
+        if rows:
+            self.db.execute("INSERT INTO device_partitions SELECT * FROM unnest(%s::text[], %s::integer[], "
+                            "%s::text[], %s::text[], %s::bigint[]) ON CONFLICT DO NOTHING",
+                            [list(column) for column in zip(*sorted(rows))])
+
+    def partition_devices(self, parts: Optional[Sequence[int]] = None) -> list[tuple[str, int, str, str]]:
+        """(device_id, partition, tenant, site) of the devices in these partitions (all: None)."""
+        clause, params = ("WHERE part = ANY(%s)", (list(parts),)) if parts is not None else ("", ())
+        return [tuple(r) for r in self.db.execute(f"SELECT device_id, part, tenant, site FROM device_partitions "
+                                                  f"{clause} ORDER BY device_id", params).fetchall()]
+
+    def devices_in(self, device_ids: Sequence[str]) -> list[dict]:
+        return self._all("devices", "SELECT * FROM devices WHERE device_id = ANY(?) ORDER BY device_id",
+                         (list(device_ids),))
 
     def size_bytes(self) -> int:
         return self.db.execute("SELECT pg_database_size(current_database())").fetchone()[0]
