@@ -1,8 +1,11 @@
 """Devices on a real broker, publishing what an agent publishes (retained lwt and state, telemetry/qos
-batches, events) in the agent's own envelopes (protocol/messages.py). For the dashboard's tests and
-benchmark, where one process stands in for many agents."""
+batches, events) in the agent's own envelopes (protocol/messages.py). For the dashboard's and the
+controller's tests and benchmarks, where one process stands in for many agents."""
 from __future__ import annotations
 
+import collections
+import threading
+import time
 from typing import Optional
 
 from paho.mqtt import client as mqtt
@@ -56,3 +59,71 @@ class FleetSim:
 
     def event(self, device_id: str, event_type: str, payload: dict) -> None:
         self.publish(device_id, f"evt/{event_type}", f"evt.{event_type}/1.0", {"event_type": event_type, **payload})
+
+
+class Stream(threading.Thread):
+    """Devices streaming at `hz` each, at QoS 1: every tick one telemetry/qos message per device (one
+    sample of `latency_ms` probe latency, a ts of its own), and every `event_every` ticks an
+    evt/link_flap of its own (a distinct digest). `published` counts what the broker acknowledged
+    (PUBACK), per device and kind: what the controllers must have stored, each exactly once."""
+
+    def __init__(self, port: int, devices: list[str], hz: float, event_every: int = 0, tenant: str = "lab",
+                 site: str = "bench", client_id: str = ""):
+        super().__init__(daemon=True)
+        self.base = f"{PREFIX}/{tenant}/{site}"
+        self.devices = devices
+        self.period = 1.0 / hz
+        self.event_every = event_every
+        self.latency_ms = dict.fromkeys(devices, 20.0)  # what each device reports; a test raises it for alerts
+        self.published: collections.Counter = collections.Counter()  # (device, "telemetry" | "event") -> acked
+        self.ticks = 0
+        self.stopping = threading.Event()
+        self._pending: collections.deque = collections.deque()  # (device, kind, MQTTMessageInfo), oldest first
+        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id or f"fleet-stream-{id(self)}")
+        self.client.max_inflight_messages_set(1000)
+        self.client.max_queued_messages_set(0)
+        self.client.connect("127.0.0.1", port)
+        self.client.loop_start()
+
+    def _send(self, device_id: str, kind: str, schema: str, payload: dict, counted: str) -> None:
+        raw = messages.encode(messages.envelope(schema, device_id, payload))
+        self._pending.append((device_id, counted, self.client.publish(f"{self.base}/{device_id}/{kind}", raw, qos=1)))
+
+    def _count_acknowledged(self) -> None:
+        # PUBACKs come in order: the front of the queue is all there is to look at.
+        while self._pending and self._pending[0][2].is_published():
+            device_id, counted, _ = self._pending.popleft()
+            self.published[(device_id, counted)] += 1
+
+    def run(self) -> None:
+        began = time.monotonic()
+        ts = 0
+        while not self.stopping.is_set():
+            tick = self.ticks
+            ts = max(int(time.time() * 1000), ts + 1)  # a distinct ms per tick: every sample a row of its own
+            for device_id in self.devices:
+                self._send(device_id, "telemetry/qos", "telemetry.qos/1.0",
+                           {"start_ms": ts, "step_ms": 1000,
+                            "series": {"probe.gateway.latency_ms": [self.latency_ms[device_id]]}}, "telemetry")
+                if self.event_every and tick % self.event_every == 0:
+                    self._send(device_id, "evt/link_flap", "evt.link_flap/1.0",
+                               {"event_type": "link_flap", "severity": "info", "seq": tick}, "event")
+            self.ticks += 1
+            self._count_acknowledged()
+            self.stopping.wait(max(0.0, began + self.ticks * self.period - time.monotonic()))
+
+    def finish(self, timeout: float = 30) -> None:
+        """Stop, and wait until the broker has acknowledged everything sent."""
+        self.stopping.set()
+        self.join(timeout)
+        deadline = time.monotonic() + timeout
+        self._count_acknowledged()
+        while self._pending and time.monotonic() < deadline:
+            time.sleep(0.05)
+            self._count_acknowledged()
+        assert not self._pending, f"{len(self._pending)} messages never acknowledged by the broker"
+        self.client.disconnect()
+        self.client.loop_stop()
+
+    def total(self, counted: str) -> int:
+        return sum(n for (_, kind), n in self.published.items() if kind == counted)

@@ -104,6 +104,8 @@ class Scaleout:
             link.close()
         try:
             self.db.leave(self.instance_id)  # the others take our partitions without waiting for expiry
+        except Exception:  # the database away: our leases expire instead
+            log.exception("leaving the instances")
         finally:
             self.db.close()
 
