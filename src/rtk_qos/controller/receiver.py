@@ -11,7 +11,8 @@ Commands (parent -> child), each a `Receiver` method:
       configuration's broker table (host, port, keepalive_s, username, password, tls, ca_file,
       cert_file, key_file); `subscriptions` topic filters, all at QoS 1. Reconnects by itself.
   subscribe(name, topics) / unsubscribe(name, topics)
-      change a session's filters (kept for its reconnects too).
+      change a session's filters (kept for its reconnects too); a Subscribed event says when the
+      broker has the new ones.
   close(name)
       DISCONNECT without acknowledging anything pending: the broker keeps the session (for its
       expiry) and sends the unacknowledged messages again to whoever resumes it.
@@ -29,8 +30,10 @@ Events (child -> parent), from `Receiver.read()`:
       session's connection; `backlog` is what still waits in the child, `dropped` the session's
       QoS 0 messages dropped since its previous batch because more than `queue_max` waited.
   Up(session, link) / Down(session, reason)
-      a session's connection came up (and the broker acknowledged its subscriptions) or went down
-      (closed, refused, lost).
+      a session's connection came up (and the broker acknowledged its subscriptions; what it held
+      for a resumed session may come before) or went down (closed, refused, lost).
+  Subscribed(session, topics)
+      the broker acknowledged a subscribe() of a connected session.
 
 Framing: a 4-byte big-endian length and a `marshal`ed tuple. marshal encodes and decodes str,
 bytes and int in C (about 0.05 us per message each way here, where a struct loop in Python costs
@@ -87,6 +90,12 @@ class Batch:
 class Up:
     session: str
     link: Link
+
+
+@dataclass
+class Subscribed:
+    session: str
+    topics: list
 
 
 @dataclass
@@ -245,6 +254,8 @@ class Receiver:
                 if item[1] in self.sessions:
                     self.up[item[1]] = link
                 events.append(Up(item[1], link))
+            elif kind == "s":
+                events.append(Subscribed(item[1], item[2]))
             else:
                 self.up.pop(item[1], None)
                 events.append(Down(item[1], item[2]))
@@ -349,6 +360,8 @@ class _Session:
         client.on_message = self._on_message
         client.on_subscribe = self._on_subscribe
         self._subscribing = None
+        self._adding: dict[int, list[str]] = {}  # subscribe() mid -> its topics
+        self._adding_lock = threading.Lock()  # the SUBACK may be read before subscribe() returns
         props = Properties(PacketTypes.CONNECT)
         props.SessionExpiryInterval = spec["session_expiry_s"]
         props.ReceiveMaximum = spec["receive_maximum"]
@@ -377,6 +390,11 @@ class _Session:
             if refused:
                 log.warning("%s: broker %s refused subscriptions: %s", self.name, self.where, ", ".join(refused))
             self.child.write(("u", self.name, self.epoch))
+        else:
+            with self._adding_lock:
+                topics = self._adding.pop(mid, None)
+            if topics is not None:
+                self.child.write(("s", self.name, topics))
 
     def _on_disconnect(self, _client, _userdata, _flags, reason_code, _props) -> None:
         if self.connected:
@@ -401,7 +419,9 @@ class _Session:
     def subscribe(self, topics: list[str]) -> None:
         self.subscriptions += [t for t in topics if t not in self.subscriptions]
         if self.connected:
-            self.client.subscribe([(t, self.mqtt.SubscribeOptions(qos=1)) for t in topics])
+            with self._adding_lock:
+                _rc, mid = self.client.subscribe([(t, self.mqtt.SubscribeOptions(qos=1)) for t in topics])
+                self._adding[mid] = list(topics)
 
     def unsubscribe(self, topics: list[str]) -> None:
         self.subscriptions = [t for t in self.subscriptions if t not in topics]
