@@ -21,13 +21,18 @@ has moved on (LeaseLost). A partition's devices, their monitoring sessions and o
 episodes belong to its owner: on taking one, the instance loads them (the sessions' resume,
 scoped to the partition) before connecting its session.
 
-Discovery: every instance's lobby, a clean session subscribed (QoS 0) to the fleet's
-lwt/state/attr, hears devices announce themselves (retained); an unknown device is
-recorded in `device_partitions` with its partition, and if this instance owns that
-partition it subscribes to the device's topics at once. Every instance hears every
-announcement, so an owner taking a partition later finds the device recorded. A new
-device's non-retained messages published before its partition's session has subscribed
-(from its lwt to the SUBACK, `discovery_ms` in /api/status) are not delivered to anyone.
+Discovery: every instance's lobby, a session of its own that ends with its connection,
+subscribed to the fleet's lwt/state/attr, hears devices announce themselves (retained); an
+unknown device is recorded in `device_partitions` with its partition (in the ingest
+transaction, the lobby's messages acknowledged after it), and if this instance owns that
+partition it subscribes the partition's session to the device's topics at once. Every
+instance hears every announcement, so an owner taking a partition later finds the device
+recorded. A new device's non-retained messages published before its partition's session
+has subscribed (`discovery_ms` in /api/status: from the lobby's message ingested to the
+broker's SUBACK) reach no one.
+
+MQTT goes through the receiver process (receiver.py): the lobby and each partition held are
+sessions of it; a partition given up is closed there without acknowledging what is pending.
 """
 from __future__ import annotations
 
@@ -39,12 +44,23 @@ import time
 import uuid
 
 from ..protocol.topics import PREFIX, parse_uplink
-from .link import Link, uplink_topics
 from .partitions import assign, partition_of
+from .receiver import Down, Subscribed
 from .store import open_store
 
 log = logging.getLogger(__name__)
+UPLINK_KINDS = ("lwt", "state", "attr", "telemetry/+", "evt/+", "cmd/ack", "cmd/res")
 LOBBY_KINDS = ("lwt", "state", "attr")
+LOBBY = "lobby"  # the receiver session of the lobby; a partition's is part-NNN
+TAKEN_OVER = "Session taken over"  # MQTT 5 reason of a DISCONNECT: another connection took our client id
+
+
+def uplink_topics(tenant: str, site: str, device: str) -> list[str]:
+    return [f"{PREFIX}/{tenant}/{site}/{device}/{kind}" for kind in UPLINK_KINDS]
+
+
+def session_name(part: int) -> str:
+    return f"part-{part:03d}"
 
 
 class LeaseLost(Exception):
@@ -72,36 +88,41 @@ class Scaleout:
         self.renew_s = s["renew_s"]
         self.prefix = s["client_prefix"]
         self.http_url = f"http://{config['http']['host']}:{config['http']['port']}"
-        # The ingest thread's: what it owns, its sessions, its devices.
+        # The ingest thread's: what it owns, its devices, the devices it knows of.
         self.held: dict[int, int] = {}  # partition -> epoch
-        self.links: dict[int, Link] = {}
+        self.sessions: set[str] = set()  # the receiver sessions of the partitions held
         self.devices: dict[int, set[str]] = {}
         self.known: set[str] = set()  # devices recorded in device_partitions
-        self._discovered: list[tuple[str, int, str, str, int]] = []
-        self._arrived: dict[str, float] = {}  # lobby: device -> when its announcement came (monotonic)
-        # From the membership thread (and a link taken over) to the ingest thread.
+        self._subscribing: dict[str, float] = {}  # a new device's first topic -> when discovered (monotonic)
+        self.discovery_ms: collections.deque = collections.deque(maxlen=1000)
+        # From the membership thread to the ingest thread.
         self._control: collections.deque = collections.deque()
         self._acquiring: set[int] = set()
         self.counts = collections.Counter()
         base = f"{PREFIX}/{config['tenant']}/{config['site']}/+"
-        self.lobby = Link(engine, f"{self.prefix}-lobby-{self.instance_id}", [f"{base}/{kind}" for kind in LOBBY_KINDS],
-                          persistent=False, on_message=self._lobby_message)
+        self.lobby_topics = [f"{base}/{kind}" for kind in LOBBY_KINDS]
         self.db = open_store(config["store"]["url"])  # the membership thread's own connection
         self.db.setup_partitions(self.count)
         self.stopping = threading.Event()
         self._thread = threading.Thread(target=self._membership, name="rtk-qos-membership", daemon=True)
 
+    def _open(self, name: str, client_id: str, topics: list[str], expiry_s: int) -> None:
+        b = self.engine.config["broker"]
+        self.engine.receiver.open(name, b, client_id, topics, expiry_s, b["receive_maximum"])
+
     def start(self) -> None:
+        """In the ingest thread, once the receiver runs."""
         self.known.update(row[0] for row in self.engine.store.partition_devices())
-        self.lobby.start()
+        # The lobby's session ends with its connection (expiry 0): a new one hears every retained lwt.
+        self._open(LOBBY, f"{self.prefix}-lobby-{self.instance_id}", self.lobby_topics, 0)
         self._tick()  # this instance's share at once, before the first batch
         self._thread.start()
 
     def stop(self) -> None:
+        """After the receiver has closed every session."""
         self.stopping.set()
-        self._thread.join(timeout=10)
-        for link in list(self.links.values()) + [self.lobby]:
-            link.close()
+        if self._thread.is_alive():
+            self._thread.join(timeout=10)
         try:
             self.db.leave(self.instance_id)  # the others take our partitions without waiting for expiry
         except Exception:  # the database away: our leases expire instead
@@ -110,7 +131,7 @@ class Scaleout:
             self.db.close()
 
     def status(self) -> dict:
-        discovery = sorted(ms for link in self.links.values() for ms in link.subscribed_ms)
+        discovery = sorted(self.discovery_ms)
         return {"instance": self.instance_id, "partitions": sorted(self.held), "devices_owned":
                 sum(len(d) for d in self.devices.values()), "devices_known": len(self.known),
                 "counts": dict(self.counts),
@@ -130,7 +151,7 @@ class Scaleout:
 
     def _post(self, *event) -> None:
         self._control.append(event)
-        self.engine.wake.set()
+        self.engine._wake()  # its wake-up pipe: safe from any thread
 
     def _tick(self) -> None:
         me = self.instance_id
@@ -187,11 +208,11 @@ class Scaleout:
         self.held[part] = epoch
         self.devices[part] = ids
         self.known.update(ids)
-        link = Link(engine, f"{self.prefix}-part-{part:03d}",
-                    [topic for device, _, tenant, site in rows for topic in uplink_topics(tenant, site, device)],
-                    part=part, on_taken_over=lambda link: self._post("lost", [link.part]))
-        self.links[part] = link
-        link.start()
+        name = session_name(part)
+        self.sessions.add(name)
+        self._open(name, f"{self.prefix}-{name}",
+                   [topic for device, _, tenant, site in rows for topic in uplink_topics(tenant, site, device)],
+                   self.engine.config["broker"]["session_expiry_s"])
         self.counts["acquired"] += 1
         log.info("acquired partition %d (epoch %d): %d devices, %d active sessions", part, epoch, len(ids), resumed)
 
@@ -204,7 +225,9 @@ class Scaleout:
 
     def _drop(self, part: int) -> None:
         """Stop hearing a partition and forget its devices and sessions (all stored at the last commit)."""
-        self.links.pop(part).close()
+        name = session_name(part)
+        self.sessions.discard(name)
+        self.engine.receiver.close(name)  # nothing pending acknowledged: it goes to the next owner
         ids = self.devices.pop(part)
         self.engine.fleet.forget(ids)
         self.engine.sessions.forget(ids)
@@ -219,24 +242,32 @@ class Scaleout:
         if lost:
             raise LeaseLost(lost)
 
-    def _lobby_message(self, _client, _userdata, msg) -> None:
-        # Network thread: only a device not seen yet goes to the ingest thread.
-        where = parse_uplink(msg.topic)
-        if where is None or where.device_id in self.known or where.device_id in self._arrived:
-            return
-        self._arrived[where.device_id] = time.monotonic()
-        self.engine.queue((msg.topic, b"", 1, 0, self.lobby))  # as QoS 1: never dropped for a full inbox
+    def owns(self, session: str) -> bool:
+        """Whether a batch from this receiver session is ours to store and acknowledge."""
+        return session == LOBBY or session in self.sessions
+
+    def on_event(self, event) -> None:
+        """A partition session's event from the receiver."""
+        if isinstance(event, Subscribed):
+            since = self._subscribing.pop(event.topics[0], None) if event.topics else None
+            if since is not None:
+                self.discovery_ms.append((time.monotonic() - since) * 1000)
+        elif isinstance(event, Down) and TAKEN_OVER in event.reason and event.session in self.sessions:
+            # Another instance connected with this partition's client id: it holds the lease now.
+            self.lost([int(event.session[len("part-"):])])
 
     def discover(self, topic: str, now_ms: int) -> None:
         """In the ingest transaction: record a device heard in the lobby, subscribe if ours."""
         where = parse_uplink(topic)
-        device_id = where.device_id
-        if device_id in self.known:
+        if where is None or where.device_id in self.known:
             return
+        device_id = where.device_id
         part = partition_of(device_id, self.count)
         self.engine.store.record_devices([(device_id, part, where.tenant, where.site, now_ms)])
         self.known.add(device_id)
         self.counts["discovered"] += 1
         if part in self.held:
             self.devices[part].add(device_id)
-            self.links[part].add(uplink_topics(where.tenant, where.site, device_id), self._arrived.get(device_id))
+            topics = uplink_topics(where.tenant, where.site, device_id)
+            self._subscribing[topics[0]] = time.monotonic()
+            self.engine.receiver.subscribe(session_name(part), topics)

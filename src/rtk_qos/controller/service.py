@@ -1,15 +1,16 @@
-"""The controller's engine: one MQTT session, one ingest thread that owns every write.
+"""The controller's engine: one ingest thread that owns every write, fed by a receiver process.
 
-Threads: paho's network thread only appends each message to the inbox (a deque);
-the ingest thread takes up to `ingest.batch_max` messages at a time, parses and
-applies them (fleet, samples, events, alerts, sessions, command replies) and the
-API's actions (send a command, start or stop a session) in one store transaction,
-and only after the commit acknowledges the QoS 1 messages (paho's manual ack)
-and publishes the notifications to the live stream. So a controller killed at any
-moment has either stored a message or not acknowledged it: the broker (persistent
-session, stable client id, QoS 1 subscriptions) sends it again, and ingest is
-idempotent (samples keyed by series and time, events by a digest of their bytes,
-alerts and replies by their ids).
+Processes and threads: MQTT reception and publishing run in a child process (`receiver.py`),
+so paho's network thread never competes with ingest for the GIL; it forwards batches of
+messages over a pipe. The ingest thread reads that pipe itself, takes up to
+`ingest.batch_max` messages at a time, parses and applies them (fleet, samples, events, alerts,
+sessions, command replies) and the API's actions (send a command, start or stop a session) in
+one store transaction, and only after the commit asks the receiver to acknowledge the QoS 1
+messages and publishes the notifications to the live stream. So a controller killed at any
+moment (the receiver dies with it) has either stored a message or not acknowledged it: the
+broker (persistent session, stable client id, QoS 1 subscriptions) sends it again, and ingest is
+idempotent (samples keyed by series and time, events by a digest of their bytes, alerts and
+replies by their ids). A receiver that dies is started again by the ingest thread.
 """
 from __future__ import annotations
 
@@ -18,18 +19,18 @@ import concurrent.futures
 import hashlib
 import json
 import logging
+import os
+import selectors
 import threading
 import time
 from typing import Callable, Optional
 
-from paho.mqtt import client as mqtt
-
 from ..protocol.topics import parse_uplink
 from .alerts import Alerts
 from .fleet import Fleet
-from .link import Link, uplink_topics
+from .receiver import Batch, Down, Receiver, ReceiverDied, Up
 from .requests import Requests
-from .scaleout import LeaseLost, Scaleout
+from .scaleout import LOBBY, LeaseLost, Scaleout, uplink_topics
 from .sessions import THROUGHPUT_SERIES, Sessions
 from .store import Retention, open_store
 
@@ -37,6 +38,8 @@ log = logging.getLogger(__name__)
 HOUSEKEEPING_S = 1.0
 ROLLUP_S = 1.0
 PRUNE_S = 3600.0
+RESTART_PAUSE_S = 1.0
+SESSION = "main"  # the receiver session this engine ingests from
 
 
 def now_ms() -> int:
@@ -77,39 +80,50 @@ class Engine:
                                  config["sessions"]["finish_grace_s"])
         self.requests = Requests(self.store, self._publish, notify, config["commands"]["timeout_ms"],
                                  config["commands"]["late_grace_s"], shared=partitioned)
-        self.inbox: collections.deque = collections.deque()
+        self.receiver = Receiver(config["log_level"], config["ingest"]["queue_max"])
+        self.inbox: collections.deque[Batch] = collections.deque()  # received, not yet ingested
+        self.receiver_backlog = 0  # messages waiting in the receiver, as its last batch said
         self.actions: collections.deque = collections.deque()
-        self.wake = threading.Event()
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)
         self.stopping = threading.Event()
+        self.connected = threading.Event()
         self.counts = collections.Counter()
         self.latest: dict[str, dict[str, float]] = {}  # device -> series -> newest value (for /metrics)
+        # Several instances: the fleet's partitions, each a session of its own, and the lobby's
+        # session (which also carries commands out); one instance: one session with it all.
         self.scale = Scaleout(self) if partitioned else None
-        if self.scale is None:  # one instance: one session with the fleet's wildcard subscriptions
-            self.link = Link(self, config["broker"]["client_id"], topics=self.subscriptions)
-        else:  # partitions, each its own session (scaleout.py); commands go out through the lobby's
-            self.link = self.scale.lobby
+        self.publish_session = SESSION if self.scale is None else LOBBY
         self._thread = threading.Thread(target=self._run, name="rtk-qos-ingest", daemon=True)
 
-    # ---- MQTT ---------------------------------------------------------------------------------
+    # ---- MQTT (through the receiver) ---------------------------------------------------------
 
     @property
     def subscriptions(self) -> list[str]:
         return uplink_topics(self.config["tenant"], self.config["site"], "+")
 
-    def queue(self, item: tuple) -> None:
-        """From a network thread: (topic, payload, qos, mid, link) for the ingest thread."""
-        if item[2] == 0 and len(self.inbox) >= self.config["ingest"]["queue_max"]:
-            self.counts["dropped_qos0"] += 1
-        else:
-            self.inbox.append(item)
-        if not self.wake.is_set():  # the ingest thread clears it before it drains: nothing is missed
-            self.wake.set()
+    @property
+    def backlog(self) -> int:
+        """Messages received and not yet ingested, here and in the receiver."""
+        return sum(len(batch.messages) for batch in list(self.inbox)) + self.receiver_backlog
+
+    def _open_session(self) -> None:
+        b = self.config["broker"]
+        # Stable id, persistent session: what the broker holds for us survives our crash. Receive
+        # Maximum: the broker may have that many QoS 1 messages unacknowledged with us, so one store
+        # transaction covers many.
+        self.receiver.open(SESSION, b, b["client_id"], self.subscriptions, b["session_expiry_s"],
+                           b["receive_maximum"])
 
     def _publish(self, topic: str, payload: bytes, qos: int) -> None:
-        info = self.link.client.publish(topic, payload, qos=qos)
-        if info.rc != mqtt.MQTT_ERR_SUCCESS:
-            # paho queues QoS 1 messages while disconnected; anything else is worth knowing.
-            log.warning("publish to %s: %s", topic, mqtt.error_string(info.rc))
+        self.receiver.publish(topic, payload, qos, self.publish_session)
+
+    def _wake(self) -> None:
+        try:
+            os.write(self._wake_w, b"\0")
+        except BlockingIOError:
+            pass  # the pipe is full of wake-ups already
 
     # ---- lifecycle ----------------------------------------------------------------------------
 
@@ -123,45 +137,107 @@ class Engine:
         self._notes.clear()
         if resumed:
             log.info("resumed %d monitoring session(s)", resumed)
-        if self.scale is None:
-            self.link.start()
-        else:
-            self.scale.start()
         self._thread.start()
 
     def stop(self) -> None:
         self.stopping.set()
-        self.wake.set()
+        self._wake()
         self._thread.join(timeout=10)
-        if self.scale is None:
-            self.link.close()
-        else:
-            self.scale.stop()
+        if self.scale is not None:
+            self.scale.stop()  # after the receiver closed the sessions: the leases go last
         self.store.close()
         self.reader.close()
+        os.close(self._wake_r)
+        os.close(self._wake_w)
 
     def call(self, fn: Callable, *args) -> concurrent.futures.Future:
         """Run `fn(*args, now_ms)` in the ingest thread, inside its transaction (the single writer)."""
         future: concurrent.futures.Future = concurrent.futures.Future()
         self.actions.append((fn, args, future))
-        self.wake.set()
+        self._wake()
         return future
 
     # ---- the ingest thread --------------------------------------------------------------------
 
     def _run(self) -> None:
+        # The receiver starts here: it dies with the thread that started it (PR_SET_PDEATHSIG).
+        self.receiver.start()
+        self._receiver_started = time.monotonic()
+        if self.scale is None:
+            self._open_session()
+        else:
+            self.scale.start()
+        selector = selectors.DefaultSelector()
+        selector.register(self._wake_r, selectors.EVENT_READ)
+        selector.register(self.receiver.fileno(), selectors.EVENT_READ)
+        try:
+            self._ingest_loop(selector)
+        finally:
+            self.receiver.stop()
+
+    def _receive(self, selector: selectors.BaseSelector, timeout: float, batch_max: int) -> None:
+        """Wait up to `timeout` for messages or actions; queue what the receiver has (up to a batch)."""
+        for key, _ in selector.select(timeout):
+            if key.fd == self._wake_r:
+                try:
+                    os.read(self._wake_r, 4096)
+                except BlockingIOError:
+                    pass
+                continue
+            queued = sum(len(batch.messages) for batch in self.inbox)
+            while queued < batch_max:
+                try:
+                    events = self.receiver.read()
+                except ReceiverDied as exc:
+                    self._restart_receiver(selector, str(exc))
+                    return
+                if not events:
+                    break
+                for event in events:
+                    if isinstance(event, Batch):
+                        self.inbox.append(event)
+                        queued += len(event.messages)
+                        self.receiver_backlog = event.backlog
+                        self.counts["dropped_qos0"] += event.dropped
+                    elif self.scale is not None and event.session != LOBBY:
+                        self.scale.on_event(event)  # a partition's session up, down or subscribed
+                    elif isinstance(event, Up):
+                        self.connected.set()
+                        log.info("connected to %s:%s", self.config["broker"]["host"], self.config["broker"]["port"])
+                    elif isinstance(event, Down):
+                        self.connected.clear()
+                        log.info("disconnected from the broker: %s", event.reason)
+
+    def _restart_receiver(self, selector: selectors.BaseSelector, why: str) -> None:
+        log.warning("%s; starting it again", why)
+        self.counts["receiver_restarts"] += 1
+        self.connected.clear()
+        self.receiver_backlog = 0
+        selector.unregister(self.receiver.fileno())
+        if time.monotonic() - self._receiver_started < RESTART_PAUSE_S * 5:
+            time.sleep(RESTART_PAUSE_S)  # dying at once again and again: do not spin
+        self._receiver_started = time.monotonic()
+        self.receiver.restart()
+        selector.register(self.receiver.fileno(), selectors.EVENT_READ)
+
+    def _take(self, batch_max: int) -> list[Batch]:
+        batches, count = [], 0
+        while self.inbox and count < batch_max:
+            batches.append(self.inbox.popleft())
+            count += len(batches[-1].messages)
+        return batches
+
+    def _ingest_loop(self, selector: selectors.BaseSelector) -> None:
         next_housekeeping = next_rollup = time.monotonic()
         next_prune = next_rollup + 60
         batch_max = self.config["ingest"]["batch_max"]
         while not self.stopping.is_set():
-            if not self.inbox and not self.actions:
-                self.wake.wait(timeout=max(0.0, min(next_housekeeping, next_rollup) - time.monotonic()))
-                self.wake.clear()
+            idle = not self.inbox and not self.actions
+            self._receive(selector, max(0.0, min(next_housekeeping, next_rollup) - time.monotonic()) if idle else 0,
+                          batch_max)
             if self.scale is not None:
                 self.scale.control()  # partitions acquired, released or lost since the last batch
-            # What a closed link (a partition given up) had queued is neither stored nor acknowledged.
-            batch = [item for item in (self.inbox.popleft() for _ in range(min(batch_max, len(self.inbox))))
-                     if not item[4].closed]
+            batches = self._take(batch_max)
             actions = [self.actions.popleft() for _ in range(len(self.actions))]
             outcomes = []
             now = time.monotonic()
@@ -170,11 +246,16 @@ class Engine:
                     if self.scale is not None:
                         self.scale.fence()  # still the owner of every partition held, else nothing commits
                     t = now_ms()
-                    for item in batch:
-                        if self.scale is not None and item[4] is self.scale.lobby:
-                            self.scale.discover(item[0], t)
-                        else:
-                            self._ingest(item, t)
+                    for batch in batches:
+                        if self.scale is None:
+                            for item in batch.messages:
+                                self._ingest(item, t)
+                        elif batch.session == LOBBY:
+                            for item in batch.messages:
+                                self.scale.discover(item[0], t)
+                        elif self.scale.owns(batch.session):  # else given up: neither stored nor acknowledged
+                            for item in batch.messages:
+                                self._ingest(item, t)
                     if self._batch_samples:  # one insert for the whole batch
                         self.counts["samples_new"] += self.store.add_samples(self._batch_samples)
                         self.counts["samples"] += len(self._batch_samples)
@@ -195,13 +276,13 @@ class Engine:
                 # Another instance owns these partitions now: give them up, and redo the rest.
                 self._notes.clear()
                 self._batch_samples = []
-                self.inbox.extendleft(reversed(batch))
+                self.inbox.extendleft(reversed(batches))
                 self.actions.extendleft(reversed(actions))
                 self.scale.lost(exc.parts)
                 continue
             except Exception as exc:
                 # Nothing of the batch is stored and nothing acknowledged: the broker sends it again.
-                log.exception("ingest batch of %d messages failed", len(batch))
+                log.exception("ingest batch of %d messages failed", sum(len(b.messages) for b in batches))
                 self.counts["batch_failures"] += 1
                 self._notes.clear()
                 self._batch_samples = []
@@ -209,16 +290,17 @@ class Engine:
                     future.set_exception(exc)
                 time.sleep(1.0)
                 continue
-            for _topic, _payload, qos, mid, link in batch:
-                if qos:
-                    link.ack(mid, qos)
+            for batch in batches:
+                if self.scale is None or self.scale.owns(batch.session):
+                    self.receiver.ack(batch.link, [mid for _topic, _payload, qos, mid in batch.messages if qos])
             for future, value, exc in outcomes:
                 if exc is None:
                     future.set_result(value)
                 else:
                     future.set_exception(exc)
-            self.counts["messages"] += len(batch)
-            self.counts["batches"] += bool(batch)
+            received = sum(len(batch.messages) for batch in batches)
+            self.counts["messages"] += received
+            self.counts["batches"] += bool(received)
             notes, self._notes = self._notes, []
             for kind, data in notes:
                 self.on_note(kind, data)
@@ -241,7 +323,7 @@ class Engine:
             return 0
 
     def _ingest(self, item, t: int) -> None:
-        topic, raw, _qos, _mid, _link = item
+        topic, raw, _qos, _mid = item
         where = parse_uplink(topic)
         if where is None:
             self.counts["ignored"] += 1

@@ -1,0 +1,479 @@
+"""MQTT reception and publishing in a child process, so paho never competes with ingest for the GIL.
+
+The parent (the engine's ingest thread) holds a `Receiver`; it starts
+`python -m rtk_qos.controller.receiver` with two pipes, the child's stdin (commands) and stdout
+(what it receives). The child runs one paho client per *session* and does nothing else: no
+parsing, no storing, and above all no acknowledging on its own.
+
+Commands (parent -> child), each a `Receiver` method:
+  open(name, broker, client_id, subscriptions, session_expiry_s, receive_maximum)
+      a persistent MQTT 5 session (clean start off, manual acks) under `name`; `broker` is the
+      configuration's broker table (host, port, keepalive_s, username, password, tls, ca_file,
+      cert_file, key_file); `subscriptions` topic filters, all at QoS 1. Reconnects by itself.
+  subscribe(name, topics) / unsubscribe(name, topics)
+      change a session's filters (kept for its reconnects too); a Subscribed event says when the
+      broker has the new ones.
+  close(name)
+      DISCONNECT without acknowledging anything pending: the broker keeps the session (for its
+      expiry) and sends the unacknowledged messages again to whoever resumes it.
+  ack(link, mids)
+      PUBACK these QoS 1 message ids of the connection `link` (from the batch they came in), after
+      their commit. An ack of a connection that has since dropped (or of a receiver since
+      restarted) is discarded: the broker resends those messages on the new connection and may
+      reuse their ids for new ones, which a stale ack must never acknowledge.
+  publish(topic, payload, qos, session=None)
+      through `session`, or the first open one.
+
+Events (child -> parent), from `Receiver.read()`:
+  Batch(session, link, messages, backlog, dropped)
+      messages in arrival order, each (topic: str, payload: bytes, qos, mid); `link` names the
+      session's connection; `backlog` is what still waits in the child, `dropped` the session's
+      QoS 0 messages dropped since its previous batch because more than `queue_max` waited.
+  Up(session, link) / Down(session, reason)
+      a session's connection came up (and the broker acknowledged its subscriptions; what it held
+      for a resumed session may come before) or went down (closed, refused, lost).
+  Subscribed(session, topics)
+      the broker acknowledged a subscribe() of a connected session.
+
+Framing: a 4-byte big-endian length and a `marshal`ed tuple. marshal encodes and decodes str,
+bytes and int in C (about 0.05 us per message each way here, where a struct loop in Python costs
+ten times that); both ends are the same interpreter, the only case marshal's format promises.
+
+Lifetime: the child dies with its parent (PR_SET_PDEATHSIG SIGKILL, and it exits at EOF on its
+command pipe), so a killed controller leaves no receiver holding its sessions; the parent sees a
+dead child as EOF on its pipe and `restart()`s it, which opens every session again. Acks of the
+old child's batches are then discarded (see ack): those messages come again and ingest is
+idempotent.
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import ctypes
+import logging
+import marshal
+import os
+import signal
+import ssl
+import struct
+import subprocess
+import sys
+import threading
+from dataclasses import dataclass
+from typing import Optional
+
+log = logging.getLogger(__name__)
+HEADER = struct.Struct("!I")
+FRAME_MESSAGES = 1000   # messages per frame at most: ingest takes whole frames
+READ_CHUNK = 1 << 20
+PR_SET_PDEATHSIG = 1
+
+
+@dataclass(frozen=True)
+class Link:
+    """One connection of one session, in one incarnation of the child."""
+    generation: int
+    session: str
+    epoch: int
+
+
+@dataclass
+class Batch:
+    session: str
+    link: Link
+    messages: list
+    backlog: int
+    dropped: int
+
+
+@dataclass
+class Up:
+    session: str
+    link: Link
+
+
+@dataclass
+class Subscribed:
+    session: str
+    topics: list
+
+
+@dataclass
+class Down:
+    session: str
+    reason: str
+
+
+class ReceiverDied(Exception):
+    pass
+
+
+def _frame(item: tuple) -> bytes:
+    body = marshal.dumps(item)
+    return HEADER.pack(len(body)) + body
+
+
+class _Frames:
+    """Splits a byte stream into marshal'd frames."""
+
+    def __init__(self):
+        self.buffer = bytearray()
+
+    def feed(self, data: bytes) -> list[tuple]:
+        self.buffer += data
+        items, at, size = [], 0, len(self.buffer)
+        while size - at >= HEADER.size:
+            (length,) = HEADER.unpack_from(self.buffer, at)
+            if size - at - HEADER.size < length:
+                break
+            start = at + HEADER.size
+            items.append(marshal.loads(self.buffer[start:start + length]))
+            at = start + length
+        del self.buffer[:at]
+        return items
+
+
+# ---- the parent's side ------------------------------------------------------------------------
+
+class Receiver:
+    """The parent's handle on the receiver child. Not thread-safe for reading (one reader: ingest);
+    commands may come from any thread."""
+
+    def __init__(self, log_level: str = "info", queue_max: int = 200000):
+        self.log_level = log_level
+        self.queue_max = queue_max
+        self.generation = 0
+        self.sessions: dict[str, dict] = {}  # name -> its open() arguments, subscriptions kept current
+        self.up: dict[str, Link] = {}
+        self.proc: Optional[subprocess.Popen] = None
+        self._lock = threading.Lock()  # one command frame at a time on the pipe
+        self._frames = _Frames()
+
+    # lifecycle
+
+    def start(self) -> None:
+        self.generation += 1
+        self._frames = _Frames()
+        self.up.clear()
+        # The child must die with the thread that starts it (PR_SET_PDEATHSIG follows the thread):
+        # start it from a thread that lives as long as the engine.
+        self.proc = subprocess.Popen([sys.executable, "-m", __name__, "--log-level", self.log_level,
+                                      "--queue-max", str(self.queue_max), "--parent", str(os.getpid())],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, bufsize=0)
+        os.set_blocking(self.proc.stdout.fileno(), False)
+        for name, spec in self.sessions.items():
+            self._send(("open", name, spec))
+
+    def restart(self) -> None:
+        """Start a new child after the old one died; every session is opened again."""
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait()
+            self.proc.stdin.close()
+            self.proc.stdout.close()
+        self.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Close every session (nothing pending acknowledged) and end the child."""
+        for name in list(self.sessions):
+            self._send(("close", name))
+        try:
+            self.proc.stdin.close()  # EOF: the child disconnects what is left and exits
+        except OSError:
+            pass
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self.proc.stdout.close()
+
+    def fileno(self) -> int:
+        """Readable when events wait: for select() beside other sources."""
+        return self.proc.stdout.fileno()
+
+    # commands
+
+    def open(self, name: str, broker: dict, client_id: str, subscriptions: list[str],
+             session_expiry_s: int, receive_maximum: int) -> None:
+        spec = {"broker": dict(broker), "client_id": client_id, "subscriptions": list(subscriptions),
+                "session_expiry_s": session_expiry_s, "receive_maximum": receive_maximum}
+        self.sessions[name] = spec
+        self._send(("open", name, spec))
+
+    def subscribe(self, name: str, topics: list[str]) -> None:
+        subs = self.sessions[name]["subscriptions"]
+        subs += [t for t in topics if t not in subs]
+        self._send(("subscribe", name, list(topics)))
+
+    def unsubscribe(self, name: str, topics: list[str]) -> None:
+        spec = self.sessions[name]
+        spec["subscriptions"] = [t for t in spec["subscriptions"] if t not in topics]
+        self._send(("unsubscribe", name, list(topics)))
+
+    def close(self, name: str) -> None:
+        del self.sessions[name]
+        self.up.pop(name, None)
+        self._send(("close", name))
+
+    def ack(self, link: Link, mids: list[int]) -> None:
+        if mids and link.generation == self.generation:
+            self._send(("ack", link.session, link.epoch, mids))
+
+    def publish(self, topic: str, payload: bytes, qos: int, session: Optional[str] = None) -> None:
+        self._send(("publish", session or "", topic, bytes(payload), qos))
+
+    def _send(self, item: tuple) -> None:
+        frame = _frame(item)
+        with self._lock:
+            try:
+                self.proc.stdin.write(frame)
+            except (BrokenPipeError, ValueError):
+                # The child is gone: reading will say so, and the restart opens the sessions again.
+                log.debug("receiver gone; %s not sent", item[0])
+
+    # events
+
+    def read(self) -> list:
+        """The events ready now (without blocking); ReceiverDied when the child has gone."""
+        try:
+            data = os.read(self.fileno(), READ_CHUNK)
+        except BlockingIOError:
+            return []
+        if not data:
+            code = self.proc.wait()
+            raise ReceiverDied(f"the receiver process ended (exit code {code})")
+        events = []
+        for item in self._frames.feed(data):
+            kind = item[0]
+            if kind == "m":
+                _, session, epoch, messages, backlog, dropped = item
+                events.append(Batch(session, Link(self.generation, session, epoch), messages, backlog, dropped))
+            elif kind == "u":
+                link = Link(self.generation, item[1], item[2])
+                if item[1] in self.sessions:
+                    self.up[item[1]] = link
+                events.append(Up(item[1], link))
+            elif kind == "s":
+                events.append(Subscribed(item[1], item[2]))
+            else:
+                self.up.pop(item[1], None)
+                events.append(Down(item[1], item[2]))
+        return events
+
+
+# ---- the child --------------------------------------------------------------------------------
+
+class _Child:
+    def __init__(self, queue_max: int, out: int):
+        self.queue_max = queue_max
+        self.out = out
+        self.queue: collections.deque = collections.deque()  # (session, epoch, topic, payload, qos, mid)
+        self.wake = threading.Event()
+        self.sessions: dict[str, _Session] = {}
+        self.epochs = 0
+        self.dropped: collections.Counter = collections.Counter()  # per session, by its paho thread
+        self.dropped_reported: collections.Counter = collections.Counter()  # by the forwarder
+        self._out_lock = threading.Lock()
+        threading.Thread(target=self._forward, name="rtk-qos-receiver-out", daemon=True).start()
+
+    def write(self, item: tuple) -> None:
+        frame = _frame(item)
+        with self._out_lock:
+            view = memoryview(frame)
+            while view:
+                view = view[os.write(self.out, view):]
+
+    def _forward(self) -> None:
+        """Frames whatever paho's threads queued: one frame per run of one connection's messages."""
+        queue = self.queue
+        while True:
+            self.wake.wait()
+            self.wake.clear()
+            while queue:
+                items = [queue.popleft() for _ in range(min(FRAME_MESSAGES, len(queue)))]
+                start = 0
+                for i in range(1, len(items) + 1):
+                    if i == len(items) or items[i][:2] != items[start][:2]:
+                        session, epoch = items[start][:2]
+                        dropped = self.dropped[session]
+                        self.write(("m", session, epoch, [item[2:] for item in items[start:i]], len(queue),
+                                    dropped - self.dropped_reported[session]))
+                        self.dropped_reported[session] = dropped
+                        start = i
+
+    def command(self, item: tuple) -> None:
+        kind, name = item[0], item[1]
+        if kind == "open":
+            if name in self.sessions:
+                self.sessions.pop(name).close()
+            self.sessions[name] = _Session(self, name, item[2])
+        elif kind == "publish":
+            session = self.sessions.get(name) if name else next(iter(self.sessions.values()), None)
+            if session is None:
+                log.warning("publish to %s: no session %s", item[2], name or "open")
+            else:
+                session.publish(*item[2:])
+        elif name not in self.sessions:
+            log.warning("%s: no session %s", kind, name)
+        elif kind == "ack":
+            self.sessions[name].ack(item[2], item[3])
+        elif kind == "subscribe":
+            self.sessions[name].subscribe(item[2])
+        elif kind == "unsubscribe":
+            self.sessions[name].unsubscribe(item[2])
+        elif kind == "close":
+            self.sessions.pop(name).close()
+
+    def close_all(self) -> None:
+        for session in self.sessions.values():
+            session.close()
+
+
+class _Session:
+    def __init__(self, child: _Child, name: str, spec: dict):
+        from paho.mqtt import client as mqtt
+        from paho.mqtt.enums import CallbackAPIVersion
+        from paho.mqtt.packettypes import PacketTypes
+        from paho.mqtt.properties import Properties
+        self.mqtt = mqtt
+        self.child = child
+        self.name = name
+        self.subscriptions = list(spec["subscriptions"])
+        self.epoch = 0
+        self.connected = False
+        b = spec["broker"]
+        self.where = f"{b['host']}:{b['port']}"
+        # Stable id, persistent session, manual acks: what the broker holds for us survives our crash.
+        # MQTT 5 for its Receive Maximum: the broker may have that many QoS 1 messages unacknowledged
+        # with us (mosquitto gives 3.1.1 clients 20), so one store transaction covers many.
+        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=spec["client_id"], protocol=mqtt.MQTTv5,
+                             manual_ack=True)
+        if b.get("username"):
+            client.username_pw_set(b["username"], b.get("password") or None)
+        if b.get("tls"):
+            client.tls_set(ca_certs=b.get("ca_file") or None, certfile=b.get("cert_file") or None,
+                           keyfile=b.get("key_file") or None, cert_reqs=ssl.CERT_REQUIRED)
+        client.reconnect_delay_set(1, 30)
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_message = self._on_message
+        client.on_subscribe = self._on_subscribe
+        self._subscribing = None
+        self._adding: dict[int, list[str]] = {}  # subscribe() mid -> its topics
+        self._adding_lock = threading.Lock()  # the SUBACK may be read before subscribe() returns
+        props = Properties(PacketTypes.CONNECT)
+        props.SessionExpiryInterval = spec["session_expiry_s"]
+        props.ReceiveMaximum = spec["receive_maximum"]
+        client.connect_async(b["host"], b["port"], b.get("keepalive_s", 30), clean_start=False, properties=props)
+        client.loop_start()
+        self.client = client
+
+    def _on_connect(self, client, _userdata, _flags, reason_code, _props) -> None:
+        if reason_code.is_failure:
+            log.warning("%s: broker %s refused the connection: %s", self.name, self.where, reason_code)
+            self.child.write(("d", self.name, f"refused: {reason_code}"))
+            return
+        self.child.epochs += 1
+        self.epoch = self.child.epochs
+        self.connected = True
+        log.info("%s: connected to %s", self.name, self.where)
+        if self.subscriptions:  # up once the broker has them: what is published after that reaches us
+            _rc, self._subscribing = client.subscribe([(t, self.mqtt.SubscribeOptions(qos=1))
+                                                       for t in self.subscriptions])
+        else:
+            self.child.write(("u", self.name, self.epoch))
+
+    def _on_subscribe(self, _client, _userdata, mid, reason_codes, _props) -> None:
+        if mid == self._subscribing:
+            refused = [str(code) for code in reason_codes if code.is_failure]
+            if refused:
+                log.warning("%s: broker %s refused subscriptions: %s", self.name, self.where, ", ".join(refused))
+            self.child.write(("u", self.name, self.epoch))
+        else:
+            with self._adding_lock:
+                topics = self._adding.pop(mid, None)
+            if topics is not None:
+                self.child.write(("s", self.name, topics))
+
+    def _on_disconnect(self, _client, _userdata, _flags, reason_code, _props) -> None:
+        if self.connected:
+            self.connected = False
+            self.child.write(("d", self.name, str(reason_code)))
+
+    def _on_message(self, _client, _userdata, msg) -> None:
+        child = self.child
+        if msg.qos == 0 and len(child.queue) >= child.queue_max:
+            child.dropped[self.name] += 1
+        else:
+            child.queue.append((self.name, self.epoch, msg.topic, msg.payload, msg.qos, msg.mid))
+        if not child.wake.is_set():  # the forwarder clears it before it drains: nothing is missed
+            child.wake.set()
+
+    def ack(self, epoch: int, mids: list[int]) -> None:
+        if epoch != self.epoch or not self.connected:
+            return  # that connection is gone: the broker sends those messages again on this one
+        for mid in mids:
+            self.client.ack(mid, 1)
+
+    def subscribe(self, topics: list[str]) -> None:
+        self.subscriptions += [t for t in topics if t not in self.subscriptions]
+        if self.connected:
+            with self._adding_lock:
+                _rc, mid = self.client.subscribe([(t, self.mqtt.SubscribeOptions(qos=1)) for t in topics])
+                self._adding[mid] = list(topics)
+
+    def unsubscribe(self, topics: list[str]) -> None:
+        self.subscriptions = [t for t in self.subscriptions if t not in topics]
+        if self.connected:
+            self.client.unsubscribe(list(topics))
+
+    def publish(self, topic: str, payload: bytes, qos: int) -> None:
+        info = self.client.publish(topic, payload, qos=qos)
+        if info.rc != self.mqtt.MQTT_ERR_SUCCESS:
+            # paho queues QoS 1 messages while disconnected; anything else is worth knowing.
+            log.warning("publish to %s: %s", topic, self.mqtt.error_string(info.rc))
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+        if self.connected:
+            self.connected = False
+            self.child.write(("d", self.name, "closed"))
+
+
+def _die_with_parent(parent: int) -> None:
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+        log.warning("prctl(PR_SET_PDEATHSIG): %s (the command pipe's EOF still ends us)",
+                    os.strerror(ctypes.get_errno()))
+    if os.getppid() != parent:  # the parent died before prctl took effect
+        os._exit(1)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description="rtk-qos controller's MQTT receiver (started by the controller)")
+    parser.add_argument("--log-level", default="info")
+    parser.add_argument("--queue-max", type=int, default=200000)
+    parser.add_argument("--parent", type=int, required=True)
+    ns = parser.parse_args()
+    logging.basicConfig(level=ns.log_level.upper(), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    _die_with_parent(ns.parent)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the parent stops us
+    # Frames leave on a private copy of stdout; fd 1 becomes stderr, so a stray print cannot corrupt them.
+    out = os.dup(1)
+    os.dup2(2, 1)
+    child = _Child(ns.queue_max, out)
+    frames = _Frames()
+    while True:
+        data = os.read(0, READ_CHUNK)
+        if not data:  # the parent closed the pipe or died
+            child.close_all()
+            return 0
+        for item in frames.feed(data):
+            child.command(item)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
