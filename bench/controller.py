@@ -327,7 +327,13 @@ def main() -> int:
     parser.add_argument("--fleet-seconds", type=int, default=60)
     parser.add_argument("--alerts-per-s", type=float, default=10.0)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--scale", action="store_true", help="the fleet-scale bench instead (controller_scale.py)")
+    parser.add_argument("--scale-devices", type=int, default=10000)
+    parser.add_argument("--scale-seconds", type=int, default=30)
     ns = parser.parse_args()
+    if ns.scale:
+        from controller_scale import run
+        return run(ns.output, ns.scale_devices, ns.scale_seconds, ns.alerts_per_s, ns.flood_count, ns.rounds)
     workdir = Path(tempfile.mkdtemp(prefix="rtk-qos-bench-controller-"))
     broker = Broker(workdir)
     report: dict = {"machine": {"cpus": os.cpu_count(), "note": "shared with other work; ratios are in-run"}}
