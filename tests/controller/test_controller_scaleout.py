@@ -3,8 +3,11 @@ simulated fleet streaming at QoS 1: kill -9 one instance mid-stream and every te
 and event the broker acknowledged is stored exactly once, the dead instance's partitions (and
 the monitoring sessions and open alert episodes of their devices) move to a survivor, every
 instance's API answers the same, and an instance joining takes its share."""
+import json
 import signal
+import threading
 import time
+import urllib.request
 
 import pytest
 
@@ -83,6 +86,26 @@ def _wait_all_stored(ctl, stream, timeout: float = 60) -> None:
         time.sleep(0.5)
 
 
+def _live_alerts(ctl) -> list:
+    """The alert notes of `ctl`'s /api/events, as they come (a thread fills the list)."""
+    seen: list = []
+    ready = threading.Event()
+
+    def read():
+        with urllib.request.urlopen(ctl.http.url + "/api/events", timeout=120) as stream:
+            ready.set()
+            kind = None
+            for raw in stream:
+                line = raw.decode().rstrip("\n")
+                if line.startswith("event: "):
+                    kind = line[7:]
+                elif line.startswith("data: ") and kind == "alert":
+                    seen.append(json.loads(line[6:]))
+    threading.Thread(target=read, daemon=True).start()
+    assert ready.wait(10)
+    return seen
+
+
 def _same_answers(ctls) -> None:
     for path in ("/api/devices", "/api/sessions", "/api/alerts"):
         answers = [ctl.http.get(path) for ctl in ctls]
@@ -98,11 +121,19 @@ def test_kill_9_one_of_three_loses_nothing_and_its_sessions_and_episodes_move(da
     stream.start()
     watched = devices[0]
     victim = _owner(ctls, watched)
-    session = victim.http.post("/api/sessions", {"device_id": watched, "duration": 600, "sampling_interval": 1,
-                                                 "metrics": ["latency"], "thresholds": {"latency_ms": 100}}, 201)
+    other = next(ctl for ctl in ctls if ctl is not victim)
+    live = _live_alerts(other)
+    # Asked of an instance that does not own the device: passed on to the owner.
+    session = other.http.post("/api/sessions", {"device_id": watched, "duration": 600, "sampling_interval": 1,
+                                                "metrics": ["latency"], "thresholds": {"latency_ms": 100}}, 201)
+    assert victim.http.get("/api/status")["active_sessions"] == 1
     stream.latency_ms[watched] = 300.0  # three 1 s evaluations past the threshold open an episode
     victim.http.wait(f"/api/alerts?session_id={session['id']}&state=open", lambda body: len(body["alerts"]) == 1,
                      timeout=30)
+    deadline = time.monotonic() + 10
+    while not any(alert["session_id"] == session["id"] for alert in live):  # the owner's note, on other's stream
+        assert time.monotonic() < deadline, live
+        time.sleep(0.1)
     assert victim.stop(signal.SIGKILL) == -signal.SIGKILL
     survivors = [ctl for ctl in ctls if ctl is not victim]
     shares = _wait_balanced(survivors)
@@ -115,6 +146,8 @@ def test_kill_9_one_of_three_loses_nothing_and_its_sessions_and_episodes_move(da
     alerts = heir.http.get(f"/api/alerts?session_id={session['id']}")["alerts"]
     assert [a["state"] for a in alerts] == ["closed"], alerts  # one episode, opened by one, closed by the other
     assert heir.http.get(f"/api/sessions/{session['id']}")["status"] == "active"
+    bystander = next(ctl for ctl in survivors if ctl is not heir)
+    assert bystander.http.post(f"/api/sessions/{session['id']}/stop", {})["status"] == "stopped"
     _wait_all_stored(heir, stream)
     assert stream.total("telemetry") > 0 and stream.total("event") > 0
     assert sorted(p for parts in shares.values() for p in parts) == list(range(PARTITIONS))

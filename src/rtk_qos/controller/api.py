@@ -15,6 +15,7 @@ import json
 import time
 from typing import Optional
 
+import aiohttp
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
@@ -25,6 +26,7 @@ from ..vocab.severity import WIRE_NAMES
 from . import overview as overview_mod
 from .metrics import registry
 from .openapi import SPEC
+from .partitions import partition_of
 from .requests import RequestError
 from .sessions import NotActive, UnknownDevice
 from .store import SessionConflict
@@ -51,6 +53,9 @@ class HttpError(Exception):
 
 def _now_ms() -> int:
     return time.time_ns() // 1_000_000
+
+
+FORWARDED = "X-Rtk-Qos-Forwarded-By"  # a write passed on to the instance owning the device
 
 
 class Hub:
@@ -304,8 +309,36 @@ class Api:
 
     # ---- writes -------------------------------------------------------------------------------
 
+    async def _forward(self, request, device_id) -> Optional[web.Response]:
+        """Several instances: a write for a device of a partition another instance owns goes to that
+        instance (once: a forwarded request is never forwarded again); None when it is ours."""
+        scale = self.engine.scale
+        if scale is None or request.headers.get(FORWARDED) or not isinstance(device_id, str):
+            return None
+        part = partition_of(device_id, scale.count)
+        if part in scale.held:
+            return None
+        owner = await self._read(self.store.partition_owner, part)
+        if owner is None or owner[0] == scale.instance_id:
+            raise HttpError(503, f"device {device_id[:12]}: its partition {part} has no owner at the moment "
+                                 f"(an instance is taking it over); retry in a few seconds")
+        headers = {"Authorization": request.headers.get("Authorization", ""), FORWARDED: scale.instance_id,
+                   "Content-Type": "application/json"}
+        try:
+            async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as client:
+                async with client.request(request.method, owner[1] + request.path_qs, data=await request.read(),
+                                          headers=headers) as answer:
+                    return web.Response(status=answer.status, body=await answer.read(),
+                                        content_type="application/json")
+        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+            raise HttpError(503, f"device {device_id[:12]}: its owner {owner[0]} ({owner[1]}) did not answer: "
+                                 f"{exc or type(exc).__name__}; retry") from None
+
     async def start_session(self, request):
         body = await _body(request)
+        forwarded = await self._forward(request, body.get("device_id"))
+        if forwarded is not None:
+            return forwarded
         try:
             session = await self._call(self.engine.sessions.start, body)
         except CommandError as exc:  # argspec's ArgError: names the field
@@ -318,6 +351,11 @@ class Api:
 
     async def stop_session(self, request):
         session_id = request.match_info["session_id"]
+        if self.engine.scale is not None:
+            stored = await self._read(self.store.session, session_id)
+            forwarded = stored and await self._forward(request, stored["device_id"])
+            if forwarded:
+                return forwarded
         try:
             session = await self._call(self.engine.sessions.stop, session_id)
         except NotActive:

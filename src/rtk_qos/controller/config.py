@@ -59,6 +59,7 @@ DEFAULTS: dict[str, Any] = {
         "lease_s": 5.0,             # a partition's owner silent this long: another instance takes it
         "renew_s": 1.0,             # heartbeat and lease renewal period
         "client_prefix": "rtk-qos",  # MQTT client ids <prefix>-part-NNN (shared by the instances) and -lobby-<id>
+        "http_url": "",             # how the other instances reach this one's API; empty: http://<bound address>
     },
     "commands": {
         "timeout_ms": 30000,        # default timeout_ms of a request (protocol: 1000-600000)

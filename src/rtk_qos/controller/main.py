@@ -60,6 +60,8 @@ async def serve(config: dict) -> None:
     site = web.TCPSite(runner, config["http"]["host"], config["http"]["port"])
     await site.start()
     host, port = runner.addresses[0][:2]
+    if engine.scale is not None:  # where the other instances send the writes for our devices
+        engine.scale.http_url = config["scale"]["http_url"] or f"http://{host}:{port}"
     b = config["broker"]
     print(f"rtk-qos controller -> mqtt://{b['host']}:{b['port']} (client id {b['client_id']})\n"
           f"  dashboard  http://{host}:{port}/\n"

@@ -37,6 +37,7 @@ sessions of it; a partition given up is closed there without acknowledging what 
 from __future__ import annotations
 
 import collections
+import json
 import logging
 import os
 import threading
@@ -52,7 +53,9 @@ log = logging.getLogger(__name__)
 UPLINK_KINDS = ("lwt", "state", "attr", "telemetry/+", "evt/+", "cmd/ack", "cmd/res")
 LOBBY_KINDS = ("lwt", "state", "attr")
 LOBBY = "lobby"  # the receiver session of the lobby; a partition's is part-NNN
-TAKEN_OVER = "Session taken over"  # MQTT 5 reason of a DISCONNECT: another connection took our client id
+TAKEN_OVER = "Session taken over"
+NOTES = "rtk_qos_notes"  # the NOTIFY channel of the live stream's notes
+NOTIFY_MAX = 7000  # bytes per NOTIFY payload (PostgreSQL's limit is 8000)  # MQTT 5 reason of a DISCONNECT: another connection took our client id
 
 
 def uplink_topics(tenant: str, site: str, device: str) -> list[str]:
@@ -87,7 +90,7 @@ class Scaleout:
         self.ttl_ms = int(s["lease_s"] * 1000)
         self.renew_s = s["renew_s"]
         self.prefix = s["client_prefix"]
-        self.http_url = f"http://{config['http']['host']}:{config['http']['port']}"
+        self.http_url = s["http_url"]  # set by main once the API listens, when not configured
         # The ingest thread's: what it owns, its devices, the devices it knows of.
         self.held: dict[int, int] = {}  # partition -> epoch
         self.sessions: set[str] = set()  # the receiver sessions of the partitions held
@@ -105,6 +108,7 @@ class Scaleout:
         self.db.setup_partitions(self.count)
         self.stopping = threading.Event()
         self._thread = threading.Thread(target=self._membership, name="rtk-qos-membership", daemon=True)
+        self._listener = threading.Thread(target=self._listen, name="rtk-qos-notes", daemon=True)
 
     def _open(self, name: str, client_id: str, topics: list[str], expiry_s: int) -> None:
         b = self.engine.config["broker"]
@@ -117,12 +121,14 @@ class Scaleout:
         self._open(LOBBY, f"{self.prefix}-lobby-{self.instance_id}", self.lobby_topics, 0)
         self._tick()  # this instance's share at once, before the first batch
         self._thread.start()
+        self._listener.start()
 
     def stop(self) -> None:
         """After the receiver has closed every session."""
         self.stopping.set()
-        if self._thread.is_alive():
-            self._thread.join(timeout=10)
+        for thread in (self._thread, self._listener):
+            if thread.is_alive():
+                thread.join(timeout=10)
         try:
             self.db.leave(self.instance_id)  # the others take our partitions without waiting for expiry
         except Exception:  # the database away: our leases expire instead
@@ -138,6 +144,45 @@ class Scaleout:
                 "discovery_ms": {"samples": len(discovery),
                                  "p50": discovery[len(discovery) // 2] if discovery else None,
                                  "max": discovery[-1] if discovery else None}}
+
+    # ---- the live stream: every instance's notes on every instance's /api/events ----------------
+
+    def share_notes(self, notes: list[tuple[str, dict]]) -> None:
+        """Inside the ingest transaction: the batch's notes to the other instances (at the commit)."""
+        payloads, chunk, size = [], [], 0
+        for kind, data in notes:
+            encoded = json.dumps([kind, data], separators=(",", ":"))
+            if len(encoded) > NOTIFY_MAX - 100:
+                self.counts["notes_too_big_to_share"] += 1  # still on this instance's own stream
+                continue
+            if size + len(encoded) > NOTIFY_MAX - 100:
+                payloads.append(self._payload(chunk))
+                chunk, size = [], 0
+            chunk.append(encoded)
+            size += len(encoded) + 1
+        if chunk:
+            payloads.append(self._payload(chunk))
+        self.engine.store.notify(NOTES, payloads)
+
+    def _payload(self, encoded_notes: list[str]) -> str:
+        return f'{{"from":{json.dumps(self.instance_id)},"notes":[{",".join(encoded_notes)}]}}'
+
+    def _listen(self) -> None:
+        """The other instances' notes, to this instance's live stream."""
+        import psycopg
+        while not self.stopping.is_set():
+            try:
+                with psycopg.connect(self.engine.config["store"]["url"], autocommit=True) as db:
+                    db.execute(f"LISTEN {NOTES}")
+                    while not self.stopping.is_set():
+                        for notice in db.notifies(timeout=1.0):
+                            shared = json.loads(notice.payload)
+                            if shared["from"] != self.instance_id:
+                                for kind, data in shared["notes"]:
+                                    self.engine.on_note(kind, data)
+            except Exception:
+                log.exception("listening to the other instances' notes")
+                self.stopping.wait(1.0)
 
     # ---- the membership thread ----------------------------------------------------------------
 

@@ -272,6 +272,8 @@ class Engine:
                         self.requests.expire(t)
                     self.fleet.flush()
                     self.sessions.flush()
+                    if self.scale is not None and self._notes:
+                        self.scale.share_notes(self._notes)
             except LeaseLost as exc:
                 # Another instance owns these partitions now: give them up, and redo the rest.
                 self._notes.clear()

@@ -266,6 +266,17 @@ class PostgresStore(SqlStore):
         return [tuple(r) for r in self.db.execute(f"SELECT device_id, part, tenant, site FROM device_partitions "
                                                   f"{clause} ORDER BY device_id", params).fetchall()]
 
+    def partition_owner(self, part: int) -> Optional[tuple[str, str]]:
+        """(instance id, its API's URL) of the partition's unexpired owner; None while it has none."""
+        found = self.db.execute(f"SELECT i.id, i.http_url FROM partition_leases l JOIN instances i ON i.id = l.owner "
+                                f"WHERE l.part = %s AND l.expires_ms > {DB_NOW_MS}", (part,)).fetchone()
+        return tuple(found) if found else None
+
+    def notify(self, channel: str, payloads: list[str]) -> None:
+        """Inside the caller's transaction: delivered to the listeners at its commit, not before."""
+        for payload in payloads:
+            self.db.execute("SELECT pg_notify(%s, %s)", (channel, payload))
+
     def devices_in(self, device_ids: Sequence[str]) -> list[dict]:
         return self._all("devices", "SELECT * FROM devices WHERE device_id = ANY(?) ORDER BY device_id",
                          (list(device_ids),))
