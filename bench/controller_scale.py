@@ -10,8 +10,12 @@ against 1, 2 and 3 controller instances over one PostgreSQL and one mosquitto, a
     `in_telemetry`) over the stream, per instance and in total; backlog: what waited; drain_s:
     after the stream, until every message published is stored; cpu: each instance (its process
     and its receiver child) in % of one core.
-  alert_to_sse_ms: from an alert's publish (its `sent_ns`) to its first arrival on any instance's
-    /api/events; overview_ms: /api/qos/overview of the first instance, once a second during the stream.
+  alert_to_sse_ms: from an alert's publish (its `sent_ns`) to its arrival on the first instance's
+    /api/events (the owner's note, passed on by NOTIFY when another instance owns the device);
+    overview_ms: /api/qos/overview of the first instance, once a second during the stream.
+  new_device_window_ms (2-instance phase, after the stream): NEWCOMERS devices never seen before
+    publish their retained lwt and at once a telemetry/qos every NEWCOMER_EVERY_MS: from the lwt
+    to the first sample stored, per device (what came earlier reached no one).
   postgres_bytes_per_device_day: the growth of samples_raw (heap, index, TOAST) and of the whole
     database during the 1-instance phase (stream and drain), per device-day at 1 Hz.
   failover: in the last phase one instance is killed (SIGKILL) halfway through the stream;
@@ -42,6 +46,8 @@ from postgres_server import PostgresServer  # noqa: E402
 from report import write as write_report  # noqa: E402
 
 PARTITIONS = 32
+NEWCOMERS = 20
+NEWCOMER_EVERY_MS = 5
 TOKEN = "bench-token"
 FLEET_FILTER = "left(device_id, 2) = 'be'"  # bench/controller.py's device ids
 
@@ -144,24 +150,23 @@ def publisher(*args) -> subprocess.Popen:
 
 
 def phase(workdir: Path, broker_port: int, url: str, count: int, devices: int, seconds: int, alerts_per_s: float,
-          kill: bool) -> dict:
+          kill: bool, newcomers: bool) -> dict:
     began = time.monotonic()
     instances = [Instance(workdir / f"instances{count}-{k}", broker_port, url) for k in range(count)]
     try:
         dealt_s = wait_dealt(instances)
         while True:  # the partitions' sessions have every device's retained lwt
             online = query(url, f"SELECT COUNT(*) FROM devices WHERE status = 'online' AND {FLEET_FILTER}")[0][0]
-            if online == devices:
+            if online >= devices:
                 break
             if time.monotonic() - began > 300:
                 raise RuntimeError(f"{online} of {devices} devices online after 300 s")
             time.sleep(0.5)
         ready_s = time.monotonic() - began
         arrived: dict = {}
-        listeners = [Sse(i.url, arrived) for i in instances]
-        for listener in listeners:
-            listener.start()
-            listener.ready.wait(30)
+        listener = Sse(instances[0].url, arrived)  # the last instance is the one killed
+        listener.start()
+        listener.ready.wait(30)
         size0 = sizes(url)
         cpu0 = [i.cpu() for i in instances]
         in0 = [i.get("/api/status")["counts"].get("in_telemetry", 0) for i in instances]
@@ -207,6 +212,9 @@ def phase(workdir: Path, broker_port: int, url: str, count: int, devices: int, s
                             "samples": len(overview_ms)},
             "growth_bytes": {k: size1[k] - size0[k] for k in size0},
         }
+        if newcomers:
+            outcome["new_device_window_ms"] = new_device_window(broker_port, url, devices)
+            outcome["discovery_ms_by_instance"] = [i.get("/api/status")["scale"]["discovery_ms"] for i in instances]
         if kill:
             outcome["failover"] = {"killed_after_s": round(seconds / 2, 1), "published": published, "stored": distinct,
                                    "lost": published - distinct, "stored_twice": rows - distinct}
@@ -214,6 +222,21 @@ def phase(workdir: Path, broker_port: int, url: str, count: int, devices: int, s
     finally:
         for instance in instances:
             instance.stop()
+
+
+def new_device_window(broker_port: int, url: str, first: int) -> dict:
+    fleet = publisher("newcomers", broker_port, first, NEWCOMERS, 2.0, NEWCOMER_EVERY_MS)
+    sent = json.loads(fleet.stdout.read())
+    fleet.wait()
+    windows, deadline = {}, time.monotonic() + 60
+    while len(windows) < NEWCOMERS and time.monotonic() < deadline:
+        windows = dict(query(url, "SELECT s.device_id, MIN(r.ts) - %s FROM samples_raw r JOIN series s ON "
+                                  "s.id = r.series_id WHERE s.device_id = ANY(%s) AND s.name = "
+                                  "'probe.gateway.latency_ms' GROUP BY 1", (sent["t0_ms"], sent["devices"])))
+        time.sleep(0.5)
+    found = sorted(windows.values())
+    return {"devices": NEWCOMERS, "every_ms": NEWCOMER_EVERY_MS, "with_samples": len(found),
+            "p50": percentile(found, 0.5) if found else None, "max": max(found) if found else None}
 
 
 def run(output, devices: int, seconds: int, alerts_per_s: float, flood: int, rounds: int) -> int:
@@ -233,8 +256,8 @@ def run(output, devices: int, seconds: int, alerts_per_s: float, flood: int, rou
         announce = publisher("announce", broker.port, devices)
         report["announce"] = json.loads(announce.stdout.read())
         announce.wait()
-        phases = [phase(workdir, broker.port, url, count, devices, seconds, alerts_per_s, kill=count == 3)
-                  for count in (1, 2, 3)]
+        phases = [phase(workdir, broker.port, url, count, devices, seconds, alerts_per_s, kill=count == 3,
+                        newcomers=count == 2) for count in (1, 2, 3)]
         report["instances"] = phases
         report["failover"] = phases[-1].pop("failover")
         one = phases[0]

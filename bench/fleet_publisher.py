@@ -137,10 +137,34 @@ def stream(port: int, devices: int, seconds: int, alerts_per_s: float) -> dict:
             "first_ts": first_ts, "last_ts": first_ts + (seconds - 1) * 1000, "max_lag_ms": round(lag * 1000, 1)}
 
 
+def newcomers(port: int, first: int, count: int, seconds: float, every_ms: int) -> dict:
+    """Devices never seen before announce themselves (retained lwt) all at t0 and at once stream a
+    telemetry/qos message each every `every_ms`, sample ts t0 + k * every_ms: the first ts stored
+    says how long after its lwt a new device's messages start reaching a controller."""
+    client = Publisher(port, "bench-fleet-newcomers")
+    t0 = int(time.time() * 1000)
+    for i in range(first, first + count):
+        client.publish(topic(i, "lwt"), json.dumps({"schema": "lwt/1.0", "ts": t0, "device_id": device_id(i),
+                                                    "payload": {"status": "online", "last_seen": t0}}).encode(),
+                       retain=True)
+    client.flush()
+    began = time.monotonic()
+    for k in range(int(seconds * 1000 / every_ms)):
+        time.sleep(max(0.0, began + k * every_ms / 1000 - time.monotonic()))
+        for i in range(first, first + count):
+            client.publish(topic(i, "telemetry/qos"), telemetry(i, t0 + k * every_ms, k))
+        client.flush()
+    client.finish(60)
+    return {"t0_ms": t0, "devices": [device_id(i) for i in range(first, first + count)], "every_ms": every_ms,
+            "sent": client.sent, "acked": client.acked}
+
+
 def main() -> int:
     mode, port, devices = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
     if mode == "announce":
         outcome = announce(port, devices)
+    elif mode == "newcomers":
+        outcome = newcomers(port, devices, int(sys.argv[4]), float(sys.argv[5]), int(sys.argv[6]))
     else:
         outcome = stream(port, devices, int(sys.argv[4]), float(sys.argv[5]))
     print(json.dumps(outcome), flush=True)
