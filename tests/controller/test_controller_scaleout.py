@@ -3,6 +3,8 @@ simulated fleet streaming at QoS 1: kill -9 one instance mid-stream and every te
 and event the broker acknowledged is stored exactly once, the dead instance's partitions (and
 the monitoring sessions and open alert episodes of their devices) move to a survivor, every
 instance's API answers the same, and an instance joining takes its share."""
+import collections
+import concurrent.futures
 import json
 import signal
 import threading
@@ -12,7 +14,10 @@ import urllib.request
 import pytest
 
 from fleet_sim import FleetSim, Stream, device_ids
-from rtk_qos.controller.partitions import partition_of
+from rtk_qos.controller import config as config_mod
+from rtk_qos.controller.partitions import assign, partition_of
+from rtk_qos.controller.store import StoreError, open_store
+from rtk_qos.settings import ConfigError
 
 PARTITIONS = 8
 # Short leases: a dead instance's partitions are taken over within about 3 s.
@@ -173,3 +178,52 @@ def test_two_instances_kill_9_then_a_joining_instance_takes_its_share(database, 
     _wait_all_stored(joiner, stream)
     assert joiner.http.get("/api/status")["counts"]["in_telemetry"] > 0
     _same_answers([survivor, joiner])
+
+
+def test_partitions_are_dealt_evenly_and_a_joiner_moves_only_its_share():
+    devices = device_ids(10000)
+    sizes = collections.Counter(partition_of(d, 32) for d in devices)
+    assert len(sizes) == 32 and max(sizes.values()) < 2 * min(sizes.values())
+    two, three = assign(32, ["a", "b"]), assign(32, ["a", "b", "c"])
+    assert sorted(collections.Counter(two.values()).values()) == [16, 16]
+    assert sorted(collections.Counter(three.values()).values()) == [10, 11, 11]
+    moved = [p for p in range(32) if two[p] != three[p]]
+    assert all(three[p] == "c" for p in moved) and len(moved) == 10  # only what the newcomer takes
+    assert assign(32, ["b", "a"]) == two  # every instance computes the same from the same members
+
+
+def test_several_instances_need_postgresql_and_one_partition_count(database):
+    with pytest.raises(ConfigError, match="scale.partitions: several instances need a PostgreSQL store"):
+        config_mod.load(environ={}, flags={"state_dir": "/tmp/x", "scale": {"partitions": 8}})
+    with pytest.raises(ConfigError, match="scale.lease_s: 1.0 must be at least twice scale.renew_s"):
+        config_mod.load(environ={}, flags={"store": {"url": database}, "scale": {"partitions": 8, "lease_s": 1.0}})
+    store = open_store(database)
+    try:
+        store.setup_partitions(8)
+        store.setup_partitions(8)  # the same count again: fine
+        with pytest.raises(StoreError, match="scale.partitions: 16, but .* is split into 8 partitions"):
+            store.setup_partitions(16)
+    finally:
+        store.close()
+
+
+def test_a_taken_over_lease_fences_the_old_owner_out(database):
+    a, b = open_store(database), open_store(database)
+    try:
+        a.setup_partitions(2)
+        assert a.acquire_lease(0, "a", 300) == 1
+        assert b.acquire_lease(0, "b", 300) is None  # held
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            with a.transaction():
+                assert a.fence("a") == {0: 1}
+                time.sleep(0.5)  # a's lease expires, but its fence's row lock holds b off until a commits
+                taken = pool.submit(b.acquire_lease, 0, "b", 5000)
+                time.sleep(0.5)
+                assert not taken.done()
+            assert taken.result(10) == 2
+        with a.transaction():
+            assert a.fence("a") == {}  # a's next ingest transaction finds partition 0 gone: LeaseLost
+        assert b.renew_leases("b", 5000) == {0: 2}
+    finally:
+        a.close()
+        b.close()
