@@ -97,11 +97,12 @@ class Fleet:
 
     def flush(self) -> None:
         """Write the changed devices (inside the batch's transaction)."""
-        for device_id in self._dirty:
-            device = self.devices[device_id]
+        changed = [self.devices[device_id] for device_id in sorted(self._dirty)]
+        for device in changed:
             device["updated_ms"] = device.get("last_seen_ms")
-            self.store.upsert_device(device)
-            self._written_seen[device_id] = device.get("last_seen_ms") or 0
+            self._written_seen[device["device_id"]] = device.get("last_seen_ms") or 0
+        if changed:
+            self.store.upsert_devices(changed)
         self._dirty.clear()
 
     def absent_since(self, device_id: str) -> Optional[int]:

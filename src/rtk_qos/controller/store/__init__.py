@@ -60,7 +60,8 @@ class Store(abc.ABC):
     def transaction(self) -> Iterator[None]: ...
 
     @abc.abstractmethod
-    def upsert_device(self, device: dict) -> None: ...
+    @abc.abstractmethod
+    def upsert_devices(self, devices: list[dict]) -> None: ...
 
     @abc.abstractmethod
     def add_samples(self, rows: Iterable[tuple[str, str, int, float]]) -> int:

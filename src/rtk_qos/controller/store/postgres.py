@@ -178,6 +178,11 @@ class PostgresStore(SqlStore):
         self._mark_late(list(zip(ids, stamps)))
         return added
 
+    def _add_dirty(self, buckets: list[tuple[int, int]]) -> None:
+        series_ids, minutes = (list(column) for column in zip(*buckets))
+        self.db.execute("INSERT INTO rollup_dirty SELECT 'samples_minute', * FROM unnest(%s::integer[], %s::bigint[]) "
+                        "ON CONFLICT DO NOTHING", (series_ids, minutes))
+
     def save_session(self, session: dict) -> None:
         try:
             # A savepoint: the refusal leaves the caller's transaction usable, as in SQLite.

@@ -119,8 +119,9 @@ class SqlStore(Store):
             finally:
                 self._depth = 0
 
-    def upsert_device(self, device: dict) -> None:
-        self._execute(upsert("devices", ("device_id",)), values("devices", device))
+    def upsert_devices(self, devices: list[dict]) -> None:
+        # One executemany: psycopg pipelines it (one round trip, not one a device).
+        self._executemany(upsert("devices", ("device_id",)), [values("devices", d) for d in devices])
 
     def _watermark(self, tier: str) -> int:
         found = self._execute("SELECT value FROM meta WHERE key = ?", (tier,)).fetchone()
@@ -139,7 +140,11 @@ class SqlStore(Store):
         rolled = max(self._watermark("samples_minute"), self._meta("samples_minute.target"))
         late = sorted({(sid, ts - ts % MINUTE_MS) for sid, ts in samples if ts < rolled})
         if late:
-            self._executemany("INSERT INTO rollup_dirty VALUES ('samples_minute', ?, ?) ON CONFLICT DO NOTHING", late)
+            self._add_dirty(late)
+
+    def _add_dirty(self, buckets: list[tuple[int, int]]) -> None:
+        """(series id, minute) buckets to compute again."""
+        self._executemany("INSERT INTO rollup_dirty VALUES ('samples_minute', ?, ?) ON CONFLICT DO NOTHING", buckets)
 
     def add_event(self, device_id, event_type, ts_ms, severity, digest, payload) -> bool:
         cursor = self._execute("INSERT INTO events (device_id, event_type, ts, severity, digest, payload) "
@@ -199,12 +204,21 @@ class SqlStore(Store):
                     self._meta(tier, target)
                     self._meta(f"{tier}.cursor", 0)
                     self._meta(f"{tier}.target", 0)
-            dirty = self._execute("DELETE FROM rollup_dirty WHERE tier = ? RETURNING series_id, ts", (tier,)).fetchall()
-            for series_id, ts in dirty:
-                written += self._execute(insert, (series_id - 1, series_id, ts, ts + width)).rowcount
-                if tier == "samples_minute" and ts < self._watermark("samples_hour"):
-                    self._execute("INSERT INTO rollup_dirty VALUES ('samples_hour', ?, ?) ON CONFLICT DO NOTHING",
-                                  (series_id, ts - ts % HOUR_MS))
+            # Every bucket marked dirty, in one statement (a backlog of late samples marks thousands;
+            # one statement each would take the rollup longer than their ingest). No sample comes in
+            # meanwhile: SQLite has one writer, PostgreSQL's ingest waits on the rollup's lock.
+            if self._execute("SELECT 1 FROM rollup_dirty WHERE tier = ? LIMIT 1", (tier,)).fetchone():
+                written += self._execute(
+                    f"INSERT INTO {tier} (series_id, ts, n, total, low, high) "
+                    f"SELECT f.series_id, f.ts - f.ts % {width}, {aggregate} FROM rollup_dirty d {self.JOIN} {finer} f "
+                    f"ON f.series_id = d.series_id AND f.ts >= d.ts AND f.ts < d.ts + {width} WHERE d.tier = ? "
+                    f"GROUP BY 1, 2 ON CONFLICT (series_id, ts) DO UPDATE SET n = excluded.n, "
+                    f"total = excluded.total, low = excluded.low, high = excluded.high", (tier,)).rowcount
+                if tier == "samples_minute":
+                    self._execute(f"INSERT INTO rollup_dirty SELECT 'samples_hour', series_id, ts - ts % {HOUR_MS} "
+                                  f"FROM rollup_dirty WHERE tier = 'samples_minute' AND ts < ? ON CONFLICT DO NOTHING",
+                                  (self._watermark("samples_hour"),))
+                self._execute("DELETE FROM rollup_dirty WHERE tier = ?", (tier,))
         return written
 
     def prune(self, now_ms: int) -> int:
