@@ -204,21 +204,12 @@ class SqlStore(Store):
                     self._meta(tier, target)
                     self._meta(f"{tier}.cursor", 0)
                     self._meta(f"{tier}.target", 0)
-            # Every bucket marked dirty, in one statement (a backlog of late samples marks thousands;
-            # one statement each would take the rollup longer than their ingest). No sample comes in
-            # meanwhile: SQLite has one writer, PostgreSQL's ingest waits on the rollup's lock.
-            if self._execute("SELECT 1 FROM rollup_dirty WHERE tier = ? LIMIT 1", (tier,)).fetchone():
-                written += self._execute(
-                    f"INSERT INTO {tier} (series_id, ts, n, total, low, high) "
-                    f"SELECT f.series_id, f.ts - f.ts % {width}, {aggregate} FROM rollup_dirty d {self.JOIN} {finer} f "
-                    f"ON f.series_id = d.series_id AND f.ts >= d.ts AND f.ts < d.ts + {width} WHERE d.tier = ? "
-                    f"GROUP BY 1, 2 ON CONFLICT (series_id, ts) DO UPDATE SET n = excluded.n, "
-                    f"total = excluded.total, low = excluded.low, high = excluded.high", (tier,)).rowcount
-                if tier == "samples_minute":
-                    self._execute(f"INSERT INTO rollup_dirty SELECT 'samples_hour', series_id, ts - ts % {HOUR_MS} "
-                                  f"FROM rollup_dirty WHERE tier = 'samples_minute' AND ts < ? ON CONFLICT DO NOTHING",
-                                  (self._watermark("samples_hour"),))
-                self._execute("DELETE FROM rollup_dirty WHERE tier = ?", (tier,))
+            dirty = self._execute("DELETE FROM rollup_dirty WHERE tier = ? RETURNING series_id, ts", (tier,)).fetchall()
+            for series_id, ts in dirty:
+                written += self._execute(insert, (series_id - 1, series_id, ts, ts + width)).rowcount
+                if tier == "samples_minute" and ts < self._watermark("samples_hour"):
+                    self._execute("INSERT INTO rollup_dirty VALUES ('samples_hour', ?, ?) ON CONFLICT DO NOTHING",
+                                  (series_id, ts - ts % HOUR_MS))
         return written
 
     def prune(self, now_ms: int) -> int:
