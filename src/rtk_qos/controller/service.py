@@ -78,9 +78,9 @@ class Engine:
                                  config["sessions"]["finish_grace_s"])
         self.requests = Requests(self.store, self._publish, notify, config["commands"]["timeout_ms"],
                                  config["commands"]["late_grace_s"])
-        self.receiver = Receiver(config["log_level"], config["ingest"]["queue_max"])
+        self.receiver = Receiver(config["log_level"])
         self.inbox: collections.deque[Batch] = collections.deque()  # received, not yet ingested
-        self.receiver_backlog = 0  # messages waiting in the receiver, as its last batch said
+        self.backlog = 0  # messages in the inbox
         self.actions: collections.deque = collections.deque()
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
@@ -97,11 +97,6 @@ class Engine:
     def subscriptions(self) -> list[str]:
         base = f"{PREFIX}/{self.config['tenant']}/{self.config['site']}/+"
         return [f"{base}/{kind}" for kind in ("lwt", "state", "attr", "telemetry/+", "evt/+", "cmd/ack", "cmd/res")]
-
-    @property
-    def backlog(self) -> int:
-        """Messages received and not yet ingested, here and in the receiver."""
-        return sum(len(batch.messages) for batch in list(self.inbox)) + self.receiver_backlog
 
     def _open_session(self) -> None:
         b = self.config["broker"]
@@ -164,8 +159,8 @@ class Engine:
         finally:
             self.receiver.stop()
 
-    def _receive(self, selector: selectors.BaseSelector, timeout: float, batch_max: int) -> None:
-        """Wait up to `timeout` for messages or actions; queue what the receiver has (up to a batch)."""
+    def _receive(self, selector: selectors.BaseSelector, timeout: float) -> None:
+        """Wait up to `timeout` for messages or actions; queue all the receiver has."""
         for key, _ in selector.select(timeout):
             if key.fd == self._wake_r:
                 try:
@@ -173,8 +168,7 @@ class Engine:
                 except BlockingIOError:
                     pass
                 continue
-            queued = sum(len(batch.messages) for batch in self.inbox)
-            while queued < batch_max:
+            while True:
                 try:
                     events = self.receiver.read()
                 except ReceiverDied as exc:
@@ -184,10 +178,7 @@ class Engine:
                     break
                 for event in events:
                     if isinstance(event, Batch):
-                        self.inbox.append(event)
-                        queued += len(event.messages)
-                        self.receiver_backlog = event.backlog
-                        self.counts["dropped_qos0"] += event.dropped
+                        self._queue(event)
                     elif isinstance(event, Up):
                         self.connected.set()
                         log.info("connected to %s:%s", self.config["broker"]["host"], self.config["broker"]["port"])
@@ -195,11 +186,20 @@ class Engine:
                         self.connected.clear()
                         log.info("disconnected from the broker: %s", event.reason)
 
+    def _queue(self, batch: Batch) -> None:
+        if self.backlog >= self.config["ingest"]["queue_max"]:
+            # Too far behind: QoS 0 telemetry goes; QoS 1 waits its turn (the broker holds back the
+            # rest of it until we acknowledge: Receive Maximum).
+            kept = [m for m in batch.messages if m[2]]
+            self.counts["dropped_qos0"] += len(batch.messages) - len(kept)
+            batch.messages = kept
+        self.inbox.append(batch)
+        self.backlog += len(batch.messages)
+
     def _restart_receiver(self, selector: selectors.BaseSelector, why: str) -> None:
         log.warning("%s; starting it again", why)
         self.counts["receiver_restarts"] += 1
         self.connected.clear()
-        self.receiver_backlog = 0
         selector.unregister(self.receiver.fileno())
         if time.monotonic() - self._receiver_started < RESTART_PAUSE_S * 5:
             time.sleep(RESTART_PAUSE_S)  # dying at once again and again: do not spin
@@ -212,6 +212,7 @@ class Engine:
         while self.inbox and count < batch_max:
             batches.append(self.inbox.popleft())
             count += len(batches[-1].messages)
+        self.backlog -= count
         return batches
 
     def _ingest_loop(self, selector: selectors.BaseSelector) -> None:
@@ -220,8 +221,7 @@ class Engine:
         batch_max = self.config["ingest"]["batch_max"]
         while not self.stopping.is_set():
             idle = not self.inbox and not self.actions
-            self._receive(selector, max(0.0, min(next_housekeeping, next_rollup) - time.monotonic()) if idle else 0,
-                          batch_max)
+            self._receive(selector, max(0.0, min(next_housekeeping, next_rollup) - time.monotonic()) if idle else 0)
             batches = self._take(batch_max)
             actions = [self.actions.popleft() for _ in range(len(self.actions))]
             outcomes = []
