@@ -216,7 +216,7 @@ class Engine:
         return batches
 
     def _ingest_loop(self, selector: selectors.BaseSelector) -> None:
-        next_housekeeping = next_rollup = time.monotonic()
+        next_housekeeping = next_rollup = next_late = time.monotonic()
         next_prune = next_rollup + 60
         batch_max = self.config["ingest"]["batch_max"]
         while not self.stopping.is_set():
@@ -273,7 +273,11 @@ class Engine:
                 self.on_note(kind, data)
             if now >= next_rollup:
                 # A pass in progress goes on after every batch; an idle one is looked at each second.
-                busy = self._maintain(self.store.rollup, "rollup")
+                # Late buckets are computed again at most once a second: a flood of late samples
+                # dirties the same buckets batch after batch.
+                late = now >= next_late
+                next_late = now + ROLLUP_S if late else next_late
+                busy = self._maintain(lambda t: self.store.rollup(t, late=late), "rollup")
                 next_rollup = now if busy else now + ROLLUP_S
             if now >= next_prune:
                 next_prune = now + PRUNE_S
