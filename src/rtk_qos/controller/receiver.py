@@ -310,6 +310,32 @@ class _Child:
             session.close()
 
 
+def _buffered_client(mqtt):
+    class BufferedClient(mqtt.Client):
+        """paho reads a packet in three or four recv() calls (its command byte, each length byte,
+        the rest); these come from one recv() of up to READ_CHUNK bytes instead: a system call
+        per burst, not several per message. Overrides paho's private `_sock_recv` (paho 2.x);
+        were it gone, paho would simply read unbuffered."""
+        _rbuf = b""
+        _rpos = 0
+
+        def _sock_recv(self, bufsize: int) -> bytes:
+            if self._rpos >= len(self._rbuf):
+                self._rbuf, self._rpos = super()._sock_recv(READ_CHUNK), 0  # b"": the broker closed
+            chunk = self._rbuf[self._rpos:self._rpos + bufsize]
+            self._rpos += len(chunk)
+            return chunk
+
+        def buffered(self) -> bool:
+            return self._rpos < len(self._rbuf)
+
+        def discard_buffer(self) -> None:
+            """Before a new connection: what is left belongs to the old one."""
+            self._rbuf, self._rpos = b"", 0
+
+    return BufferedClient
+
+
 class _Session:
     """One MQTT session, served by a thread of its own that alone touches its paho client: it reads
     a burst of packets and forwards their messages as one frame, without handing them to another
@@ -337,8 +363,8 @@ class _Session:
         # Stable id, persistent session, manual acks: what the broker holds for us survives our crash.
         # MQTT 5 for its Receive Maximum: the broker may have that many QoS 1 messages unacknowledged
         # with us (mosquitto gives 3.1.1 clients 20), so one store transaction covers many.
-        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=spec["client_id"], protocol=mqtt.MQTTv5,
-                             manual_ack=True)
+        client = _buffered_client(mqtt)(CallbackAPIVersion.VERSION2, client_id=spec["client_id"],
+                                        protocol=mqtt.MQTTv5, manual_ack=True)
         if b.get("username"):
             client.username_pw_set(b["username"], b.get("password") or None)
         if b.get("tls"):
@@ -378,6 +404,7 @@ class _Session:
     def _run(self) -> None:
         delay = 1.0
         while not self.closing:
+            self.client.discard_buffer()
             try:
                 self.client.connect(self.broker["host"], self.broker["port"], self.broker.get("keepalive_s", 30),
                                     clean_start=False, properties=self.props)
@@ -419,8 +446,8 @@ class _Session:
             self._run_commands()
             if self.closing:
                 return
-            # TLS may hold decrypted bytes that select() cannot see.
-            buffered = getattr(sock, "pending", None) and sock.pending()
+            # Our read buffer, and TLS's decrypted bytes, are data that select() cannot see.
+            buffered = client.buffered() or (getattr(sock, "pending", None) and sock.pending())
             readable, writable, _ = select.select([sock, self._wake_r], [sock] if client.want_write() else [], [],
                                                   0 if buffered else 1.0)
             if (buffered or sock in readable) and not self._read_burst():
