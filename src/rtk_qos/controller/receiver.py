@@ -25,10 +25,11 @@ Commands (parent -> child), each a `Receiver` method:
       through `session`, or the first open one.
 
 Events (child -> parent), from `Receiver.read()`:
-  Batch(session, link, messages, backlog, dropped)
-      messages in arrival order, each (topic: str, payload: bytes, qos, mid); `link` names the
-      session's connection; `backlog` is what still waits in the child, `dropped` the session's
-      QoS 0 messages dropped since its previous batch because more than `queue_max` waited.
+  Batch(session, link, messages)
+      messages in arrival order, each (topic: str, payload: bytes, qos, mid), as one read of the
+      socket brought them (up to 250); `link` names the session's connection. The child queues
+      nothing: a parent that does not read holds the session's thread in its pipe write, and
+      so the broker's socket (TCP's own back-pressure).
   Up(session, link) / Down(session, reason)
       a session's connection came up (and the broker acknowledged its subscriptions; what it held
       for a resumed session may come before) or went down (closed, refused, lost).
@@ -53,18 +54,21 @@ import ctypes
 import logging
 import marshal
 import os
+import queue
+import select
 import signal
 import ssl
 import struct
 import subprocess
 import sys
 import threading
+import time
 from dataclasses import dataclass
 from typing import Optional
 
 log = logging.getLogger(__name__)
 HEADER = struct.Struct("!I")
-FRAME_MESSAGES = 1000   # messages per frame at most: ingest takes whole frames
+FRAME_MESSAGES = 250   # messages per frame at most: a burst is forwarded in parts, not held back
 READ_CHUNK = 1 << 20
 PR_SET_PDEATHSIG = 1
 
@@ -82,8 +86,6 @@ class Batch:
     session: str
     link: Link
     messages: list
-    backlog: int
-    dropped: int
 
 
 @dataclass
@@ -139,14 +141,14 @@ class Receiver:
     """The parent's handle on the receiver child. Not thread-safe for reading (one reader: ingest);
     commands may come from any thread."""
 
-    def __init__(self, log_level: str = "info", queue_max: int = 200000):
+    def __init__(self, log_level: str = "info"):
         self.log_level = log_level
-        self.queue_max = queue_max
         self.generation = 0
         self.sessions: dict[str, dict] = {}  # name -> its open() arguments, subscriptions kept current
         self.up: dict[str, Link] = {}
         self.proc: Optional[subprocess.Popen] = None
-        self._lock = threading.Lock()  # one command frame at a time on the pipe
+        self._commands: Optional[queue.SimpleQueue] = None  # frames for this child's command pipe
+        self._writer: Optional[threading.Thread] = None
         self._frames = _Frames()
 
     # lifecycle
@@ -158,9 +160,16 @@ class Receiver:
         # The child must die with the thread that starts it (PR_SET_PDEATHSIG follows the thread):
         # start it from a thread that lives as long as the engine.
         self.proc = subprocess.Popen([sys.executable, "-m", __name__, "--log-level", self.log_level,
-                                      "--queue-max", str(self.queue_max), "--parent", str(os.getpid())],
+                                      "--parent", str(os.getpid())],
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, bufsize=0)
         os.set_blocking(self.proc.stdout.fileno(), False)
+        # Commands go out from a thread of their own: were the ingest thread to block on a full
+        # command pipe, it would stop reading events, and a child blocked on its full event pipe
+        # (a session's thread, which the closing of that session waits for) would never read on.
+        self._commands = queue.SimpleQueue()
+        self._writer = threading.Thread(target=self._write, args=(self.proc.stdin, self._commands),
+                                        name="rtk-qos-receiver-commands", daemon=True)
+        self._writer.start()
         for name, spec in self.sessions.items():
             self._send(("open", name, spec))
 
@@ -169,6 +178,8 @@ class Receiver:
         if self.proc is not None:
             self.proc.kill()
             self.proc.wait()
+            self._commands.put(None)  # what the old child did not take is dropped with it
+            self._writer.join()
             self.proc.stdin.close()
             self.proc.stdout.close()
         self.start()
@@ -177,6 +188,8 @@ class Receiver:
         """Close every session (nothing pending acknowledged) and end the child."""
         for name in list(self.sessions):
             self._send(("close", name))
+        self._commands.put(None)
+        self._writer.join(timeout)
         try:
             self.proc.stdin.close()  # EOF: the child disconnects what is left and exits
         except OSError:
@@ -224,13 +237,17 @@ class Receiver:
         self._send(("publish", session or "", topic, bytes(payload), qos))
 
     def _send(self, item: tuple) -> None:
-        frame = _frame(item)
-        with self._lock:
+        self._commands.put(_frame(item))
+
+    @staticmethod
+    def _write(pipe, commands: queue.SimpleQueue) -> None:
+        while (frame := commands.get()) is not None:
             try:
-                self.proc.stdin.write(frame)
-            except (BrokenPipeError, ValueError):
+                pipe.write(frame)
+            except (BrokenPipeError, ValueError, OSError):
                 # The child is gone: reading will say so, and the restart opens the sessions again.
-                log.debug("receiver gone; %s not sent", item[0])
+                log.debug("receiver gone; commands not sent")
+                return
 
     # events
 
@@ -247,8 +264,8 @@ class Receiver:
         for item in self._frames.feed(data):
             kind = item[0]
             if kind == "m":
-                _, session, epoch, messages, backlog, dropped = item
-                events.append(Batch(session, Link(self.generation, session, epoch), messages, backlog, dropped))
+                _, session, epoch, messages = item
+                events.append(Batch(session, Link(self.generation, session, epoch), messages))
             elif kind == "u":
                 link = Link(self.generation, item[1], item[2])
                 if item[1] in self.sessions:
@@ -265,17 +282,17 @@ class Receiver:
 # ---- the child --------------------------------------------------------------------------------
 
 class _Child:
-    def __init__(self, queue_max: int, out: int):
-        self.queue_max = queue_max
+    def __init__(self, out: int):
         self.out = out
-        self.queue: collections.deque = collections.deque()  # (session, epoch, topic, payload, qos, mid)
-        self.wake = threading.Event()
         self.sessions: dict[str, _Session] = {}
         self.epochs = 0
-        self.dropped: collections.Counter = collections.Counter()  # per session, by its paho thread
-        self.dropped_reported: collections.Counter = collections.Counter()  # by the forwarder
+        self._epoch_lock = threading.Lock()
         self._out_lock = threading.Lock()
-        threading.Thread(target=self._forward, name="rtk-qos-receiver-out", daemon=True).start()
+
+    def next_epoch(self) -> int:
+        with self._epoch_lock:
+            self.epochs += 1
+            return self.epochs
 
     def write(self, item: tuple) -> None:
         frame = _frame(item)
@@ -283,24 +300,6 @@ class _Child:
             view = memoryview(frame)
             while view:
                 view = view[os.write(self.out, view):]
-
-    def _forward(self) -> None:
-        """Frames whatever paho's threads queued: one frame per run of one connection's messages."""
-        queue = self.queue
-        while True:
-            self.wake.wait()
-            self.wake.clear()
-            while queue:
-                items = [queue.popleft() for _ in range(min(FRAME_MESSAGES, len(queue)))]
-                start = 0
-                for i in range(1, len(items) + 1):
-                    if i == len(items) or items[i][:2] != items[start][:2]:
-                        session, epoch = items[start][:2]
-                        dropped = self.dropped[session]
-                        self.write(("m", session, epoch, [item[2:] for item in items[start:i]], len(queue),
-                                    dropped - self.dropped_reported[session]))
-                        self.dropped_reported[session] = dropped
-                        start = i
 
     def command(self, item: tuple) -> None:
         kind, name = item[0], item[1]
@@ -313,24 +312,52 @@ class _Child:
             if session is None:
                 log.warning("publish to %s: no session %s", item[2], name or "open")
             else:
-                session.publish(*item[2:])
+                session.do(session.publish, *item[2:])
         elif name not in self.sessions:
             log.warning("%s: no session %s", kind, name)
-        elif kind == "ack":
-            self.sessions[name].ack(item[2], item[3])
-        elif kind == "subscribe":
-            self.sessions[name].subscribe(item[2])
-        elif kind == "unsubscribe":
-            self.sessions[name].unsubscribe(item[2])
         elif kind == "close":
             self.sessions.pop(name).close()
+        else:
+            session = self.sessions[name]
+            session.do({"ack": session.ack, "subscribe": session.subscribe,
+                        "unsubscribe": session.unsubscribe}[kind], *item[2:])
 
     def close_all(self) -> None:
         for session in self.sessions.values():
             session.close()
 
 
+def _buffered_client(mqtt):
+    class BufferedClient(mqtt.Client):
+        """paho reads a packet in three or four recv() calls (its command byte, each length byte,
+        the rest); these come from one recv() of up to READ_CHUNK bytes instead: a system call
+        per burst, not several per message. Overrides paho's private `_sock_recv` (paho 2.x);
+        were it gone, paho would simply read unbuffered."""
+        _rbuf = b""
+        _rpos = 0
+
+        def _sock_recv(self, bufsize: int) -> bytes:
+            if self._rpos >= len(self._rbuf):
+                self._rbuf, self._rpos = super()._sock_recv(READ_CHUNK), 0  # b"": the broker closed
+            chunk = self._rbuf[self._rpos:self._rpos + bufsize]
+            self._rpos += len(chunk)
+            return chunk
+
+        def buffered(self) -> bool:
+            return self._rpos < len(self._rbuf)
+
+        def discard_buffer(self) -> None:
+            """Before a new connection: what is left belongs to the old one."""
+            self._rbuf, self._rpos = b"", 0
+
+    return BufferedClient
+
+
 class _Session:
+    """One MQTT session, served by a thread of its own that alone touches its paho client: it reads
+    a burst of packets and forwards their messages as one frame, without handing them to another
+    thread (a hand-off per message, and the GIL convoy that comes with it, halved the rate)."""
+
     def __init__(self, child: _Child, name: str, spec: dict):
         from paho.mqtt import client as mqtt
         from paho.mqtt.enums import CallbackAPIVersion
@@ -342,40 +369,136 @@ class _Session:
         self.subscriptions = list(spec["subscriptions"])
         self.epoch = 0
         self.connected = False
-        b = spec["broker"]
+        self.closing = False
+        self.pending: list[tuple] = []  # messages read and not yet forwarded
+        self.commands: collections.deque = collections.deque()  # (method, args) for the session's thread
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)
+        self.broker = b = spec["broker"]
         self.where = f"{b['host']}:{b['port']}"
         # Stable id, persistent session, manual acks: what the broker holds for us survives our crash.
         # MQTT 5 for its Receive Maximum: the broker may have that many QoS 1 messages unacknowledged
         # with us (mosquitto gives 3.1.1 clients 20), so one store transaction covers many.
-        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=spec["client_id"], protocol=mqtt.MQTTv5,
-                             manual_ack=True)
+        client = _buffered_client(mqtt)(CallbackAPIVersion.VERSION2, client_id=spec["client_id"],
+                                        protocol=mqtt.MQTTv5, manual_ack=True)
         if b.get("username"):
             client.username_pw_set(b["username"], b.get("password") or None)
         if b.get("tls"):
             client.tls_set(ca_certs=b.get("ca_file") or None, certfile=b.get("cert_file") or None,
                            keyfile=b.get("key_file") or None, cert_reqs=ssl.CERT_REQUIRED)
-        client.reconnect_delay_set(1, 30)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
         client.on_subscribe = self._on_subscribe
         self._subscribing = None
         self._adding: dict[int, list[str]] = {}  # subscribe() mid -> its topics
-        self._adding_lock = threading.Lock()  # the SUBACK may be read before subscribe() returns
-        props = Properties(PacketTypes.CONNECT)
-        props.SessionExpiryInterval = spec["session_expiry_s"]
-        props.ReceiveMaximum = spec["receive_maximum"]
-        client.connect_async(b["host"], b["port"], b.get("keepalive_s", 30), clean_start=False, properties=props)
-        client.loop_start()
+        self.props = Properties(PacketTypes.CONNECT)
+        self.props.SessionExpiryInterval = spec["session_expiry_s"]
+        self.props.ReceiveMaximum = spec["receive_maximum"]
         self.client = client
+        self.thread = threading.Thread(target=self._run, name=f"rtk-qos-receiver-{name}", daemon=True)
+        self.thread.start()
+
+    # -- called from the command thread
+
+    def do(self, method, *args) -> None:
+        self.commands.append((method, args))
+        try:
+            os.write(self._wake_w, b"\0")
+        except BlockingIOError:
+            pass  # woken already
+
+    def close(self) -> None:
+        self.closing = True
+        self.do(lambda: None)
+        self.thread.join(10)
+        os.close(self._wake_r)
+        os.close(self._wake_w)
+
+    # -- the session's thread
+
+    def _run(self) -> None:
+        delay = 1.0
+        while not self.closing:
+            self.client.discard_buffer()
+            try:
+                self.client.connect(self.broker["host"], self.broker["port"], self.broker.get("keepalive_s", 30),
+                                    clean_start=False, properties=self.props)
+            except (OSError, ValueError) as exc:
+                log.warning("%s: cannot connect to %s: %s", self.name, self.where, exc)
+            else:
+                self._serve()
+                if self.epoch:
+                    delay = 1.0
+            if not self.closing:
+                self._pause(delay)
+                delay = min(delay * 2, 30.0)
+        if self.connected:
+            self.client.disconnect()  # nothing pending acknowledged: the broker keeps it for the next owner
+            self.connected = False
+            self.child.write(("d", self.name, "closed"))
+
+    def _pause(self, seconds: float) -> None:
+        """Wait before a reconnect; commands still run (a close ends the wait)."""
+        deadline = time.monotonic() + seconds
+        while not self.closing and (left := deadline - time.monotonic()) > 0:
+            select.select([self._wake_r], [], [], left)
+            self._run_commands()
+
+    def _run_commands(self) -> None:
+        try:
+            os.read(self._wake_r, 4096)
+        except BlockingIOError:
+            pass
+        while self.commands:
+            method, args = self.commands.popleft()
+            method(*args)
+
+    def _serve(self) -> None:
+        """Until the connection is lost or the session closed."""
+        client, ok = self.client, self.mqtt.MQTT_ERR_SUCCESS
+        sock = client.socket()
+        while True:
+            self._run_commands()
+            if self.closing:
+                return
+            # Our read buffer, and TLS's decrypted bytes, are data that select() cannot see.
+            buffered = client.buffered() or (getattr(sock, "pending", None) and sock.pending())
+            readable, writable, _ = select.select([sock, self._wake_r], [sock] if client.want_write() else [], [],
+                                                  0 if buffered else 1.0)
+            if (buffered or sock in readable) and not self._read_burst():
+                return
+            if writable and client.want_write() and client.loop_write() != ok:
+                return
+            if client.loop_misc() != ok:  # keepalive
+                return
+
+    def _read_burst(self) -> bool:
+        """Read packets while they come, forwarding their messages a frame at a time."""
+        client, ok = self.client, self.mqtt.MQTT_ERR_SUCCESS
+        idle = 0
+        while idle < 2:  # one read without a message may have been another packet (an ack, a ping)
+            count = len(self.pending)
+            if client.loop_read() != ok:
+                self._forward()
+                return False
+            idle = idle + 1 if len(self.pending) == count else 0
+            if len(self.pending) >= FRAME_MESSAGES:
+                self._forward()
+        self._forward()
+        return True
+
+    def _forward(self) -> None:
+        if self.pending:
+            self.child.write(("m", self.name, self.epoch, self.pending))
+            self.pending = []
 
     def _on_connect(self, client, _userdata, _flags, reason_code, _props) -> None:
         if reason_code.is_failure:
             log.warning("%s: broker %s refused the connection: %s", self.name, self.where, reason_code)
-            self.child.write(("d", self.name, f"refused: {reason_code}"))
             return
-        self.child.epochs += 1
-        self.epoch = self.child.epochs
+        self.epoch = self.child.next_epoch()
         self.connected = True
         log.info("%s: connected to %s", self.name, self.where)
         if self.subscriptions:  # up once the broker has them: what is published after that reaches us
@@ -385,30 +508,22 @@ class _Session:
             self.child.write(("u", self.name, self.epoch))
 
     def _on_subscribe(self, _client, _userdata, mid, reason_codes, _props) -> None:
+        refused = [str(code) for code in reason_codes if code.is_failure]
+        if refused:
+            log.warning("%s: broker %s refused subscriptions: %s", self.name, self.where, ", ".join(refused))
         if mid == self._subscribing:
-            refused = [str(code) for code in reason_codes if code.is_failure]
-            if refused:
-                log.warning("%s: broker %s refused subscriptions: %s", self.name, self.where, ", ".join(refused))
             self.child.write(("u", self.name, self.epoch))
-        else:
-            with self._adding_lock:
-                topics = self._adding.pop(mid, None)
-            if topics is not None:
-                self.child.write(("s", self.name, topics))
+        elif mid in self._adding:
+            self.child.write(("s", self.name, self._adding.pop(mid)))
 
     def _on_disconnect(self, _client, _userdata, _flags, reason_code, _props) -> None:
         if self.connected:
+            self._forward()  # what this connection brought goes before the news that it is gone
             self.connected = False
             self.child.write(("d", self.name, str(reason_code)))
 
     def _on_message(self, _client, _userdata, msg) -> None:
-        child = self.child
-        if msg.qos == 0 and len(child.queue) >= child.queue_max:
-            child.dropped[self.name] += 1
-        else:
-            child.queue.append((self.name, self.epoch, msg.topic, msg.payload, msg.qos, msg.mid))
-        if not child.wake.is_set():  # the forwarder clears it before it drains: nothing is missed
-            child.wake.set()
+        self.pending.append((msg.topic, msg.payload, msg.qos, msg.mid))
 
     def ack(self, epoch: int, mids: list[int]) -> None:
         if epoch != self.epoch or not self.connected:
@@ -419,9 +534,8 @@ class _Session:
     def subscribe(self, topics: list[str]) -> None:
         self.subscriptions += [t for t in topics if t not in self.subscriptions]
         if self.connected:
-            with self._adding_lock:
-                _rc, mid = self.client.subscribe([(t, self.mqtt.SubscribeOptions(qos=1)) for t in topics])
-                self._adding[mid] = list(topics)
+            _rc, mid = self.client.subscribe([(t, self.mqtt.SubscribeOptions(qos=1)) for t in topics])
+            self._adding[mid] = list(topics)
 
     def unsubscribe(self, topics: list[str]) -> None:
         self.subscriptions = [t for t in self.subscriptions if t not in topics]
@@ -430,16 +544,8 @@ class _Session:
 
     def publish(self, topic: str, payload: bytes, qos: int) -> None:
         info = self.client.publish(topic, payload, qos=qos)
-        if info.rc != self.mqtt.MQTT_ERR_SUCCESS:
-            # paho queues QoS 1 messages while disconnected; anything else is worth knowing.
+        if info.rc not in (self.mqtt.MQTT_ERR_SUCCESS, self.mqtt.MQTT_ERR_NO_CONN):
             log.warning("publish to %s: %s", topic, self.mqtt.error_string(info.rc))
-
-    def close(self) -> None:
-        self.client.disconnect()
-        self.client.loop_stop()
-        if self.connected:
-            self.connected = False
-            self.child.write(("d", self.name, "closed"))
 
 
 def _die_with_parent(parent: int) -> None:
@@ -454,7 +560,6 @@ def _die_with_parent(parent: int) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description="rtk-qos controller's MQTT receiver (started by the controller)")
     parser.add_argument("--log-level", default="info")
-    parser.add_argument("--queue-max", type=int, default=200000)
     parser.add_argument("--parent", type=int, required=True)
     ns = parser.parse_args()
     logging.basicConfig(level=ns.log_level.upper(), stream=sys.stderr,
@@ -464,7 +569,7 @@ def main() -> int:
     # Frames leave on a private copy of stdout; fd 1 becomes stderr, so a stray print cannot corrupt them.
     out = os.dup(1)
     os.dup2(2, 1)
-    child = _Child(ns.queue_max, out)
+    child = _Child(out)
     frames = _Frames()
     while True:
         data = os.read(0, READ_CHUNK)

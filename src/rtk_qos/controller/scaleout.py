@@ -226,18 +226,24 @@ class Scaleout:
         """Apply the partitions acquired, released or lost (between transactions)."""
         while self._control:
             kind, *args = self._control.popleft()
-            if kind == "acquire":
-                self._acquire(*args)
-            elif kind == "release":
-                part = args[0]
-                epoch = self.held.get(part)
-                if epoch is not None:
-                    self._drop(part)
-                    self.engine.store.release_lease(part, self.instance_id, epoch)
-                    self.counts["released"] += 1
-                    log.info("released partition %d", part)
-            else:
-                self.lost(args[0])
+            try:
+                if kind == "acquire":
+                    self._acquire(*args)
+                elif kind == "release":
+                    self._release(args[0])
+                else:
+                    self.lost(args[0])
+            except Exception:  # the database away: the membership thread asks again at its next tick
+                log.exception("partition %s: %s failed", args[0], kind)
+                self.counts[f"{kind}_failures"] += 1
+
+    def _release(self, part: int) -> None:
+        epoch = self.held.get(part)
+        if epoch is not None:
+            self._drop(part)
+            self.engine.store.release_lease(part, self.instance_id, epoch)
+            self.counts["released"] += 1
+            log.info("released partition %d", part)
 
     def _acquire(self, part: int, epoch: int) -> None:
         engine = self.engine

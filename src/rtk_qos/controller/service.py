@@ -28,7 +28,7 @@ from typing import Callable, Optional
 from ..protocol.topics import parse_uplink
 from .alerts import Alerts
 from .fleet import Fleet
-from .receiver import Batch, Down, Receiver, ReceiverDied, Up
+from .receiver import FRAME_MESSAGES, Batch, Down, Receiver, ReceiverDied, Up
 from .requests import Requests
 from .scaleout import LOBBY, LeaseLost, Scaleout, uplink_topics
 from .sessions import THROUGHPUT_SERIES, Sessions
@@ -39,6 +39,7 @@ HOUSEKEEPING_S = 1.0
 ROLLUP_S = 1.0
 PRUNE_S = 3600.0
 RESTART_PAUSE_S = 1.0
+BURST_LINGER_S = 0.05
 SESSION = "main"  # the receiver session this engine ingests from
 
 
@@ -80,9 +81,9 @@ class Engine:
                                  config["sessions"]["finish_grace_s"])
         self.requests = Requests(self.store, self._publish, notify, config["commands"]["timeout_ms"],
                                  config["commands"]["late_grace_s"], shared=partitioned)
-        self.receiver = Receiver(config["log_level"], config["ingest"]["queue_max"])
+        self.receiver = Receiver(config["log_level"])
         self.inbox: collections.deque[Batch] = collections.deque()  # received, not yet ingested
-        self.receiver_backlog = 0  # messages waiting in the receiver, as its last batch said
+        self.backlog = 0  # messages in the inbox
         self.actions: collections.deque = collections.deque()
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
@@ -102,11 +103,6 @@ class Engine:
     @property
     def subscriptions(self) -> list[str]:
         return uplink_topics(self.config["tenant"], self.config["site"], "+")
-
-    @property
-    def backlog(self) -> int:
-        """Messages received and not yet ingested, here and in the receiver."""
-        return sum(len(batch.messages) for batch in list(self.inbox)) + self.receiver_backlog
 
     def _open_session(self) -> None:
         b = self.config["broker"]
@@ -175,8 +171,8 @@ class Engine:
         finally:
             self.receiver.stop()
 
-    def _receive(self, selector: selectors.BaseSelector, timeout: float, batch_max: int) -> None:
-        """Wait up to `timeout` for messages or actions; queue what the receiver has (up to a batch)."""
+    def _receive(self, selector: selectors.BaseSelector, timeout: float) -> None:
+        """Wait up to `timeout` for messages or actions; queue all the receiver has."""
         for key, _ in selector.select(timeout):
             if key.fd == self._wake_r:
                 try:
@@ -184,8 +180,7 @@ class Engine:
                 except BlockingIOError:
                     pass
                 continue
-            queued = sum(len(batch.messages) for batch in self.inbox)
-            while queued < batch_max:
+            while True:
                 try:
                     events = self.receiver.read()
                 except ReceiverDied as exc:
@@ -195,10 +190,7 @@ class Engine:
                     break
                 for event in events:
                     if isinstance(event, Batch):
-                        self.inbox.append(event)
-                        queued += len(event.messages)
-                        self.receiver_backlog = event.backlog
-                        self.counts["dropped_qos0"] += event.dropped
+                        self._queue(event)
                     elif self.scale is not None and event.session != LOBBY:
                         self.scale.on_event(event)  # a partition's session up, down or subscribed
                     elif isinstance(event, Up):
@@ -208,11 +200,20 @@ class Engine:
                         self.connected.clear()
                         log.info("disconnected from the broker: %s", event.reason)
 
+    def _queue(self, batch: Batch) -> None:
+        if self.backlog >= self.config["ingest"]["queue_max"]:
+            # Too far behind: QoS 0 telemetry goes; QoS 1 waits its turn (the broker holds back the
+            # rest of it until we acknowledge: Receive Maximum).
+            kept = [m for m in batch.messages if m[2]]
+            self.counts["dropped_qos0"] += len(batch.messages) - len(kept)
+            batch.messages = kept
+        self.inbox.append(batch)
+        self.backlog += len(batch.messages)
+
     def _restart_receiver(self, selector: selectors.BaseSelector, why: str) -> None:
         log.warning("%s; starting it again", why)
         self.counts["receiver_restarts"] += 1
         self.connected.clear()
-        self.receiver_backlog = 0
         selector.unregister(self.receiver.fileno())
         if time.monotonic() - self._receiver_started < RESTART_PAUSE_S * 5:
             time.sleep(RESTART_PAUSE_S)  # dying at once again and again: do not spin
@@ -225,16 +226,25 @@ class Engine:
         while self.inbox and count < batch_max:
             batches.append(self.inbox.popleft())
             count += len(batches[-1].messages)
+        self.backlog -= count
         return batches
 
     def _ingest_loop(self, selector: selectors.BaseSelector) -> None:
-        next_housekeeping = next_rollup = time.monotonic()
+        next_housekeeping = next_rollup = next_late = time.monotonic()
         next_prune = next_rollup + 60
         batch_max = self.config["ingest"]["batch_max"]
+        # No more than the broker sends before our acks (Receive Maximum): waiting for more is in vain.
+        gather = min(batch_max, self.config["broker"]["receive_maximum"])
+        burst = False
         while not self.stopping.is_set():
             idle = not self.inbox and not self.actions
-            self._receive(selector, max(0.0, min(next_housekeeping, next_rollup) - time.monotonic()) if idle else 0,
-                          batch_max)
+            self._receive(selector, max(0.0, min(next_housekeeping, next_rollup) - time.monotonic()) if idle else 0)
+            if burst:
+                # Under a flood, gather a while: a transaction writes every page it touches (about a
+                # leaf per series), so one per thousand messages costs a fraction of one per frame.
+                until = time.monotonic() + BURST_LINGER_S
+                while self.backlog < gather and not self.actions and (left := until - time.monotonic()) > 0:
+                    self._receive(selector, left)
             if self.scale is not None:
                 self.scale.control()  # partitions acquired, released or lost since the last batch
             batches = self._take(batch_max)
@@ -279,6 +289,7 @@ class Engine:
                 self._notes.clear()
                 self._batch_samples = []
                 self.inbox.extendleft(reversed(batches))
+                self.backlog += sum(len(batch.messages) for batch in batches)
                 self.actions.extendleft(reversed(actions))
                 self.scale.lost(exc.parts)
                 continue
@@ -301,6 +312,7 @@ class Engine:
                 else:
                     future.set_exception(exc)
             received = sum(len(batch.messages) for batch in batches)
+            burst = received >= FRAME_MESSAGES
             self.counts["messages"] += received
             self.counts["batches"] += bool(received)
             notes, self._notes = self._notes, []
@@ -308,7 +320,11 @@ class Engine:
                 self.on_note(kind, data)
             if now >= next_rollup:
                 # A pass in progress goes on after every batch; an idle one is looked at each second.
-                busy = self._maintain(self.store.rollup, "rollup")
+                # Late buckets are computed again at most once a second: a flood of late samples
+                # dirties the same buckets batch after batch.
+                late = now >= next_late
+                next_late = now + ROLLUP_S if late else next_late
+                busy = self._maintain(lambda t: self.store.rollup(t, late=late), "rollup")
                 next_rollup = now if busy else now + ROLLUP_S
             if now >= next_prune:
                 next_prune = now + PRUNE_S
