@@ -211,7 +211,8 @@ class PostgresStore(SqlStore):
                             "ON CONFLICT DO NOTHING", (count,))
 
     def heartbeat(self, instance_id: str, http_url: str) -> int:
-        """Record this instance as alive; the database's time (ms)."""
+        """Record this instance as alive (and forget those silent for a day); the database's time (ms)."""
+        self.db.execute(f"DELETE FROM instances WHERE heartbeat_ms < {DB_NOW_MS} - 86400000")
         return self.db.execute(f"INSERT INTO instances VALUES (%s, %s, {DB_NOW_MS}, {DB_NOW_MS}) ON CONFLICT (id) "
                                f"DO UPDATE SET heartbeat_ms = excluded.heartbeat_ms, http_url = excluded.http_url "
                                f"RETURNING heartbeat_ms", (instance_id, http_url)).fetchone()[0]
