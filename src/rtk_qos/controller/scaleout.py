@@ -293,6 +293,11 @@ class Scaleout:
         if lost:
             raise LeaseLost(lost)
 
+    @property
+    def maintains(self) -> bool:
+        """Whether this instance runs the rollups and pruning (it holds partition 0)."""
+        return 0 in self.held
+
     def owns(self, session: str) -> bool:
         """Whether a batch from this receiver session is ours to store and acknowledge."""
         return session == LOBBY or session in self.sessions

@@ -318,7 +318,10 @@ class Engine:
             notes, self._notes = self._notes, []
             for kind, data in notes:
                 self.on_note(kind, data)
-            if now >= next_rollup:
+            # Several instances: rollups and pruning are the database's, done by one instance (the
+            # owner of partition 0); each would hold every instance's ingest off (the rollup's lock).
+            maintainer = self.scale is None or self.scale.maintains
+            if now >= next_rollup and maintainer:
                 # A pass in progress goes on after every batch; an idle one is looked at each second.
                 # Late buckets are computed again at most once a second: a flood of late samples
                 # dirties the same buckets batch after batch.
@@ -326,7 +329,7 @@ class Engine:
                 next_late = now + ROLLUP_S if late else next_late
                 busy = self._maintain(lambda t: self.store.rollup(t, late=late), "rollup")
                 next_rollup = now if busy else now + ROLLUP_S
-            if now >= next_prune:
+            if now >= next_prune and maintainer:
                 next_prune = now + PRUNE_S
                 self._maintain(self.store.prune, "prune")
 
