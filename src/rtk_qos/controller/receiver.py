@@ -464,6 +464,8 @@ class _Session:
             if self.closing:
                 return
             # Our read buffer, and TLS's decrypted bytes, are data that select() cannot see.
+            if client.socket() is None:  # a command's write found the connection lost: paho closed it
+                return
             buffered = client.buffered() or (getattr(sock, "pending", None) and sock.pending())
             readable, writable, _ = select.select([sock, self._wake_r], [sock] if client.want_write() else [], [],
                                                   0 if buffered else 1.0)

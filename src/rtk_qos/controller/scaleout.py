@@ -101,6 +101,7 @@ class Scaleout:
         # From the membership thread to the ingest thread.
         self._control: collections.deque = collections.deque()
         self._acquiring: set[int] = set()
+        self._releasing: dict[str, tuple[int, int, float]] = {}  # session closing -> (partition, epoch, since)
         self.counts = collections.Counter()
         base = f"{PREFIX}/{config['tenant']}/{config['site']}/+"
         self.lobby_topics = [f"{base}/{kind}" for kind in LOBBY_KINDS]
@@ -206,6 +207,9 @@ class Scaleout:
         lost = [part for part, epoch in held.items() if mine.get(part) != epoch]
         if lost:
             self._post("lost", lost)
+        for name, (part, epoch, since) in list(self._releasing.items()):
+            if time.monotonic() - since > self.ttl_ms / 1000 and self._releasing.pop(name, None):
+                self._free(part, epoch, self.db)  # closed while not connected: no Down to wait for
         owners = assign(self.count, self.db.live_instances(self.ttl_ms))
         for part in range(self.count):
             if owners.get(part) == me:
@@ -217,7 +221,7 @@ class Scaleout:
                     self._post("acquire", part, epoch)
             elif part in held:
                 self._post("release", part)  # dealt to a newcomer: it takes it once we let go
-            elif part in mine and part not in self._acquiring:
+            elif part in mine and part not in self._acquiring and session_name(part) not in self._releasing:
                 self.db.release_lease(part, me, mine[part])
 
     # ---- the ingest thread --------------------------------------------------------------------
@@ -238,12 +242,12 @@ class Scaleout:
                 self.counts[f"{kind}_failures"] += 1
 
     def _release(self, part: int) -> None:
+        """Close the partition's session; its lease is freed once the session is down (a newcomer
+        connecting earlier would take the session over from under us), or expires."""
         epoch = self.held.get(part)
         if epoch is not None:
+            self._releasing[session_name(part)] = (part, epoch, time.monotonic())
             self._drop(part)
-            self.engine.store.release_lease(part, self.instance_id, epoch)
-            self.counts["released"] += 1
-            log.info("released partition %d", part)
 
     def _acquire(self, part: int, epoch: int) -> None:
         engine = self.engine
@@ -308,9 +312,17 @@ class Scaleout:
             since = self._subscribing.pop(event.topics[0], None) if event.topics else None
             if since is not None:
                 self.discovery_ms.append((time.monotonic() - since) * 1000)
+        elif isinstance(event, Down) and event.session in self._releasing:
+            part, epoch, _ = self._releasing.pop(event.session)
+            self._free(part, epoch, self.engine.store)
         elif isinstance(event, Down) and TAKEN_OVER in event.reason and event.session in self.sessions:
             # Another instance connected with this partition's client id: it holds the lease now.
             self.lost([int(event.session[len("part-"):])])
+
+    def _free(self, part: int, epoch: int, db) -> None:
+        db.release_lease(part, self.instance_id, epoch)
+        self.counts["released"] += 1
+        log.info("released partition %d", part)
 
     def discover(self, topic: str, now_ms: int) -> None:
         """In the ingest transaction: record a device heard in the lobby, subscribe if ours."""
