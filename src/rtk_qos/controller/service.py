@@ -39,6 +39,7 @@ ROLLUP_S = 1.0
 PRUNE_S = 3600.0
 RESTART_PAUSE_S = 1.0
 BURST_LINGER_S = 0.05
+TOPIC_CACHE = 100_000
 SESSION = "main"  # the receiver session this engine ingests from
 
 
@@ -72,6 +73,7 @@ class Engine:
         self.on_note = on_note or (lambda kind, data: None)
         self._notes: list[tuple[str, dict]] = []
         self._batch_samples: list[tuple[str, str, int, float]] = []
+        self._uplinks: dict[str, object] = {}  # topic -> parse_uplink(topic)
         notify = lambda kind, data: self._notes.append((kind, data))  # noqa: E731 - sent after the commit
         self.fleet = Fleet(self.store, notify, config["fleet"]["stale_after_s"])
         self.alerts = Alerts(self.store, notify)
@@ -306,7 +308,11 @@ class Engine:
 
     def _ingest(self, item, t: int) -> None:
         topic, raw, _qos, _mid = item
-        where = parse_uplink(topic)
+        where = self._uplinks.get(topic, False)
+        if where is False:  # topics repeat (a few per device): parsed once
+            if len(self._uplinks) >= TOPIC_CACHE:
+                self._uplinks.clear()
+            where = self._uplinks[topic] = parse_uplink(topic)
         if where is None:
             self.counts["ignored"] += 1
             return
@@ -357,20 +363,21 @@ class Engine:
             if isinstance(rx, list) and isinstance(tx, list):
                 series = {**series, THROUGHPUT_SERIES: [a + b if type(a) in _NUMBER and type(b) in _NUMBER else None
                                                         for a, b in zip(rx, tx)]}
-        rows: list[tuple[str, int, float]] = []
-        latest = self.latest.setdefault(device_id, {})
+        out = self._batch_samples  # rows made once, in the store's shape (device, name, ts, value)
+        first = len(out)
+        latest = self.latest.get(device_id)
+        if latest is None:
+            latest = self.latest[device_id] = {}
         for name, values in series.items():
             if type(name) is not str or type(values) is not list:
                 continue
             # JSON without NaN or Infinity (refused at parsing): every int or float is finite.
-            found = [(name, start + i * step, float(v)) for i, v in enumerate(values) if type(v) in _NUMBER]
+            found = [(device_id, name, start + i * step, float(v)) for i, v in enumerate(values) if type(v) in _NUMBER]
             if found:
-                rows += found
-                latest[name] = found[-1][2]
-        self._batch_samples.extend([(device_id, *row) for row in rows])
+                out += found
+                latest[name] = found[-1][3]
         if device_id in self.sessions.active:
-            rows.sort(key=lambda row: row[1])
-            self.sessions.on_samples(device_id, rows)
+            self.sessions.on_samples(device_id, sorted((row[1:] for row in out[first:]), key=lambda row: row[1]))
 
     def _event(self, device_id: str, event_type: str, message: dict, payload: dict, raw: bytes, t: int) -> None:
         ts = message.get("ts") if isinstance(message.get("ts"), int) else t
