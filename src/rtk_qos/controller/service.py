@@ -84,6 +84,7 @@ class Engine:
         self.receiver = Receiver(config["log_level"])
         self.inbox: collections.deque[Batch] = collections.deque()  # received, not yet ingested
         self.backlog = 0  # messages in the inbox
+        self._urgent = False  # a QoS 1 message waits in the inbox
         self.actions: collections.deque = collections.deque()
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
@@ -198,6 +199,7 @@ class Engine:
             batch.messages = kept
         self.inbox.append(batch)
         self.backlog += len(batch.messages)
+        self._urgent = self._urgent or any(m[2] for m in batch.messages)
 
     def _restart_receiver(self, selector: selectors.BaseSelector, why: str) -> None:
         log.warning("%s; starting it again", why)
@@ -231,8 +233,11 @@ class Engine:
             if burst:
                 # Under a flood, gather a while: a transaction writes every page it touches (about a
                 # leaf per series), so one per thousand messages costs a fraction of one per frame.
+                # Not for QoS 1 (events, replies: someone may be waiting) nor the API's actions.
                 until = time.monotonic() + BURST_LINGER_S
-                while self.backlog < gather and not self.actions and (left := until - time.monotonic()) > 0:
+                self._urgent = any(m[2] for batch in self.inbox for m in batch.messages)
+                while (self.backlog < gather and not self.actions and not self._urgent
+                       and (left := until - time.monotonic()) > 0):
                     self._receive(selector, left)
             batches = self._take(batch_max)
             actions = [self.actions.popleft() for _ in range(len(self.actions))]
