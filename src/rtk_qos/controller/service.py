@@ -122,6 +122,12 @@ class Engine:
     # ---- lifecycle ----------------------------------------------------------------------------
 
     def start(self) -> None:
+        """From a thread that lives as long as the engine: the receiver dies with the thread that
+        started it (PR_SET_PDEATHSIG). It connects while the store resumes: a restart's gap, when
+        the broker drops our QoS 0 telemetry, is that much shorter."""
+        self.receiver.start()
+        self._receiver_started = time.monotonic()
+        self._open_session()
         t = now_ms()
         with self.store.transaction():
             resumed = self.sessions.resume(t)
@@ -151,10 +157,6 @@ class Engine:
     # ---- the ingest thread --------------------------------------------------------------------
 
     def _run(self) -> None:
-        # The receiver starts here: it dies with the thread that started it (PR_SET_PDEATHSIG).
-        self.receiver.start()
-        self._receiver_started = time.monotonic()
-        self._open_session()
         selector = selectors.DefaultSelector()
         selector.register(self._wake_r, selectors.EVENT_READ)
         selector.register(self.receiver.fileno(), selectors.EVENT_READ)
