@@ -69,7 +69,7 @@ from typing import Optional
 log = logging.getLogger(__name__)
 HEADER = struct.Struct("!I")
 FRAME_MESSAGES = 250   # messages per frame at most: a burst is forwarded in parts, not held back
-READ_CHUNK = 1 << 20
+READ_CHUNK = 1 << 16  # a pipe holds 64 KiB; a larger buffer would only cost its allocation
 PR_SET_PDEATHSIG = 1
 
 
@@ -243,7 +243,9 @@ class Receiver:
     def _write(pipe, commands: queue.SimpleQueue) -> None:
         while (frame := commands.get()) is not None:
             try:
-                pipe.write(frame)
+                view = memoryview(frame)
+                while view:  # whole frames: a partial write would split one
+                    view = view[pipe.write(view):]
             except (BrokenPipeError, ValueError, OSError):
                 # The child is gone: reading will say so, and the restart opens the sessions again.
                 log.debug("receiver gone; commands not sent")
@@ -392,6 +394,7 @@ class _Session:
         client.on_message = self._on_message
         client.on_subscribe = self._on_subscribe
         self._subscribing = None
+        self._came_up = False  # the current connection was accepted
         self._adding: dict[int, list[str]] = {}  # subscribe() mid -> its topics
         self.props = Properties(PacketTypes.CONNECT)
         self.props.SessionExpiryInterval = spec["session_expiry_s"]
@@ -422,6 +425,7 @@ class _Session:
         delay = 1.0
         while not self.closing:
             self.client.discard_buffer()
+            self._came_up = False
             try:
                 self.client.connect(self.broker["host"], self.broker["port"], self.broker.get("keepalive_s", 30),
                                     clean_start=False, properties=self.props)
@@ -429,7 +433,7 @@ class _Session:
                 log.warning("%s: cannot connect to %s: %s", self.name, self.where, exc)
             else:
                 self._serve()
-                if self.epoch:
+                if self._came_up:  # a refused connection backs off; a lost one retries soon
                     delay = 1.0
             if not self.closing:
                 self._pause(delay)
@@ -501,7 +505,7 @@ class _Session:
             log.warning("%s: broker %s refused the connection: %s", self.name, self.where, reason_code)
             return
         self.epoch = self.child.next_epoch()
-        self.connected = True
+        self.connected = self._came_up = True
         log.info("%s: connected to %s", self.name, self.where)
         if self.subscriptions:  # up once the broker has them: what is published after that reaches us
             _rc, self._subscribing = client.subscribe([(t, self.mqtt.SubscribeOptions(qos=1))

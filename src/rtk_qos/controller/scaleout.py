@@ -116,7 +116,7 @@ class Scaleout:
         self.engine.receiver.open(name, b, client_id, topics, expiry_s, b["receive_maximum"])
 
     def start(self) -> None:
-        """In the ingest thread, once the receiver runs."""
+        """Once the receiver runs, before the ingest thread starts."""
         self.known.update(row[0] for row in self.engine.store.partition_devices())
         # The lobby's session ends with its connection (expiry 0): a new one hears every retained lwt.
         self._open(LOBBY, f"{self.prefix}-lobby-{self.instance_id}", self.lobby_topics, 0)

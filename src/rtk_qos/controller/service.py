@@ -40,6 +40,7 @@ ROLLUP_S = 1.0
 PRUNE_S = 3600.0
 RESTART_PAUSE_S = 1.0
 BURST_LINGER_S = 0.05
+TOPIC_CACHE = 100_000
 SESSION = "main"  # the receiver session this engine ingests from
 
 
@@ -73,6 +74,7 @@ class Engine:
         self.on_note = on_note or (lambda kind, data: None)
         self._notes: list[tuple[str, dict]] = []
         self._batch_samples: list[tuple[str, str, int, float]] = []
+        self._uplinks: dict[str, object] = {}  # topic -> parse_uplink(topic)
         notify = lambda kind, data: self._notes.append((kind, data))  # noqa: E731 - sent after the commit
         partitioned = bool(config["scale"]["partitions"])
         self.fleet = Fleet(self.store, notify, config["fleet"]["stale_after_s"], load=not partitioned)
@@ -84,6 +86,7 @@ class Engine:
         self.receiver = Receiver(config["log_level"])
         self.inbox: collections.deque[Batch] = collections.deque()  # received, not yet ingested
         self.backlog = 0  # messages in the inbox
+        self._urgent = False  # a QoS 1 message waits in the inbox
         self.actions: collections.deque = collections.deque()
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
@@ -124,6 +127,13 @@ class Engine:
     # ---- lifecycle ----------------------------------------------------------------------------
 
     def start(self) -> None:
+        """From a thread that lives as long as the engine: the receiver dies with the thread that
+        started it (PR_SET_PDEATHSIG). It connects while the store resumes: a restart's gap, when
+        the broker drops our QoS 0 telemetry, is that much shorter."""
+        self.receiver.start()
+        self._receiver_started = time.monotonic()
+        if self.scale is None:
+            self._open_session()
         t = now_ms()
         with self.store.transaction():
             # Several instances: each resumes the sessions of the partitions it takes (scaleout.py).
@@ -133,6 +143,8 @@ class Engine:
         self._notes.clear()
         if resumed:
             log.info("resumed %d monitoring session(s)", resumed)
+        if self.scale is not None:
+            self.scale.start()  # the lobby, and this instance's share of the partitions
         self._thread.start()
 
     def stop(self) -> None:
@@ -156,13 +168,6 @@ class Engine:
     # ---- the ingest thread --------------------------------------------------------------------
 
     def _run(self) -> None:
-        # The receiver starts here: it dies with the thread that started it (PR_SET_PDEATHSIG).
-        self.receiver.start()
-        self._receiver_started = time.monotonic()
-        if self.scale is None:
-            self._open_session()
-        else:
-            self.scale.start()
         selector = selectors.DefaultSelector()
         selector.register(self._wake_r, selectors.EVENT_READ)
         selector.register(self.receiver.fileno(), selectors.EVENT_READ)
@@ -209,6 +214,7 @@ class Engine:
             batch.messages = kept
         self.inbox.append(batch)
         self.backlog += len(batch.messages)
+        self._urgent = self._urgent or any(m[2] for m in batch.messages)
 
     def _restart_receiver(self, selector: selectors.BaseSelector, why: str) -> None:
         log.warning("%s; starting it again", why)
@@ -242,8 +248,11 @@ class Engine:
             if burst:
                 # Under a flood, gather a while: a transaction writes every page it touches (about a
                 # leaf per series), so one per thousand messages costs a fraction of one per frame.
+                # Not for QoS 1 (events, replies: someone may be waiting) nor the API's actions.
                 until = time.monotonic() + BURST_LINGER_S
-                while self.backlog < gather and not self.actions and (left := until - time.monotonic()) > 0:
+                self._urgent = any(m[2] for batch in self.inbox for m in batch.messages)
+                while (self.backlog < gather and not self.actions and not self._urgent
+                       and (left := until - time.monotonic()) > 0):
                     self._receive(selector, left)
             if self.scale is not None:
                 self.scale.control()  # partitions acquired, released or lost since the last batch
@@ -345,7 +354,11 @@ class Engine:
 
     def _ingest(self, item, t: int) -> None:
         topic, raw, _qos, _mid = item
-        where = parse_uplink(topic)
+        where = self._uplinks.get(topic, False)
+        if where is False:  # topics repeat (a few per device): parsed once
+            if len(self._uplinks) >= TOPIC_CACHE:
+                self._uplinks.clear()
+            where = self._uplinks[topic] = parse_uplink(topic)
         if where is None:
             self.counts["ignored"] += 1
             return
@@ -396,20 +409,21 @@ class Engine:
             if isinstance(rx, list) and isinstance(tx, list):
                 series = {**series, THROUGHPUT_SERIES: [a + b if type(a) in _NUMBER and type(b) in _NUMBER else None
                                                         for a, b in zip(rx, tx)]}
-        rows: list[tuple[str, int, float]] = []
-        latest = self.latest.setdefault(device_id, {})
+        out = self._batch_samples  # rows made once, in the store's shape (device, name, ts, value)
+        first = len(out)
+        latest = self.latest.get(device_id)
+        if latest is None:
+            latest = self.latest[device_id] = {}
         for name, values in series.items():
             if type(name) is not str or type(values) is not list:
                 continue
             # JSON without NaN or Infinity (refused at parsing): every int or float is finite.
-            found = [(name, start + i * step, float(v)) for i, v in enumerate(values) if type(v) in _NUMBER]
+            found = [(device_id, name, start + i * step, float(v)) for i, v in enumerate(values) if type(v) in _NUMBER]
             if found:
-                rows += found
-                latest[name] = found[-1][2]
-        self._batch_samples.extend([(device_id, *row) for row in rows])
+                out += found
+                latest[name] = found[-1][3]
         if device_id in self.sessions.active:
-            rows.sort(key=lambda row: row[1])
-            self.sessions.on_samples(device_id, rows)
+            self.sessions.on_samples(device_id, sorted((row[1:] for row in out[first:]), key=lambda row: row[1]))
 
     def _event(self, device_id: str, event_type: str, message: dict, payload: dict, raw: bytes, t: int) -> None:
         ts = message.get("ts") if isinstance(message.get("ts"), int) else t
