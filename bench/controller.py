@@ -133,14 +133,15 @@ class Broker:
 
 
 class ControllerProc:
-    def __init__(self, workdir: Path, broker_port: int):
+    def __init__(self, workdir: Path, broker_port: int, extra_toml: str = ""):
+        """`extra_toml`: more tables of the configuration (controller_scale.py's store and scale)."""
         self.http_port = free_port()
         self.state = workdir / "controller"
         config = workdir / "controller.toml"
         config.write_text(f'state_dir = "{self.state}"\nlog_level = "warning"\ntenant = "bench"\n'
                           f'[broker]\nport = {broker_port}\n'
                           f'host = "127.0.0.1"\nclient_id = "bench-controller"\n[http]\nport = {self.http_port}\n'
-                          f'token = "{TOKEN}"\n')
+                          f'token = "{TOKEN}"\n{extra_toml}')
         self.log = open(workdir / "controller.log", "w")
         self.proc = subprocess.Popen([sys.executable, "-m", "rtk_qos", "controller", "--config", str(config)],
                                      stdout=self.log, stderr=subprocess.STDOUT)

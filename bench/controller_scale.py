@@ -35,14 +35,13 @@ import sys
 import tempfile
 import threading
 import time
-import urllib.request
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests"))
 from agent import cpu_seconds, percentile  # noqa: E402
-from controller import Broker, bare_rate  # noqa: E402
-from mqtt_harness import free_port, wait_listening  # noqa: E402
+from controller import Broker, ControllerProc, bare_rate  # noqa: E402
+from fleet_sim import sse  # noqa: E402
 from postgres_server import PostgresServer  # noqa: E402
 from report import write as write_report  # noqa: E402
 
@@ -50,37 +49,22 @@ PARTITIONS = 32
 OVERVIEW_EVERY_S = 5  # a dashboard's refresh; once a second, the overview itself took a share of the database
 NEWCOMERS = 20
 NEWCOMER_EVERY_MS = 5
-TOKEN = "bench-token"
 FLEET_FILTER = "left(device_id, 2) = 'be'"  # bench/controller.py's device ids
 
 
-class Instance:
+class Instance(ControllerProc):
+    """A controller of several, over the bench's PostgreSQL."""
+
     def __init__(self, workdir: Path, broker_port: int, store_url: str):
         workdir.mkdir(parents=True)
-        self.http_port = free_port()
-        config = workdir / "controller.toml"
-        config.write_text(f'state_dir = "{workdir}/state"\nlog_level = "warning"\ntenant = "bench"\n'
-                          f'[broker]\nhost = "127.0.0.1"\nport = {broker_port}\n'
-                          f'[http]\nport = {self.http_port}\ntoken = "{TOKEN}"\n'
-                          f'[store]\nurl = "{store_url}"\n[scale]\npartitions = {PARTITIONS}\n')
-        self.log = open(workdir / "controller.log", "w")
-        self.proc = subprocess.Popen([sys.executable, "-m", "rtk_qos", "controller", "--config", str(config)],
-                                     stdout=self.log, stderr=subprocess.STDOUT)
-        wait_listening(self.http_port, timeout=60)
-        self.url = f"http://127.0.0.1:{self.http_port}"
+        super().__init__(workdir, broker_port, f'[store]\nurl = "{store_url}"\n[scale]\npartitions = {PARTITIONS}\n')
 
-    def get(self, path: str):
-        with urllib.request.urlopen(self.url + path, timeout=60) as response:
-            return json.loads(response.read())
-
-    def pids(self) -> list[int]:
-        """Its process and its receiver child."""
-        children = [int(c) for task in Path(f"/proc/{self.proc.pid}/task").iterdir()
-                    for c in (task / "children").read_text().split()]
-        return [self.proc.pid, *children]
+    def fetch(self, path: str):
+        return json.loads(self.get(path))
 
     def cpu(self) -> float:
-        return sum(cpu_seconds(pid) for pid in self.pids())
+        """Its process and its receiver child."""
+        return tree_cpu(self.proc.pid)
 
     def stop(self, sig=signal.SIGTERM) -> None:
         if self.proc.poll() is None:
@@ -100,19 +84,12 @@ class Sse(threading.Thread):
 
     def run(self) -> None:
         try:
-            with urllib.request.urlopen(self.url + "/api/events", timeout=600) as stream:
-                self.ready.set()
-                kind = None
-                for raw in stream:
-                    line = raw.decode().rstrip("\n")
-                    if line.startswith("event: "):
-                        kind = line[7:]
-                    elif line.startswith("data: ") and kind == "event":
-                        at = time.time_ns()
-                        payload = json.loads(line[6:]).get("payload") or {}
-                        key = payload.get("command_id")
-                        if isinstance(key, str) and key.startswith("bench-scale-"):
-                            self.arrived.setdefault(key, (at - payload["sent_ns"]) / 1e6)
+            for kind, data in sse(self.url, self.ready):
+                at = time.time_ns()
+                payload = data.get("payload") or {}
+                key = payload.get("command_id")
+                if kind == "event" and isinstance(key, str) and key.startswith("bench-scale-"):
+                    self.arrived.setdefault(key, (at - payload["sent_ns"]) / 1e6)
         except OSError:  # the instance was killed or stopped
             pass
 
@@ -148,7 +125,7 @@ def tree_cpu(pid: int) -> float:
 def wait_dealt(instances: list[Instance], timeout: float = 120) -> float:
     began = time.monotonic()
     while True:
-        held = sorted(p for i in instances for p in i.get("/api/status")["scale"]["partitions"])
+        held = sorted(p for i in instances for p in i.fetch("/api/status")["scale"]["partitions"])
         if held == list(range(PARTITIONS)):
             return time.monotonic() - began
         if time.monotonic() - began > timeout:
@@ -182,7 +159,7 @@ def phase(workdir: Path, broker_port: int, url: str, others: dict, count: int, d
         size0 = sizes(url)
         cpu0 = [i.cpu() for i in instances]
         others0 = {name: tree_cpu(pid) for name, pid in others.items()}
-        in0 = [i.get("/api/status")["counts"].get("in_telemetry", 0) for i in instances]
+        in0 = [i.fetch("/api/status")["counts"].get("in_telemetry", 0) for i in instances]
         fleet = publisher("stream", broker_port, devices, seconds, alerts_per_s)
         publisher_cpu = 0.0
         t0 = time.monotonic()
@@ -195,15 +172,15 @@ def phase(workdir: Path, broker_port: int, url: str, others: dict, count: int, d
             if time.monotonic() >= next_overview:
                 next_overview += OVERVIEW_EVERY_S
                 asked = time.monotonic()
-                instances[0].get("/api/qos/overview")
+                instances[0].fetch("/api/qos/overview")
                 overview_ms.append((time.monotonic() - asked) * 1000)
-            backlog_max = max(backlog_max, sum(i.get("/api/status")["inbox"] for i in live))
+            backlog_max = max(backlog_max, sum(i.fetch("/api/status")["inbox"] for i in live))
             if kill and killed is None and time.monotonic() - t0 >= seconds / 2:
                 killed = instances[-1]
                 killed.stop(signal.SIGKILL)
         stream_s = time.monotonic() - t0
         sent = json.loads(fleet.stdout.read())
-        ingested = [(i.get("/api/status")["counts"].get("in_telemetry", 0) - base) if i is not killed else None
+        ingested = [(i.fetch("/api/status")["counts"].get("in_telemetry", 0) - base) if i is not killed else None
                     for i, base in zip(instances, in0)]
         cpu = {"instances": [round(100 * (i.cpu() - c) / stream_s, 1) if i is not killed else None
                              for i, c in zip(instances, cpu0)],
@@ -235,7 +212,7 @@ def phase(workdir: Path, broker_port: int, url: str, others: dict, count: int, d
         }
         if newcomers:
             outcome["new_device_window_ms"] = new_device_window(broker_port, url, devices)
-            outcome["discovery_ms_by_instance"] = [i.get("/api/status")["scale"]["discovery_ms"] for i in instances]
+            outcome["discovery_ms_by_instance"] = [i.fetch("/api/status")["scale"]["discovery_ms"] for i in instances]
         if kill:
             outcome["failover"] = {"killed_after_s": round(seconds / 2, 1), "published": published, "stored": distinct,
                                    "lost": published - distinct, "stored_twice": rows - distinct}

@@ -4,9 +4,11 @@ controller's tests and benchmarks, where one process stands in for many agents."
 from __future__ import annotations
 
 import collections
+import json
 import threading
 import time
-from typing import Optional
+import urllib.request
+from typing import Iterator, Optional
 
 from paho.mqtt import client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
@@ -127,3 +129,16 @@ class Stream(threading.Thread):
 
     def total(self, counted: str) -> int:
         return sum(n for (_, kind), n in self.published.items() if kind == counted)
+
+
+def sse(url: str, ready: threading.Event, timeout: float = 600) -> Iterator[tuple[str, dict]]:
+    """A controller's /api/events as (kind, data), `ready` set once the stream is open."""
+    with urllib.request.urlopen(url + "/api/events", timeout=timeout) as stream:
+        ready.set()
+        kind = None
+        for raw in stream:
+            line = raw.decode().rstrip("\n")
+            if line.startswith("event: "):
+                kind = line[7:]
+            elif line.startswith("data: "):
+                yield kind, json.loads(line[6:])

@@ -5,15 +5,13 @@ the monitoring sessions and open alert episodes of their devices) move to a surv
 instance's API answers the same, and an instance joining takes its share."""
 import collections
 import concurrent.futures
-import json
 import signal
 import threading
 import time
-import urllib.request
 
 import pytest
 
-from fleet_sim import FleetSim, Stream, device_ids
+from fleet_sim import FleetSim, Stream, device_ids, sse
 from rtk_qos.controller import config as config_mod
 from rtk_qos.controller.partitions import assign, partition_of
 from rtk_qos.controller.store import StoreError, open_store
@@ -67,6 +65,17 @@ def _announce(broker, ctls, devices) -> None:
         ctl.http.wait("/api/devices", lambda body: sum(d["status"] == "online" for d in body["devices"]) == len(devices))
 
 
+def _streaming(broker, start_controller, database, instances: int, devices: int):
+    """Instances with the partitions dealt, and an announced fleet streaming at 10 Hz (an event a second)."""
+    ctls = _instances(start_controller, database, instances)
+    _wait_balanced(ctls)
+    fleet = device_ids(devices)
+    _announce(broker, ctls, fleet)
+    stream = Stream(broker.plain_port, fleet, hz=10, event_every=10)
+    stream.start()
+    return ctls, stream
+
+
 def _stored(ctl) -> tuple[dict, dict]:
     """(device -> samples stored, device -> events stored), from the database itself."""
     with ctl.db() as db:
@@ -97,15 +106,9 @@ def _live_alerts(ctl) -> list:
     ready = threading.Event()
 
     def read():
-        with urllib.request.urlopen(ctl.http.url + "/api/events", timeout=120) as stream:
-            ready.set()
-            kind = None
-            for raw in stream:
-                line = raw.decode().rstrip("\n")
-                if line.startswith("event: "):
-                    kind = line[7:]
-                elif line.startswith("data: ") and kind == "alert":
-                    seen.append(json.loads(line[6:]))
+        for kind, data in sse(ctl.http.url, ready, timeout=120):
+            if kind == "alert":
+                seen.append(data)
     threading.Thread(target=read, daemon=True).start()
     assert ready.wait(10)
     return seen
@@ -118,13 +121,8 @@ def _same_answers(ctls) -> None:
 
 
 def test_kill_9_one_of_three_loses_nothing_and_its_sessions_and_episodes_move(database, broker, start_controller):
-    ctls = _instances(start_controller, database, 3)
-    _wait_balanced(ctls)
-    devices = device_ids(24)
-    _announce(broker, ctls, devices)
-    stream = Stream(broker.plain_port, devices, hz=10, event_every=10)
-    stream.start()
-    watched = devices[0]
+    ctls, stream = _streaming(broker, start_controller, database, 3, 24)
+    watched = stream.devices[0]
     victim = _owner(ctls, watched)
     other = next(ctl for ctl in ctls if ctl is not victim)
     live = _live_alerts(other)
@@ -160,12 +158,7 @@ def test_kill_9_one_of_three_loses_nothing_and_its_sessions_and_episodes_move(da
 
 
 def test_two_instances_kill_9_then_a_joining_instance_takes_its_share(database, broker, start_controller):
-    ctls = _instances(start_controller, database, 2)
-    _wait_balanced(ctls)
-    devices = device_ids(16)
-    _announce(broker, ctls, devices)
-    stream = Stream(broker.plain_port, devices, hz=10, event_every=10)
-    stream.start()
+    ctls, stream = _streaming(broker, start_controller, database, 2, 16)
     time.sleep(2.0)
     victim, survivor = ctls
     assert victim.stop(signal.SIGKILL) == -signal.SIGKILL
