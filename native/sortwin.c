@@ -2,10 +2,17 @@
 
 #include <string.h>
 
-void rtk_sortwin_init(rtk_sortwin *w, double *buf, uint32_t capacity)
+#define NONE ((uint16_t)RTK_SORTWIN_MAX)
+#define MAX_HEIGHT 32 /* an AVL tree of 65535 nodes is at most 23 high */
+
+size_t rtk_sortwin_bytes(uint32_t capacity)
 {
-    w->sorted = buf;
-    w->fifo = buf + capacity;
+    return (size_t)capacity * sizeof(rtk_sortwin_node);
+}
+
+void rtk_sortwin_init(rtk_sortwin *w, void *buf, uint32_t capacity)
+{
+    w->node = buf;
     w->cap = capacity;
     rtk_sortwin_clear(w);
 }
@@ -13,45 +20,139 @@ void rtk_sortwin_init(rtk_sortwin *w, double *buf, uint32_t capacity)
 void rtk_sortwin_clear(rtk_sortwin *w)
 {
     w->n = w->head = 0;
+    w->root = NONE;
 }
 
-/* First index whose value is >= x (lower bound). Branch-free halving: the comparison
-   picks the half without a jump the processor could mispredict on noisy data. */
-static uint32_t lower_bound(const double *v, uint32_t n, double x)
+static uint32_t size_of(const rtk_sortwin *w, uint16_t i) { return i == NONE ? 0 : w->node[i].size; }
+static int height_of(const rtk_sortwin *w, uint16_t i) { return i == NONE ? 0 : w->node[i].height; }
+static double sum_of(const rtk_sortwin *w, uint16_t i) { return i == NONE ? 0.0 : w->node[i].sum; }
+
+static void refresh(rtk_sortwin *w, uint16_t i)
 {
-    if (n == 0)
-        return 0;
-    const double *base = v;
-    while (n > 1) {
-        uint32_t half = n / 2;
-        base = base[half - 1] < x ? base + half : base;
-        n -= half;
+    rtk_sortwin_node *a = &w->node[i];
+    int l = height_of(w, a->left), r = height_of(w, a->right);
+    a->height = (uint8_t)(1 + (l > r ? l : r));
+    a->size = (uint16_t)(1 + size_of(w, a->left) + size_of(w, a->right));
+    a->sum = sum_of(w, a->left) + a->value + sum_of(w, a->right);
+}
+
+static uint16_t rotate_right(rtk_sortwin *w, uint16_t i)
+{
+    uint16_t l = w->node[i].left;
+    w->node[i].left = w->node[l].right;
+    w->node[l].right = i;
+    refresh(w, i);
+    refresh(w, l);
+    return l;
+}
+
+static uint16_t rotate_left(rtk_sortwin *w, uint16_t i)
+{
+    uint16_t r = w->node[i].right;
+    w->node[i].right = w->node[r].left;
+    w->node[r].left = i;
+    refresh(w, i);
+    refresh(w, r);
+    return r;
+}
+
+/* Restores the AVL balance at i (its subtrees balanced, heights differing by 2 at most). */
+static uint16_t rebalance(rtk_sortwin *w, uint16_t i)
+{
+    rtk_sortwin_node *a = &w->node[i];
+    int skew = height_of(w, a->left) - height_of(w, a->right);
+    if (skew > 1) {
+        if (height_of(w, w->node[a->left].left) < height_of(w, w->node[a->left].right))
+            a->left = rotate_left(w, a->left);
+        return rotate_right(w, i);
     }
-    return (uint32_t)(base - v) + (*base < x);
+    if (skew < -1) {
+        if (height_of(w, w->node[a->right].right) < height_of(w, w->node[a->right].left))
+            a->right = rotate_right(w, a->right);
+        return rotate_left(w, i);
+    }
+    refresh(w, i);
+    return i;
+}
+
+/* The tree's order: by value, equal values by slot, so every node has one place to find it at. */
+static int before(const rtk_sortwin *w, uint16_t a, uint16_t b)
+{
+    double x = w->node[a].value, y = w->node[b].value;
+    return x < y || (x == y && a < b);
+}
+
+static uint16_t insert(rtk_sortwin *w, uint16_t root, uint16_t i)
+{
+    if (root == NONE)
+        return i;
+    if (before(w, i, root))
+        w->node[root].left = insert(w, w->node[root].left, i);
+    else
+        w->node[root].right = insert(w, w->node[root].right, i);
+    return rebalance(w, root);
+}
+
+/* Unlinks the subtree's first node into *first. */
+static uint16_t remove_first(rtk_sortwin *w, uint16_t root, uint16_t *first)
+{
+    if (w->node[root].left == NONE) {
+        *first = root;
+        return w->node[root].right;
+    }
+    w->node[root].left = remove_first(w, w->node[root].left, first);
+    return rebalance(w, root);
+}
+
+static uint16_t remove_node(rtk_sortwin *w, uint16_t root, uint16_t i)
+{
+    rtk_sortwin_node *a = &w->node[root];
+    if (root != i) {
+        if (before(w, i, root))
+            a->left = remove_node(w, a->left, i);
+        else
+            a->right = remove_node(w, a->right, i);
+        return rebalance(w, root);
+    }
+    if (a->left == NONE || a->right == NONE)
+        return a->left == NONE ? a->right : a->left;
+    uint16_t next;
+    uint16_t right = remove_first(w, a->right, &next);
+    w->node[next].left = a->left;
+    w->node[next].right = right;
+    return rebalance(w, next);
 }
 
 void rtk_sortwin_push(rtk_sortwin *w, double x)
 {
-    uint32_t tail = w->head; /* the oldest value's slot once full, else the next free one */
-    uint32_t j = lower_bound(w->sorted, w->n, x);
-    if (w->n == w->cap) {
-        /* The new value replaces the oldest: only the values between their places move, one
-           step towards the oldest's. The stored copy is bit-identical, so the lower bound
-           finds it exactly. */
-        uint32_t i = lower_bound(w->sorted, w->n, w->fifo[tail]);
-        if (j > i) {
-            memmove(w->sorted + i, w->sorted + i + 1, (j - 1 - i) * sizeof(double));
-            j--;
-        } else {
-            memmove(w->sorted + j + 1, w->sorted + j, (i - j) * sizeof(double));
-        }
-    } else {
-        memmove(w->sorted + j + 1, w->sorted + j, (w->n - j) * sizeof(double));
+    uint16_t slot = (uint16_t)w->head;
+    if (w->n == w->cap)
+        w->root = remove_node(w, w->root, slot);
+    else
         w->n++;
+    rtk_sortwin_node *a = &w->node[slot];
+    a->value = a->sum = x;
+    a->left = a->right = NONE;
+    a->size = 1;
+    a->height = 1;
+    w->root = insert(w, w->root, slot);
+    w->head = w->head + 1 == w->cap ? 0 : w->head + 1;
+}
+
+double rtk_sortwin_rank(const rtk_sortwin *w, uint32_t k)
+{
+    uint16_t i = w->root;
+    for (;;) {
+        uint32_t l = size_of(w, w->node[i].left);
+        if (k == l)
+            return w->node[i].value;
+        if (k < l) {
+            i = w->node[i].left;
+        } else {
+            k -= l + 1;
+            i = w->node[i].right;
+        }
     }
-    w->sorted[j] = x;
-    w->fifo[tail] = x;
-    w->head = tail + 1 == w->cap ? 0 : tail + 1;
 }
 
 double rtk_sortwin_median(const rtk_sortwin *w)
@@ -59,29 +160,116 @@ double rtk_sortwin_median(const rtk_sortwin *w)
     if (w->n == 0)
         return 0.0;
     uint32_t h = w->n / 2;
-    return w->n & 1 ? w->sorted[h] : 0.5 * (w->sorted[h - 1] + w->sorted[h]);
+    return w->n & 1 ? rtk_sortwin_rank(w, h) : 0.5 * (rtk_sortwin_rank(w, h - 1) + rtk_sortwin_rank(w, h));
 }
 
-/* The distances |x - m| in ascending order are two sorted runs: below[i] =
-   m - sorted[p-1-i] for the p values under m, and above[i] = sorted[p+i] - m
-   for the rest. The k-th smallest of two sorted runs is a binary search over
-   how many come from the first run. */
-static double below(const rtk_sortwin *w, uint32_t p, double m, uint32_t i) { return m - w->sorted[p - 1 - i]; }
-static double above(const rtk_sortwin *w, uint32_t p, double m, uint32_t i) { return w->sorted[p + i] - m; }
+/* ---- the k-th smallest distance from m ------------------------------------------------------
+   The distances |x - m| in ascending order are two sorted runs: m - x for the values under m,
+   nearest first, and x - m for the rest. Each run is a virtual subtree of the window's tree,
+   split at m along one path: the path's nodes on a run's side form its spine, each with its
+   whole subtree on the far side hanging off it. The k-th smallest of the union of two search
+   trees takes one step down one of them per comparison: O(height). */
 
-static double kth_distance(const rtk_sortwin *w, uint32_t p, double m, uint32_t k)
+typedef struct {
+    uint16_t spine[MAX_HEIGHT];
+    uint32_t rest[MAX_HEIGHT + 1]; /* values in the run from spine[i] on (rest[len] = 0) */
+    int len;
+    int below;                     /* 1: the run under m (near = right), 0: at or over m (near = left) */
+} run_spine;
+
+typedef struct {
+    int spine;     /* index into the run's spine, or -1 for a node of a whole subtree */
+    uint16_t node; /* NONE: the run is used up */
+} cursor;
+
+static uint16_t near_child(const rtk_sortwin *w, const run_spine *r, uint16_t i)
 {
-    uint32_t a = p, b = w->n - p;
-    uint32_t lo = k + 1 > b ? k + 1 - b : 0, hi = k + 1 < a ? k + 1 : a;
+    return r->below ? w->node[i].right : w->node[i].left;
+}
+
+static uint16_t far_child(const rtk_sortwin *w, const run_spine *r, uint16_t i)
+{
+    return r->below ? w->node[i].left : w->node[i].right;
+}
+
+static uint32_t near_size(const rtk_sortwin *w, const run_spine *r, cursor c)
+{
+    return c.spine >= 0 ? r->rest[c.spine + 1] : size_of(w, near_child(w, r, c.node));
+}
+
+static double distance(const rtk_sortwin *w, const run_spine *r, double m, cursor c)
+{
+    return r->below ? m - w->node[c.node].value : w->node[c.node].value - m;
+}
+
+static cursor to_near(const rtk_sortwin *w, const run_spine *r, cursor c)
+{
+    if (c.spine < 0)
+        return (cursor){-1, near_child(w, r, c.node)};
+    return c.spine + 1 < r->len ? (cursor){c.spine + 1, r->spine[c.spine + 1]} : (cursor){-1, NONE};
+}
+
+static cursor to_far(const rtk_sortwin *w, const run_spine *r, cursor c)
+{
+    return (cursor){-1, far_child(w, r, c.node)};
+}
+
+static cursor run_root(const run_spine *r)
+{
+    return r->len ? (cursor){0, r->spine[0]} : (cursor){-1, NONE};
+}
+
+static void split(const rtk_sortwin *w, double m, run_spine *below, run_spine *above)
+{
+    below->len = above->len = 0;
+    below->below = 1;
+    above->below = 0;
+    for (uint16_t i = w->root; i != NONE;) {
+        run_spine *r = w->node[i].value < m ? below : above;
+        r->spine[r->len++] = i;
+        i = r == below ? w->node[i].right : w->node[i].left;
+    }
+    run_spine *runs[2] = {below, above};
+    for (int k = 0; k < 2; k++) {
+        run_spine *r = runs[k];
+        r->rest[r->len] = 0;
+        for (int j = r->len - 1; j >= 0; j--)
+            r->rest[j] = r->rest[j + 1] + 1 + size_of(w, far_child(w, r, r->spine[j]));
+    }
+}
+
+static double kth_distance(const rtk_sortwin *w, const run_spine *ra, const run_spine *rb, double m, uint32_t k)
+{
+    cursor a = run_root(ra), b = run_root(rb);
+    /* Ties between the runs count the run under m first: any fixed rule gives the same value. */
+    while (a.node != NONE && b.node != NONE) {
+        uint32_t na = near_size(w, ra, a), nb = near_size(w, rb, b);
+        int a_first = distance(w, ra, m, a) <= distance(w, rb, m, b);
+        if (na + nb < k) { /* the earlier of the two and all nearer in its run come before the k-th */
+            if (a_first) {
+                k -= na + 1;
+                a = to_far(w, ra, a);
+            } else {
+                k -= nb + 1;
+                b = to_far(w, rb, b);
+            }
+        } else if (a_first) { /* the later of the two and all farther in its run come after it */
+            b = to_near(w, rb, b);
+        } else {
+            a = to_near(w, ra, a);
+        }
+    }
+    const run_spine *r = a.node != NONE ? ra : rb;
+    cursor c = a.node != NONE ? a : b;
     for (;;) {
-        uint32_t i = lo + (hi - lo) / 2, j = k + 1 - i; /* i from below, j from above */
-        if (i < a && j > 0 && above(w, p, m, j - 1) > below(w, p, m, i))
-            lo = i + 1;
-        else if (i > 0 && j < b && below(w, p, m, i - 1) > above(w, p, m, j))
-            hi = i - 1;
-        else {
-            double x = i > 0 ? below(w, p, m, i - 1) : 0.0, y = j > 0 ? above(w, p, m, j - 1) : 0.0;
-            return x > y ? x : y;
+        uint32_t nc = near_size(w, r, c);
+        if (k == nc)
+            return distance(w, r, m, c);
+        if (k < nc) {
+            c = to_near(w, r, c);
+        } else {
+            k -= nc + 1;
+            c = to_far(w, r, c);
         }
     }
 }
@@ -90,15 +278,36 @@ double rtk_sortwin_mad(const rtk_sortwin *w, double median)
 {
     if (w->n == 0)
         return 0.0;
-    uint32_t p = lower_bound(w->sorted, w->n, median), h = w->n / 2;
+    run_spine below, above;
+    split(w, median, &below, &above);
+    uint32_t h = w->n / 2;
     if (w->n & 1)
-        return kth_distance(w, p, median, h);
-    return 0.5 * (kth_distance(w, p, median, h - 1) + kth_distance(w, p, median, h));
+        return kth_distance(w, &below, &above, median, h);
+    return 0.5 * (kth_distance(w, &below, &above, median, h - 1) + kth_distance(w, &below, &above, median, h));
+}
+
+double rtk_sortwin_abs_dev_sum(const rtk_sortwin *w, double centre)
+{
+    /* The values under centre and the rest summed apart, each against its count. */
+    double under = 0, over = 0;
+    uint32_t count = 0;
+    for (uint16_t i = w->root; i != NONE;) {
+        const rtk_sortwin_node *a = &w->node[i];
+        if (a->value < centre) {
+            under += sum_of(w, a->left) + a->value;
+            count += size_of(w, a->left) + 1;
+            i = a->right;
+        } else {
+            over += a->value + sum_of(w, a->right);
+            i = a->left;
+        }
+    }
+    return (count * centre - under) + (over - (w->n - count) * centre);
 }
 
 double rtk_sortwin_quantile(const rtk_sortwin *w, double q)
 {
     if (w->n == 0)
         return 0.0;
-    return w->sorted[(uint32_t)(q * (w->n - 1))];
+    return rtk_sortwin_rank(w, (uint32_t)(q * (w->n - 1)));
 }

@@ -8,24 +8,43 @@
 #include "stats.h"
 #include "check.h"
 
+static int cmp_double(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
+/* Every statistic of the window equals the one computed afresh from its values sorted. */
 static void test_sortwin_matches_full_sort(void)
 {
-    static double buf[2 * 64], values[3000], scratch[64];
-    for (uint32_t cap = 1; cap <= 64; cap += 9) {
+    static rtk_sortwin_node nodes[600];
+    static double values[3000], scratch[600], sorted[600];
+    for (uint32_t cap = 1; cap <= 600; cap += cap < 70 ? 9 : 131) {
         rtk_sortwin w;
-        rtk_sortwin_init(&w, buf, cap);
+        CHECK(rtk_sortwin_bytes(cap) <= sizeof nodes);
+        rtk_sortwin_init(&w, nodes, cap);
         for (int i = 0; i < 3000; i++) {
             /* Coarse values so the window holds ties, which the removal must find exactly. */
             values[i] = i % 5 == 0 ? floor(lcg() / 100) : lcg();
             rtk_sortwin_push(&w, values[i]);
             uint32_t n = i + 1 < (int)cap ? (uint32_t)i + 1 : cap;
             CHECK(w.n == n);
+            CHECK(w.node[w.root].height <= 1.45 * log2(n + 2.0)); /* AVL: O(log n) per step */
             memcpy(scratch, values + i + 1 - n, n * sizeof(double));
             double median, mad;
-            rtk_median_mad(scratch, n, &median, &mad);
+            qsort(scratch, n, sizeof(double), cmp_double);
+            memcpy(sorted, scratch, n * sizeof(double));
+            rtk_median_mad(scratch, n, &median, &mad); /* leaves the deviations in scratch */
             double m = rtk_sortwin_median(&w);
             CHECK(near(m, median, 1e-12));
             CHECK(near(rtk_sortwin_mad(&w, m), mad, 1e-12));
+            uint32_t k = (uint32_t)(lcg() + 1000) % n;
+            CHECK(rtk_sortwin_rank(&w, k) == sorted[k]);
+            CHECK(rtk_sortwin_quantile(&w, 0.975) == sorted[(uint32_t)(0.975 * (n - 1))]);
+            double sum = 0;
+            for (uint32_t j = 0; j < n; j++)
+                sum += fabs(sorted[j] - m);
+            CHECK(near(rtk_sortwin_abs_dev_sum(&w, m), sum, 1e-9 * (1 + sum)));
         }
     }
 }
