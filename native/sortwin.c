@@ -23,9 +23,9 @@ void rtk_sortwin_clear(rtk_sortwin *w)
     w->root = NONE;
 }
 
-static uint32_t size_of(const rtk_sortwin *w, uint16_t i) { return i == NONE ? 0 : w->node[i].size; }
-static int height_of(const rtk_sortwin *w, uint16_t i) { return i == NONE ? 0 : w->node[i].height; }
-static double sum_of(const rtk_sortwin *w, uint16_t i) { return i == NONE ? 0.0 : w->node[i].sum; }
+static inline uint32_t size_of(const rtk_sortwin *w, uint16_t i) { return i == NONE ? 0 : w->node[i].size; }
+static inline int height_of(const rtk_sortwin *w, uint16_t i) { return i == NONE ? 0 : w->node[i].height; }
+static inline double sum_of(const rtk_sortwin *w, uint16_t i) { return i == NONE ? 0.0 : w->node[i].sum; }
 
 static void refresh(rtk_sortwin *w, uint16_t i)
 {
@@ -177,46 +177,50 @@ typedef struct {
     int below;                     /* 1: the run under m (near = right), 0: at or over m (near = left) */
 } run_spine;
 
+/* A place in a run: a spine node, or a node of a whole subtree hanging off the spine, with
+   how many values of the run under it are nearer to m, and its own distance from m. */
 typedef struct {
     int spine;     /* index into the run's spine, or -1 for a node of a whole subtree */
     uint16_t node; /* NONE: the run is used up */
+    uint32_t nearer;
+    double distance;
 } cursor;
 
-static uint16_t near_child(const rtk_sortwin *w, const run_spine *r, uint16_t i)
+static inline uint16_t near_child(const rtk_sortwin *w, const run_spine *r, uint16_t i)
 {
     return r->below ? w->node[i].right : w->node[i].left;
 }
 
-static uint16_t far_child(const rtk_sortwin *w, const run_spine *r, uint16_t i)
+static inline uint16_t far_child(const rtk_sortwin *w, const run_spine *r, uint16_t i)
 {
     return r->below ? w->node[i].left : w->node[i].right;
 }
 
-static uint32_t near_size(const rtk_sortwin *w, const run_spine *r, cursor c)
+static inline cursor place(const rtk_sortwin *w, const run_spine *r, double m, int spine, uint16_t node)
 {
-    return c.spine >= 0 ? r->rest[c.spine + 1] : size_of(w, near_child(w, r, c.node));
+    cursor c = {spine, node, 0, 0.0};
+    if (node == NONE)
+        return c;
+    c.nearer = spine >= 0 ? r->rest[spine + 1] : size_of(w, near_child(w, r, node));
+    c.distance = r->below ? m - w->node[node].value : w->node[node].value - m;
+    return c;
 }
 
-static double distance(const rtk_sortwin *w, const run_spine *r, double m, cursor c)
-{
-    return r->below ? m - w->node[c.node].value : w->node[c.node].value - m;
-}
-
-static cursor to_near(const rtk_sortwin *w, const run_spine *r, cursor c)
+static inline cursor to_near(const rtk_sortwin *w, const run_spine *r, double m, cursor c)
 {
     if (c.spine < 0)
-        return (cursor){-1, near_child(w, r, c.node)};
-    return c.spine + 1 < r->len ? (cursor){c.spine + 1, r->spine[c.spine + 1]} : (cursor){-1, NONE};
+        return place(w, r, m, -1, near_child(w, r, c.node));
+    return c.spine + 1 < r->len ? place(w, r, m, c.spine + 1, r->spine[c.spine + 1]) : place(w, r, m, -1, NONE);
 }
 
-static cursor to_far(const rtk_sortwin *w, const run_spine *r, cursor c)
+static inline cursor to_far(const rtk_sortwin *w, const run_spine *r, double m, cursor c)
 {
-    return (cursor){-1, far_child(w, r, c.node)};
+    return place(w, r, m, -1, far_child(w, r, c.node));
 }
 
-static cursor run_root(const run_spine *r)
+static inline cursor run_root(const rtk_sortwin *w, const run_spine *r, double m)
 {
-    return r->len ? (cursor){0, r->spine[0]} : (cursor){-1, NONE};
+    return r->len ? place(w, r, m, 0, r->spine[0]) : place(w, r, m, -1, NONE);
 }
 
 static void split(const rtk_sortwin *w, double m, run_spine *below, run_spine *above)
@@ -240,38 +244,35 @@ static void split(const rtk_sortwin *w, double m, run_spine *below, run_spine *a
 
 static double kth_distance(const rtk_sortwin *w, const run_spine *ra, const run_spine *rb, double m, uint32_t k)
 {
-    cursor a = run_root(ra), b = run_root(rb);
+    cursor a = run_root(w, ra, m), b = run_root(w, rb, m);
     /* Ties between the runs count the run under m first: any fixed rule gives the same value. */
     while (a.node != NONE && b.node != NONE) {
-        uint32_t na = near_size(w, ra, a), nb = near_size(w, rb, b);
-        int a_first = distance(w, ra, m, a) <= distance(w, rb, m, b);
-        if (na + nb < k) { /* the earlier of the two and all nearer in its run come before the k-th */
+        int a_first = a.distance <= b.distance;
+        if (a.nearer + b.nearer < k) { /* the earlier of the two and all nearer in its run come before the k-th */
             if (a_first) {
-                k -= na + 1;
-                a = to_far(w, ra, a);
+                k -= a.nearer + 1;
+                a = to_far(w, ra, m, a);
             } else {
-                k -= nb + 1;
-                b = to_far(w, rb, b);
+                k -= b.nearer + 1;
+                b = to_far(w, rb, m, b);
             }
         } else if (a_first) { /* the later of the two and all farther in its run come after it */
-            b = to_near(w, rb, b);
+            b = to_near(w, rb, m, b);
         } else {
-            a = to_near(w, ra, a);
+            a = to_near(w, ra, m, a);
         }
     }
     const run_spine *r = a.node != NONE ? ra : rb;
     cursor c = a.node != NONE ? a : b;
-    for (;;) {
-        uint32_t nc = near_size(w, r, c);
-        if (k == nc)
-            return distance(w, r, m, c);
-        if (k < nc) {
-            c = to_near(w, r, c);
+    while (k != c.nearer) {
+        if (k < c.nearer) {
+            c = to_near(w, r, m, c);
         } else {
-            k -= nc + 1;
-            c = to_far(w, r, c);
+            k -= c.nearer + 1;
+            c = to_far(w, r, m, c);
         }
     }
+    return c.distance;
 }
 
 double rtk_sortwin_mad(const rtk_sortwin *w, double median)
