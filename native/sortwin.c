@@ -30,46 +30,34 @@ static inline double sum_of(const rtk_sortwin *w, uint16_t i) { return i == NONE
 static void refresh(rtk_sortwin *w, uint16_t i)
 {
     rtk_sortwin_node *a = &w->node[i];
-    int l = height_of(w, a->left), r = height_of(w, a->right);
+    int l = height_of(w, a->child[0]), r = height_of(w, a->child[1]);
     a->height = (uint8_t)(1 + (l > r ? l : r));
-    a->size = (uint16_t)(1 + size_of(w, a->left) + size_of(w, a->right));
-    a->sum = sum_of(w, a->left) + a->value + sum_of(w, a->right);
+    a->size = (uint16_t)(1 + size_of(w, a->child[0]) + size_of(w, a->child[1]));
+    a->sum = sum_of(w, a->child[0]) + a->value + sum_of(w, a->child[1]);
 }
 
-static uint16_t rotate_right(rtk_sortwin *w, uint16_t i)
+/* Lifts i's child on side `side` (0 lower, 1 higher) above it. */
+static uint16_t rotate(rtk_sortwin *w, uint16_t i, int side)
 {
-    uint16_t l = w->node[i].left;
-    w->node[i].left = w->node[l].right;
-    w->node[l].right = i;
+    uint16_t c = w->node[i].child[side];
+    w->node[i].child[side] = w->node[c].child[!side];
+    w->node[c].child[!side] = i;
     refresh(w, i);
-    refresh(w, l);
-    return l;
-}
-
-static uint16_t rotate_left(rtk_sortwin *w, uint16_t i)
-{
-    uint16_t r = w->node[i].right;
-    w->node[i].right = w->node[r].left;
-    w->node[r].left = i;
-    refresh(w, i);
-    refresh(w, r);
-    return r;
+    refresh(w, c);
+    return c;
 }
 
 /* Restores the AVL balance at i (its subtrees balanced, heights differing by 2 at most). */
 static uint16_t rebalance(rtk_sortwin *w, uint16_t i)
 {
     rtk_sortwin_node *a = &w->node[i];
-    int skew = height_of(w, a->left) - height_of(w, a->right);
-    if (skew > 1) {
-        if (height_of(w, w->node[a->left].left) < height_of(w, w->node[a->left].right))
-            a->left = rotate_left(w, a->left);
-        return rotate_right(w, i);
-    }
-    if (skew < -1) {
-        if (height_of(w, w->node[a->right].right) < height_of(w, w->node[a->right].left))
-            a->right = rotate_right(w, a->right);
-        return rotate_left(w, i);
+    int skew = height_of(w, a->child[0]) - height_of(w, a->child[1]);
+    if (skew > 1 || skew < -1) {
+        int tall = skew > 0 ? 0 : 1; /* the side to lift; first its own inner grandchild, if taller */
+        const rtk_sortwin_node *c = &w->node[a->child[tall]];
+        if (height_of(w, c->child[tall]) < height_of(w, c->child[!tall]))
+            a->child[tall] = rotate(w, a->child[tall], !tall);
+        return rotate(w, i, tall);
     }
     refresh(w, i);
     return i;
@@ -87,20 +75,20 @@ static uint16_t insert(rtk_sortwin *w, uint16_t root, uint16_t i)
     if (root == NONE)
         return i;
     if (before(w, i, root))
-        w->node[root].left = insert(w, w->node[root].left, i);
+        w->node[root].child[0] = insert(w, w->node[root].child[0], i);
     else
-        w->node[root].right = insert(w, w->node[root].right, i);
+        w->node[root].child[1] = insert(w, w->node[root].child[1], i);
     return rebalance(w, root);
 }
 
 /* Unlinks the subtree's first node into *first. */
 static uint16_t remove_first(rtk_sortwin *w, uint16_t root, uint16_t *first)
 {
-    if (w->node[root].left == NONE) {
+    if (w->node[root].child[0] == NONE) {
         *first = root;
-        return w->node[root].right;
+        return w->node[root].child[1];
     }
-    w->node[root].left = remove_first(w, w->node[root].left, first);
+    w->node[root].child[0] = remove_first(w, w->node[root].child[0], first);
     return rebalance(w, root);
 }
 
@@ -109,17 +97,17 @@ static uint16_t remove_node(rtk_sortwin *w, uint16_t root, uint16_t i)
     rtk_sortwin_node *a = &w->node[root];
     if (root != i) {
         if (before(w, i, root))
-            a->left = remove_node(w, a->left, i);
+            a->child[0] = remove_node(w, a->child[0], i);
         else
-            a->right = remove_node(w, a->right, i);
+            a->child[1] = remove_node(w, a->child[1], i);
         return rebalance(w, root);
     }
-    if (a->left == NONE || a->right == NONE)
-        return a->left == NONE ? a->right : a->left;
+    if (a->child[0] == NONE || a->child[1] == NONE)
+        return a->child[0] == NONE ? a->child[1] : a->child[0];
     uint16_t next;
-    uint16_t right = remove_first(w, a->right, &next);
-    w->node[next].left = a->left;
-    w->node[next].right = right;
+    uint16_t higher = remove_first(w, a->child[1], &next);
+    w->node[next].child[0] = a->child[0];
+    w->node[next].child[1] = higher;
     return rebalance(w, next);
 }
 
@@ -132,7 +120,7 @@ void rtk_sortwin_push(rtk_sortwin *w, double x)
         w->n++;
     rtk_sortwin_node *a = &w->node[slot];
     a->value = a->sum = x;
-    a->left = a->right = NONE;
+    a->child[0] = a->child[1] = NONE;
     a->size = 1;
     a->height = 1;
     w->root = insert(w, w->root, slot);
@@ -143,14 +131,14 @@ double rtk_sortwin_rank(const rtk_sortwin *w, uint32_t k)
 {
     uint16_t i = w->root;
     for (;;) {
-        uint32_t l = size_of(w, w->node[i].left);
+        uint32_t l = size_of(w, w->node[i].child[0]);
         if (k == l)
             return w->node[i].value;
         if (k < l) {
-            i = w->node[i].left;
+            i = w->node[i].child[0];
         } else {
             k -= l + 1;
-            i = w->node[i].right;
+            i = w->node[i].child[1];
         }
     }
 }
@@ -174,7 +162,7 @@ typedef struct {
     uint16_t spine[MAX_HEIGHT];
     uint32_t rest[MAX_HEIGHT + 1]; /* values in the run from spine[i] on (rest[len] = 0) */
     int len;
-    int below;                     /* 1: the run under m (near = right), 0: at or over m (near = left) */
+    int below;                     /* 1: the run under m (nearer: higher), 0: at or over m (nearer: lower) */
 } run_spine;
 
 /* A place in a run: a spine node, or a node of a whole subtree hanging off the spine, with
@@ -188,12 +176,12 @@ typedef struct {
 
 static inline uint16_t near_child(const rtk_sortwin *w, const run_spine *r, uint16_t i)
 {
-    return r->below ? w->node[i].right : w->node[i].left;
+    return w->node[i].child[r->below];
 }
 
 static inline uint16_t far_child(const rtk_sortwin *w, const run_spine *r, uint16_t i)
 {
-    return r->below ? w->node[i].left : w->node[i].right;
+    return w->node[i].child[!r->below];
 }
 
 static inline cursor place(const rtk_sortwin *w, const run_spine *r, double m, int spine, uint16_t node)
@@ -231,7 +219,7 @@ static void split(const rtk_sortwin *w, double m, run_spine *below, run_spine *a
     for (uint16_t i = w->root; i != NONE;) {
         run_spine *r = w->node[i].value < m ? below : above;
         r->spine[r->len++] = i;
-        i = r == below ? w->node[i].right : w->node[i].left;
+        i = r == below ? w->node[i].child[1] : w->node[i].child[0];
     }
     run_spine *runs[2] = {below, above};
     for (int k = 0; k < 2; k++) {
@@ -295,12 +283,12 @@ double rtk_sortwin_abs_dev_sum(const rtk_sortwin *w, double centre)
     for (uint16_t i = w->root; i != NONE;) {
         const rtk_sortwin_node *a = &w->node[i];
         if (a->value < centre) {
-            under += sum_of(w, a->left) + a->value;
-            count += size_of(w, a->left) + 1;
-            i = a->right;
+            under += sum_of(w, a->child[0]) + a->value;
+            count += size_of(w, a->child[0]) + 1;
+            i = a->child[1];
         } else {
-            over += a->value + sum_of(w, a->right);
-            i = a->left;
+            over += a->value + sum_of(w, a->child[1]);
+            i = a->child[0];
         }
     }
     return (count * centre - under) + (over - (w->n - count) * centre);

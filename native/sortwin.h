@@ -16,7 +16,7 @@
 typedef struct {
     double value;
     double sum;              /* of the values in the subtree rooted here */
-    uint16_t left, right;    /* RTK_SORTWIN_MAX: none */
+    uint16_t child[2];       /* the lower and the higher subtree; RTK_SORTWIN_MAX: none */
     uint16_t size;           /* values in the subtree */
     uint8_t height;
 } rtk_sortwin_node;
