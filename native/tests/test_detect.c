@@ -168,6 +168,13 @@ static void test_state_restored_mid_series(void)
     for (int i = 3100; i < 6000; i++)
         same &= rtk_detect_update(&again, t[i], x[i]) == whole[i];
     CHECK(same);
+    uint32_t magic, before_trees;
+    memcpy(&magic, state, sizeof magic);
+    before_trees = (magic & 0x00ffffffu) | (uint32_t)'1' << 24; /* "RDT2" -> "RDT1" */
+    memcpy(state, &before_trees, sizeof before_trees);
+    CHECK(rtk_detect_load(&again, arena2, state, size) == -1);
+    memcpy(state, &magic, sizeof magic);
+    CHECK(rtk_detect_load(&again, arena2, state, size) == 0);
     c.quiet++;
     CHECK(rtk_detect_init(&again, arena2, &c) == 0);
     CHECK(rtk_detect_load(&again, arena2, state, size) == -1); /* another config */
@@ -181,6 +188,8 @@ static void test_detector_config_checked(void)
     CHECK(rtk_detect_init(&det, arena, &c) == -1);
     rtk_detect_default_config(&c);
     c.window = 2;
+    CHECK(rtk_detect_init(&det, arena, &c) == -1);
+    c.window = RTK_SORTWIN_MAX + 1; /* beyond the trees' 16-bit links */
     CHECK(rtk_detect_init(&det, arena, &c) == -1);
     rtk_detect_default_config(&c);
     c.weeks = 1; /* a weekly median needs two weeks; 0 turns the view off */
