@@ -63,59 +63,83 @@ static uint16_t rebalance(rtk_sortwin *w, uint16_t i)
     return i;
 }
 
-/* The tree's order: by value, equal values by slot, so every node has one place to find it at. */
-static int before(const rtk_sortwin *w, uint16_t a, uint16_t b)
+/* The way from the root to a node: the nodes passed and the side taken at each. */
+typedef struct {
+    uint16_t node[MAX_HEIGHT];
+    uint8_t side[MAX_HEIGHT];
+    int depth;
+} path;
+
+/* The side of b that a belongs on (0 lower, 1 higher) in the tree's order: by value, equal
+   values by slot, so every node has one place to find it at. Computed without a branch: on
+   noisy data the side is a coin toss the processor would mispredict. */
+static inline int side_of(const rtk_sortwin *w, uint16_t a, uint16_t b)
 {
     double x = w->node[a].value, y = w->node[b].value;
-    return x < y || (x == y && a < b);
+    return (x > y) | ((x == y) & (a > b));
 }
 
-static uint16_t insert(rtk_sortwin *w, uint16_t root, uint16_t i)
+static void step(path *p, uint16_t node, int side)
 {
-    if (root == NONE)
-        return i;
-    if (before(w, i, root))
-        w->node[root].child[0] = insert(w, w->node[root].child[0], i);
+    p->node[p->depth] = node;
+    p->side[p->depth++] = (uint8_t)side;
+}
+
+/* Walks from the root to node i, or to the empty place it would take. */
+static void descend(const rtk_sortwin *w, uint16_t i, path *p)
+{
+    p->depth = 0;
+    for (uint16_t j = w->root; j != NONE && j != i;) {
+        int side = side_of(w, i, j);
+        step(p, j, side);
+        j = w->node[j].child[side];
+    }
+}
+
+/* Hangs subtree r where the path's k-th step leads. */
+static void attach(rtk_sortwin *w, const path *p, int k, uint16_t r)
+{
+    if (k == 0)
+        w->root = r;
     else
-        w->node[root].child[1] = insert(w, w->node[root].child[1], i);
-    return rebalance(w, root);
+        w->node[p->node[k - 1]].child[p->side[k - 1]] = r;
 }
 
-/* Unlinks the subtree's first node into *first. */
-static uint16_t remove_first(rtk_sortwin *w, uint16_t root, uint16_t *first)
+/* Rebalances the path's nodes from the deepest up. */
+static void rebalance_path(rtk_sortwin *w, const path *p)
 {
-    if (w->node[root].child[0] == NONE) {
-        *first = root;
-        return w->node[root].child[1];
-    }
-    w->node[root].child[0] = remove_first(w, w->node[root].child[0], first);
-    return rebalance(w, root);
+    for (int k = p->depth - 1; k >= 0; k--)
+        attach(w, p, k, rebalance(w, p->node[k]));
 }
 
-static uint16_t remove_node(rtk_sortwin *w, uint16_t root, uint16_t i)
+static void remove_node(rtk_sortwin *w, uint16_t i)
 {
-    rtk_sortwin_node *a = &w->node[root];
-    if (root != i) {
-        if (before(w, i, root))
-            a->child[0] = remove_node(w, a->child[0], i);
-        else
-            a->child[1] = remove_node(w, a->child[1], i);
-        return rebalance(w, root);
+    path p;
+    descend(w, i, &p);
+    const rtk_sortwin_node *a = &w->node[i];
+    int at = p.depth;
+    if (a->child[0] == NONE || a->child[1] == NONE) {
+        attach(w, &p, at, a->child[a->child[0] == NONE]);
+    } else {
+        /* The next node in order, which has no lower child, leaves its place and takes i's. */
+        step(&p, i, 1);
+        uint16_t next = a->child[1];
+        for (; w->node[next].child[0] != NONE; next = w->node[next].child[0])
+            step(&p, next, 0);
+        attach(w, &p, p.depth, w->node[next].child[1]);
+        w->node[next].child[0] = a->child[0];
+        w->node[next].child[1] = a->child[1];
+        p.node[at] = next;
+        attach(w, &p, at, next);
     }
-    if (a->child[0] == NONE || a->child[1] == NONE)
-        return a->child[0] == NONE ? a->child[1] : a->child[0];
-    uint16_t next;
-    uint16_t higher = remove_first(w, a->child[1], &next);
-    w->node[next].child[0] = a->child[0];
-    w->node[next].child[1] = higher;
-    return rebalance(w, next);
+    rebalance_path(w, &p);
 }
 
 void rtk_sortwin_push(rtk_sortwin *w, double x)
 {
     uint16_t slot = (uint16_t)w->head;
     if (w->n == w->cap)
-        w->root = remove_node(w, w->root, slot);
+        remove_node(w, slot);
     else
         w->n++;
     rtk_sortwin_node *a = &w->node[slot];
@@ -123,7 +147,10 @@ void rtk_sortwin_push(rtk_sortwin *w, double x)
     a->child[0] = a->child[1] = NONE;
     a->size = 1;
     a->height = 1;
-    w->root = insert(w, w->root, slot);
+    path p;
+    descend(w, slot, &p);
+    attach(w, &p, p.depth, slot);
+    rebalance_path(w, &p);
     w->head = w->head + 1 == w->cap ? 0 : w->head + 1;
 }
 
