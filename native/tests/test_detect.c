@@ -38,6 +38,13 @@ static void test_sortwin_matches_full_sort(void)
             double m = rtk_sortwin_median(&w);
             CHECK(near(m, median, 1e-12));
             CHECK(near(rtk_sortwin_mad(&w, m), mad, 1e-12));
+            /* Bit for bit what the sorted array gave: the same middle values, the same differences. */
+            uint32_t h = n / 2;
+            CHECK(m == (n & 1 ? sorted[h] : 0.5 * (sorted[h - 1] + sorted[h])));
+            for (uint32_t j = 0; j < n; j++)
+                scratch[j] = fabs(sorted[j] - m);
+            qsort(scratch, n, sizeof(double), cmp_double);
+            CHECK(rtk_sortwin_mad(&w, m) == (n & 1 ? scratch[h] : 0.5 * (scratch[h - 1] + scratch[h])));
             uint32_t k = (uint32_t)(lcg() + 1000) % n;
             CHECK(rtk_sortwin_rank(&w, k) == sorted[k]);
             CHECK(rtk_sortwin_quantile(&w, 0.975) == sorted[(uint32_t)(0.975 * (n - 1))]);
