@@ -246,7 +246,7 @@ static void split(const rtk_sortwin *w, double m, run_spine *below, run_spine *a
     for (uint16_t i = w->root; i != NONE;) {
         run_spine *r = w->node[i].value < m ? below : above;
         r->spine[r->len++] = i;
-        i = r == below ? w->node[i].child[1] : w->node[i].child[0];
+        i = near_child(w, r, i); /* the rest of the run, and of the other, lies that way */
     }
     run_spine *runs[2] = {below, above};
     for (int k = 0; k < 2; k++) {
@@ -304,7 +304,8 @@ double rtk_sortwin_mad(const rtk_sortwin *w, double median)
 
 double rtk_sortwin_abs_dev_sum(const rtk_sortwin *w, double centre)
 {
-    /* The values under centre and the rest summed apart, each against its count. */
+    /* The values under centre and the rest summed apart, each against its count: O(log n),
+       in another order than one by one (a last-bit difference, for a last-resort scale). */
     double under = 0, over = 0;
     uint32_t count = 0;
     for (uint16_t i = w->root; i != NONE;) {
