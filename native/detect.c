@@ -87,7 +87,7 @@ static size_t season_bytes(const rtk_detect_config *c, int k)
     return (((size_t)bins * keep * sizeof(float) + 7) & ~(size_t)7) + ((2 * (size_t)bins + 7) & ~(size_t)7);
 }
 
-/* A robust window's nodes (whole doubles: a node is two doubles and its links). */
+/* A robust window's ring and nodes, in whole doubles. */
 static size_t window_doubles(const rtk_detect_config *c)
 {
     return (rtk_sortwin_bytes(c->window) + sizeof(double) - 1) / sizeof(double);
@@ -108,7 +108,7 @@ static void bind(rtk_detector *d, void *arena)
     double *p = arena;
     for (int v = 0; v < RTK_DETECT_STREAMS; v++)
         for (int f = 0; f < RTK_DETECT_FEATURES; f++, p += window_doubles(c))
-            d->win[v][f].node = (rtk_sortwin_node *)p;
+            d->win[v][f].mem = (unsigned char *)p;
     uint32_t horizon[RTK_DETECT_HORIZONS] = {c->recent, c->recent_long};
     for (int v = 0; v < RTK_DETECT_STREAMS; v++)
         for (int k = 0; k < RTK_DETECT_HORIZONS; k++) {
@@ -165,7 +165,7 @@ typedef struct {
     uint64_t arena_size;
 } state_header;
 
-#define STATE_MAGIC 0x32544452u /* "RDT2": the robust windows became order-statistics trees */
+#define STATE_MAGIC 0x33544452u /* "RDT3": the robust windows became counted B+trees */
 
 size_t rtk_detect_state_size(const rtk_detector *d)
 {
@@ -180,7 +180,7 @@ void rtk_detect_save(const rtk_detector *d, const void *arena, void *out)
     memcpy(&copy, d, sizeof copy);
     for (int v = 0; v < RTK_DETECT_STREAMS; v++) {
         for (int f = 0; f < RTK_DETECT_FEATURES; f++)
-            copy.win[v][f].node = NULL;
+            copy.win[v][f].mem = NULL;
         for (int k = 0; k < RTK_DETECT_HORIZONS; k++)
             copy.recent[v][k].ring = copy.history[v][k].ring = NULL;
     }
@@ -298,7 +298,7 @@ static double baseline_step(rtk_season *sn, double t, double x, double *spread)
 
 /* ---- robust features ----------------------------------------------------------------------- */
 
-static double robust_scale(const rtk_sortwin *w, double median)
+static double robust_scale(rtk_sortwin *w, double median)
 {
     double s = RTK_MAD_TO_SIGMA * rtk_sortwin_mad(w, median);
     /* A series that sits on a few values (quantised counters, an idle link) has a MAD near 0

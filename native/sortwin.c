@@ -1,173 +1,492 @@
 #include "sortwin.h"
 
+#include <math.h>
 #include <string.h>
 
-#define NONE ((uint16_t)RTK_SORTWIN_MAX)
-#define MAX_HEIGHT 32 /* an AVL tree of 65535 nodes is at most 23 high */
+#define NONE ((uint16_t)0xffff)
+#define LEAF RTK_SORTWIN_LEAF
+#define FAN RTK_SORTWIN_FAN
+/* Fewest entries in a node other than the root: a split leaves LEAF / 2 (FAN / 2) on each side. */
+#define LEAF_MIN (LEAF / 2 - 1)
+#define FAN_MIN (FAN / 2 - 1)
+#define MAX_HEIGHT 8 /* 65535 values fill at most 2115 leaves: 3 inner levels */
+
+typedef rtk_sortwin_leaf leaf_t;
+typedef rtk_sortwin_inner inner_t;
+
+static uint32_t leaf_pool(uint32_t capacity) { return capacity / LEAF_MIN + 1; }
+
+static uint32_t inner_pool(uint32_t capacity)
+{
+    uint32_t total = 0;
+    for (uint32_t level = leaf_pool(capacity); level > 1; total += level)
+        level = level / FAN_MIN + 1;
+    return total;
+}
 
 size_t rtk_sortwin_bytes(uint32_t capacity)
 {
-    return (size_t)capacity * sizeof(rtk_sortwin_node);
+    return (size_t)capacity * sizeof(double) + (size_t)leaf_pool(capacity) * sizeof(leaf_t) +
+           (size_t)inner_pool(capacity) * sizeof(inner_t);
+}
+
+static inline double *ring(const rtk_sortwin *w) { return (double *)w->mem; }
+static inline leaf_t *leaf(const rtk_sortwin *w, uint16_t i)
+{
+    return (leaf_t *)(w->mem + (size_t)w->cap * sizeof(double)) + i;
+}
+static inline inner_t *inner(const rtk_sortwin *w, uint16_t i)
+{
+    return (inner_t *)(w->mem + (size_t)w->cap * sizeof(double) + (size_t)w->leaves * sizeof(leaf_t)) + i;
 }
 
 void rtk_sortwin_init(rtk_sortwin *w, void *buf, uint32_t capacity)
 {
-    w->node = buf;
+    w->mem = buf;
     w->cap = capacity;
+    w->leaves = leaf_pool(capacity);
+    w->inners = inner_pool(capacity);
     rtk_sortwin_clear(w);
+}
+
+/* Free nodes are chained through their first field. */
+static uint16_t take_leaf(rtk_sortwin *w)
+{
+    uint16_t i = w->free_leaf;
+    w->free_leaf = leaf(w, i)->n;
+    memset(leaf(w, i), 0, sizeof(leaf_t));
+    leaf(w, i)->stale = 1;
+    return i;
+}
+
+static uint16_t take_inner(rtk_sortwin *w)
+{
+    uint16_t i = w->free_inner;
+    w->free_inner = inner(w, i)->n;
+    memset(inner(w, i), 0, sizeof(inner_t));
+    inner(w, i)->stale = 1;
+    return i;
+}
+
+static void give_leaf(rtk_sortwin *w, uint16_t i)
+{
+    memset(leaf(w, i), 0, sizeof(leaf_t)); /* no stale bytes in a saved state */
+    leaf(w, i)->n = w->free_leaf;
+    w->free_leaf = i;
+}
+
+static void give_inner(rtk_sortwin *w, uint16_t i)
+{
+    memset(inner(w, i), 0, sizeof(inner_t));
+    inner(w, i)->n = w->free_inner;
+    w->free_inner = i;
 }
 
 void rtk_sortwin_clear(rtk_sortwin *w)
 {
     w->n = w->head = 0;
-    w->root = NONE;
+    w->height = 0;
+    w->free_leaf = w->free_inner = NONE;
+    for (uint32_t i = w->leaves; i-- > 0;)
+        give_leaf(w, (uint16_t)i);
+    for (uint32_t i = w->inners; i-- > 0;)
+        give_inner(w, (uint16_t)i);
+    memset(ring(w), 0, (size_t)w->cap * sizeof(double));
+    w->root = take_leaf(w);
 }
 
-static inline uint32_t size_of(const rtk_sortwin *w, uint16_t i) { return i == NONE ? 0 : w->node[i].size; }
-static inline int height_of(const rtk_sortwin *w, uint16_t i) { return i == NONE ? 0 : w->node[i].height; }
-static inline double sum_of(const rtk_sortwin *w, uint16_t i) { return i == NONE ? 0.0 : w->node[i].sum; }
-
-static void refresh(rtk_sortwin *w, uint16_t i)
+/* First index whose value is >= x (lower bound). Branch-free halving: the comparison
+   picks the half without a jump the processor could mispredict on noisy data. */
+static uint32_t lower_bound(const double *v, uint32_t n, double x)
 {
-    rtk_sortwin_node *a = &w->node[i];
-    int l = height_of(w, a->child[0]), r = height_of(w, a->child[1]);
-    a->height = (uint8_t)(1 + (l > r ? l : r));
-    a->size = (uint16_t)(1 + size_of(w, a->child[0]) + size_of(w, a->child[1]));
-    a->sum = sum_of(w, a->child[0]) + a->value + sum_of(w, a->child[1]);
+    if (n == 0)
+        return 0;
+    const double *base = v;
+    while (n > 1) {
+        uint32_t half = n / 2;
+        base = base[half - 1] < x ? base + half : base;
+        n -= half;
+    }
+    return (uint32_t)(base - v) + (*base < x);
 }
 
-/* Lifts i's child on side `side` (0 lower, 1 higher) above it. */
-static uint16_t rotate(rtk_sortwin *w, uint16_t i, int side)
+/* The child whose values hold the lower bound of x: the first whose largest is >= x, or the
+   last. The bounds ascend, the unused ones padded with infinity: a halving search. */
+static inline uint32_t child_by_value(const inner_t *a, double x)
 {
-    uint16_t c = w->node[i].child[side];
-    w->node[i].child[side] = w->node[c].child[!side];
-    w->node[c].child[!side] = i;
-    refresh(w, i);
-    refresh(w, c);
+    uint32_t c = lower_bound(a->max, FAN, x);
+    return c < a->n ? c : a->n - 1u;
+}
+
+/* The child holding rank r, r becoming the rank within it (r < the node's count). A count over
+   every entry, the unused ones padded past any rank: a loop of fixed length, which the
+   compiler turns into a few vector compares. */
+static inline uint32_t child_by_rank(const inner_t *a, uint32_t *r)
+{
+    uint16_t c = 0, r16 = (uint16_t)*r; /* 16 bits like the counts: eight to a vector compare */
+    for (uint32_t j = 0; j < FAN; j++)
+        c = (uint16_t)(c + (a->cum[j] <= r16));
+    if (c)
+        *r -= a->cum[c - 1];
     return c;
 }
 
-/* Restores the AVL balance at i (its subtrees balanced, heights differing by 2 at most). */
-static uint16_t rebalance(rtk_sortwin *w, uint16_t i)
+/* Counts from the sizes; unused entries padded past any rank and any value. */
+static void refresh_cum(inner_t *a)
 {
-    rtk_sortwin_node *a = &w->node[i];
-    int skew = height_of(w, a->child[0]) - height_of(w, a->child[1]);
-    if (skew > 1 || skew < -1) {
-        int tall = skew > 0 ? 0 : 1; /* the side to lift; first its own inner grandchild, if taller */
-        const rtk_sortwin_node *c = &w->node[a->child[tall]];
-        if (height_of(w, c->child[tall]) < height_of(w, c->child[!tall]))
-            a->child[tall] = rotate(w, a->child[tall], !tall);
-        return rotate(w, i, tall);
+    uint32_t s = 0;
+    for (uint32_t j = 0; j < a->n; j++)
+        a->cum[j] = (uint16_t)(s += a->size[j]);
+    for (uint32_t j = a->n; j < FAN; j++) {
+        a->cum[j] = NONE;
+        a->max[j] = INFINITY;
     }
-    refresh(w, i);
+}
+
+/* The way from the root to a leaf: the inner node at each level and the child taken. */
+typedef struct {
+    uint16_t node[MAX_HEIGHT + 1]; /* node[height]: the leaf */
+    uint8_t idx[MAX_HEIGHT];
+} path;
+
+static uint16_t descend(const rtk_sortwin *w, double x, path *p)
+{
+    uint16_t i = w->root;
+    for (int d = 0; d < w->height; d++) {
+        const inner_t *a = inner(w, i);
+        uint32_t c = child_by_value(a, x);
+        p->node[d] = i;
+        p->idx[d] = (uint8_t)c;
+        i = a->child[c];
+    }
+    p->node[w->height] = i;
     return i;
 }
 
-/* The way from the root to a node: the nodes passed and the side taken at each. */
-typedef struct {
-    uint16_t node[MAX_HEIGHT];
-    uint8_t side[MAX_HEIGHT];
-    int depth;
-} path;
-
-/* The side of b that a belongs on (0 lower, 1 higher) in the tree's order: by value, equal
-   values by slot, so every node has one place to find it at. Computed without a branch: on
-   noisy data the side is a coin toss the processor would mispredict. */
-static inline int side_of(const rtk_sortwin *w, uint16_t a, uint16_t b)
+/* The size and largest value of the node at level d (the height: a leaf). */
+static uint16_t size_at(const rtk_sortwin *w, int d, uint16_t i)
 {
-    double x = w->node[a].value, y = w->node[b].value;
-    return (x > y) | ((x == y) & (a > b));
+    if (d == w->height)
+        return leaf(w, i)->n;
+    const inner_t *a = inner(w, i);
+    return a->cum[a->n - 1];
 }
 
-static void step(path *p, uint16_t node, int side)
+static double max_at(const rtk_sortwin *w, int d, uint16_t i)
 {
-    p->node[p->depth] = node;
-    p->side[p->depth++] = (uint8_t)side;
+    if (d == w->height)
+        return leaf(w, i)->v[leaf(w, i)->n - 1];
+    const inner_t *a = inner(w, i);
+    return a->max[a->n - 1];
 }
 
-/* Walks from the root to node i, or to the empty place it would take. */
-static void descend(const rtk_sortwin *w, uint16_t i, path *p)
+/* Adds delta to the count of child c of a, and to the counts of children c on. */
+static inline void count_from(inner_t *a, uint32_t c, int delta)
 {
-    p->depth = 0;
-    for (uint16_t j = w->root; j != NONE && j != i;) {
-        int side = side_of(w, i, j);
-        step(p, j, side);
-        j = w->node[j].child[side];
+    a->size[c] = (uint16_t)(a->size[c] + delta);
+    for (uint32_t j = c; j < a->n; j++)
+        a->cum[j] = (uint16_t)(a->cum[j] + delta);
+}
+
+/* The leaf at the end of p changed: its ancestors' bounds follow, their sums are stale. */
+static void bound_path(const rtk_sortwin *w, const path *p)
+{
+    for (int d = w->height - 1; d >= 0; d--) {
+        inner_t *a = inner(w, p->node[d]);
+        if (size_at(w, d + 1, p->node[d + 1]))
+            a->max[p->idx[d]] = max_at(w, d + 1, p->node[d + 1]);
+        a->stale = 1;
     }
 }
 
-/* Hangs subtree r where the path's k-th step leads. */
-static void attach(rtk_sortwin *w, const path *p, int k, uint16_t r)
+/* The leaf at the end of p gained (+1) or lost (-1) a value. */
+static void resize_path(const rtk_sortwin *w, const path *p, int delta)
 {
-    if (k == 0)
-        w->root = r;
+    for (int d = 0; d < w->height; d++)
+        count_from(inner(w, p->node[d]), p->idx[d], delta);
+    bound_path(w, p);
+}
+
+/* Sets parent entry c from its child, at level d + 1. */
+static void entry_from_child(const rtk_sortwin *w, inner_t *a, uint32_t c, int d)
+{
+    a->size[c] = size_at(w, d + 1, a->child[c]);
+    a->max[c] = max_at(w, d + 1, a->child[c]);
+}
+
+static void entry_insert(inner_t *a, uint32_t at, uint16_t child)
+{
+    uint32_t tail = a->n - at;
+    memmove(a->child + at + 1, a->child + at, tail * sizeof a->child[0]);
+    memmove(a->size + at + 1, a->size + at, tail * sizeof a->size[0]);
+    memmove(a->max + at + 1, a->max + at, tail * sizeof a->max[0]);
+    a->child[at] = child;
+    a->n++;
+}
+
+/* Moves entries [from, from + count) of a to the end of b (both inner). */
+static void entries_move(inner_t *a, uint32_t from, uint32_t count, inner_t *b, uint32_t at)
+{
+    memmove(b->child + at + count, b->child + at, (b->n - at) * sizeof b->child[0]);
+    memmove(b->size + at + count, b->size + at, (b->n - at) * sizeof b->size[0]);
+    memmove(b->max + at + count, b->max + at, (b->n - at) * sizeof b->max[0]);
+    memcpy(b->child + at, a->child + from, count * sizeof a->child[0]);
+    memcpy(b->size + at, a->size + from, count * sizeof a->size[0]);
+    memcpy(b->max + at, a->max + from, count * sizeof a->max[0]);
+    uint32_t tail = a->n - from - count;
+    memmove(a->child + from, a->child + from + count, tail * sizeof a->child[0]);
+    memmove(a->size + from, a->size + from + count, tail * sizeof a->size[0]);
+    memmove(a->max + from, a->max + from + count, tail * sizeof a->max[0]);
+    a->n = (uint16_t)(a->n - count);
+    b->n = (uint16_t)(b->n + count);
+    refresh_cum(a);
+    refresh_cum(b);
+    a->stale = b->stale = 1;
+}
+
+static void values_move(leaf_t *a, uint32_t from, uint32_t count, leaf_t *b, uint32_t at)
+{
+    memmove(b->v + at + count, b->v + at, (b->n - at) * sizeof(double));
+    memcpy(b->v + at, a->v + from, count * sizeof(double));
+    memmove(a->v + from, a->v + from + count, (a->n - from - count) * sizeof(double));
+    a->n = (uint16_t)(a->n - count);
+    b->n = (uint16_t)(b->n + count);
+    a->stale = b->stale = 1;
+}
+
+/* Moves count entries of the node at level d from the front or the end of one node to another. */
+static void move_at(rtk_sortwin *w, int d, uint16_t from, uint32_t first, uint32_t count, uint16_t to, uint32_t at)
+{
+    if (d == w->height)
+        values_move(leaf(w, from), first, count, leaf(w, to), at);
     else
-        w->node[p->node[k - 1]].child[p->side[k - 1]] = r;
+        entries_move(inner(w, from), first, count, inner(w, to), at);
 }
 
-/* Rebalances the path's nodes from the deepest up. */
-static void rebalance_path(rtk_sortwin *w, const path *p)
+static uint32_t entries_at(const rtk_sortwin *w, int d, uint16_t i)
 {
-    for (int k = p->depth - 1; k >= 0; k--)
-        attach(w, p, k, rebalance(w, p->node[k]));
+    return d == w->height ? leaf(w, i)->n : inner(w, i)->n;
 }
 
-static void remove_node(rtk_sortwin *w, uint16_t i)
+/* Splits the full nodes on p from the leaf up, the root last (the tree grows one level). */
+static void split_path(rtk_sortwin *w, path *p)
+{
+    for (int d = w->height; d >= 0; d--) {
+        uint16_t x = p->node[d];
+        uint32_t full = d == w->height ? LEAF : FAN;
+        if (entries_at(w, d, x) < full)
+            return;
+        uint16_t y = d == w->height ? take_leaf(w) : take_inner(w);
+        move_at(w, d, x, full / 2, full / 2, y, 0);
+        if (d == 0) { /* a new root above the old one */
+            uint16_t r = take_inner(w);
+            inner_t *a = inner(w, r);
+            a->n = 2;
+            a->child[0] = x;
+            a->child[1] = y;
+            w->root = r;
+            w->height++;
+            entry_from_child(w, a, 0, 0);
+            entry_from_child(w, a, 1, 0);
+            refresh_cum(a);
+            return;
+        }
+        inner_t *a = inner(w, p->node[d - 1]);
+        uint32_t c = p->idx[d - 1];
+        entry_insert(a, c + 1, y);
+        entry_from_child(w, a, c, d - 1);
+        entry_from_child(w, a, c + 1, d - 1);
+        refresh_cum(a);
+        a->stale = 1;
+    }
+}
+
+/* Refills the underfull nodes on p from the leaf up, from a sibling: one of its entries if it
+   has one to spare, else the two merge. The root keeps at least two children, or goes. */
+static void refill_path(rtk_sortwin *w, path *p)
+{
+    for (int d = w->height; d > 0; d--) {
+        uint16_t x = p->node[d];
+        if (entries_at(w, d, x) >= (d == w->height ? LEAF_MIN : FAN_MIN))
+            break;
+        inner_t *a = inner(w, p->node[d - 1]);
+        uint32_t c = p->idx[d - 1], l = c > 0 ? c - 1 : c, r = l + 1;
+        uint16_t left = a->child[l], right = a->child[r];
+        uint32_t min = d == w->height ? LEAF_MIN : FAN_MIN;
+        if (c == r && entries_at(w, d, left) > min) {
+            move_at(w, d, left, entries_at(w, d, left) - 1, 1, x, 0);
+        } else if (c == l && entries_at(w, d, right) > min) {
+            move_at(w, d, right, 0, 1, x, entries_at(w, d, x));
+        } else {
+            move_at(w, d, right, 0, entries_at(w, d, right), left, entries_at(w, d, left));
+            if (d == w->height)
+                give_leaf(w, right);
+            else
+                give_inner(w, right);
+            memmove(a->child + r, a->child + r + 1, (a->n - r - 1) * sizeof a->child[0]);
+            memmove(a->size + r, a->size + r + 1, (a->n - r - 1) * sizeof a->size[0]);
+            memmove(a->max + r, a->max + r + 1, (a->n - r - 1) * sizeof a->max[0]);
+            a->n--;
+            entry_from_child(w, a, l, d - 1);
+            refresh_cum(a);
+            a->stale = 1;
+            continue;
+        }
+        entry_from_child(w, a, l, d - 1);
+        entry_from_child(w, a, r, d - 1);
+        refresh_cum(a);
+        a->stale = 1;
+        break;
+    }
+    while (w->height > 0 && inner(w, w->root)->n == 1) {
+        uint16_t old = w->root;
+        w->root = inner(w, old)->child[0];
+        w->height--;
+        give_inner(w, old);
+    }
+}
+
+static void insert(rtk_sortwin *w, double x)
 {
     path p;
-    descend(w, i, &p);
-    const rtk_sortwin_node *a = &w->node[i];
-    int at = p.depth;
-    if (a->child[0] == NONE || a->child[1] == NONE) {
-        attach(w, &p, at, a->child[a->child[0] == NONE]);
-    } else {
-        /* The next node in order, which has no lower child, leaves its place and takes i's. */
-        step(&p, i, 1);
-        uint16_t next = a->child[1];
-        for (; w->node[next].child[0] != NONE; next = w->node[next].child[0])
-            step(&p, next, 0);
-        attach(w, &p, p.depth, w->node[next].child[1]);
-        w->node[next].child[0] = a->child[0];
-        w->node[next].child[1] = a->child[1];
-        p.node[at] = next;
-        attach(w, &p, at, next);
+    leaf_t *a = leaf(w, descend(w, x, &p));
+    uint32_t j = lower_bound(a->v, a->n, x);
+    memmove(a->v + j + 1, a->v + j, (a->n - j) * sizeof(double));
+    a->v[j] = x;
+    a->n++;
+    a->stale = 1;
+    resize_path(w, &p, 1);
+    if (a->n == LEAF)
+        split_path(w, &p);
+}
+
+/* Removes a value equal to x, which the window holds: its copy is bit-identical, so the lower
+   bound finds it exactly. */
+static void remove_value(rtk_sortwin *w, double x)
+{
+    path p;
+    leaf_t *a = leaf(w, descend(w, x, &p));
+    uint32_t i = lower_bound(a->v, a->n, x);
+    memmove(a->v + i, a->v + i + 1, (a->n - i - 1) * sizeof(double));
+    a->n--;
+    a->stale = 1;
+    resize_path(w, &p, -1);
+    if (w->height > 0 && a->n < LEAF_MIN)
+        refill_path(w, &p);
+}
+
+/* Moves a value equal to old (which the window holds) to x's place when the tree keeps its
+   shape: in one leaf, the values between the two places shift by one, as in a sorted array;
+   across two, the counts change only where the two paths part. Returns 0 when a leaf
+   would overflow or underflow, for the general removal and insertion. */
+static int replace(rtk_sortwin *w, double old, double x)
+{
+    path po, pn;
+    leaf_t *a = leaf(w, descend(w, old, &po)), *b = leaf(w, descend(w, x, &pn));
+    uint32_t i = lower_bound(a->v, a->n, old);
+    if (a == b) {
+        uint32_t j = lower_bound(a->v, a->n, x);
+        if (j > i) {
+            memmove(a->v + i, a->v + i + 1, (j - 1 - i) * sizeof(double));
+            j--;
+        } else {
+            memmove(a->v + j + 1, a->v + j, (i - j) * sizeof(double));
+        }
+        a->v[j] = x;
+        a->stale = 1;
+        bound_path(w, &pn);
+        return 1;
     }
-    rebalance_path(w, &p);
+    if ((w->height > 0 && a->n <= LEAF_MIN) || b->n + 1 >= LEAF)
+        return 0;
+    memmove(a->v + i, a->v + i + 1, (a->n - i - 1) * sizeof(double));
+    a->n--;
+    uint32_t j = lower_bound(b->v, b->n, x);
+    memmove(b->v + j + 1, b->v + j, (b->n - j) * sizeof(double));
+    b->v[j] = x;
+    b->n++;
+    a->stale = b->stale = 1;
+    int d = 0;
+    for (; d < w->height && po.node[d] == pn.node[d]; d++) { /* one node: one count down, one up */
+        inner_t *c = inner(w, po.node[d]);
+        uint32_t from = po.idx[d], to = pn.idx[d];
+        c->size[from]--;
+        c->size[to]++;
+        for (uint32_t j = from; j < to; j++)
+            c->cum[j]--;
+        for (uint32_t j = to; j < from; j++)
+            c->cum[j]++;
+    }
+    for (; d < w->height; d++) {
+        count_from(inner(w, po.node[d]), po.idx[d], -1);
+        count_from(inner(w, pn.node[d]), pn.idx[d], 1);
+    }
+    bound_path(w, &po);
+    bound_path(w, &pn);
+    return 1;
 }
 
 void rtk_sortwin_push(rtk_sortwin *w, double x)
 {
-    uint16_t slot = (uint16_t)w->head;
-    if (w->n == w->cap)
-        remove_node(w, slot);
-    else
+    uint32_t tail = w->head;
+    if (w->n < w->cap) {
         w->n++;
-    rtk_sortwin_node *a = &w->node[slot];
-    a->value = a->sum = x;
-    a->child[0] = a->child[1] = NONE;
-    a->size = 1;
-    a->height = 1;
-    path p;
-    descend(w, slot, &p);
-    attach(w, &p, p.depth, slot);
-    rebalance_path(w, &p);
-    w->head = w->head + 1 == w->cap ? 0 : w->head + 1;
+        insert(w, x);
+    } else if (!replace(w, ring(w)[tail], x)) {
+        remove_value(w, ring(w)[tail]);
+        insert(w, x);
+    }
+    ring(w)[tail] = x;
+    w->head = tail + 1 == w->cap ? 0 : tail + 1;
+}
+
+/* A leaf found by rank, kept for the next look-up: a search's probes mostly fall in the leaf
+   of the one before. */
+struct finger {
+    const double *v;
+    uint32_t first, n; /* the ranks of v: [first, first + n) */
+};
+
+/* Points f at the leaf holding rank k. */
+static void locate(const rtk_sortwin *w, struct finger *f, uint32_t k)
+{
+    uint32_t r = k;
+    uint16_t i = w->root;
+    for (int d = 0; d < w->height; d++) {
+        const inner_t *a = inner(w, i);
+        i = a->child[child_by_rank(a, &r)];
+    }
+    f->v = leaf(w, i)->v;
+    f->n = leaf(w, i)->n;
+    f->first = k - r;
+}
+
+static inline double at(const rtk_sortwin *w, struct finger *f, uint32_t k)
+{
+    if (k - f->first >= f->n) /* also when k < first: the difference wraps */
+        locate(w, f, k);
+    return f->v[k - f->first];
 }
 
 double rtk_sortwin_rank(const rtk_sortwin *w, uint32_t k)
 {
+    struct finger f = {NULL, 0, 0};
+    return at(w, &f, k);
+}
+
+/* How many values are below x. */
+static uint32_t count_below(const rtk_sortwin *w, double x)
+{
     uint16_t i = w->root;
-    for (;;) {
-        uint32_t l = size_of(w, w->node[i].child[0]);
-        if (k == l)
-            return w->node[i].value;
-        if (k < l) {
-            i = w->node[i].child[0];
-        } else {
-            k -= l + 1;
-            i = w->node[i].child[1];
-        }
+    uint32_t k = 0;
+    for (int d = 0; d < w->height; d++) {
+        const inner_t *a = inner(w, i);
+        uint32_t c = child_by_value(a, x);
+        if (c)
+            k += a->cum[c - 1];
+        i = a->child[c];
     }
+    return k + lower_bound(leaf(w, i)->v, leaf(w, i)->n, x);
 }
 
 double rtk_sortwin_median(const rtk_sortwin *w)
@@ -178,147 +497,83 @@ double rtk_sortwin_median(const rtk_sortwin *w)
     return w->n & 1 ? rtk_sortwin_rank(w, h) : 0.5 * (rtk_sortwin_rank(w, h - 1) + rtk_sortwin_rank(w, h));
 }
 
-/* ---- the k-th smallest distance from m ------------------------------------------------------
-   The distances |x - m| in ascending order are two sorted runs: m - x for the values under m,
-   nearest first, and x - m for the rest. Each run is a virtual subtree of the window's tree,
-   split at m along one path: the path's nodes on a run's side form its spine, each with its
-   whole subtree on the far side hanging off it. The k-th smallest of the union of two search
-   trees takes one step down one of them per comparison: O(height). */
-
-typedef struct {
-    uint16_t spine[MAX_HEIGHT];
-    uint32_t rest[MAX_HEIGHT + 1]; /* values in the run from spine[i] on (rest[len] = 0) */
-    int len;
-    int below;                     /* 1: the run under m (nearer: higher), 0: at or over m (nearer: lower) */
-} run_spine;
-
-/* A place in a run: a spine node, or a node of a whole subtree hanging off the spine, with
-   how many values of the run under it are nearer to m, and its own distance from m. */
-typedef struct {
-    int spine;     /* index into the run's spine, or -1 for a node of a whole subtree */
-    uint16_t node; /* NONE: the run is used up */
-    uint32_t nearer;
-    double distance;
-} cursor;
-
-static inline uint16_t near_child(const rtk_sortwin *w, const run_spine *r, uint16_t i)
-{
-    return w->node[i].child[r->below];
-}
-
-static inline uint16_t far_child(const rtk_sortwin *w, const run_spine *r, uint16_t i)
-{
-    return w->node[i].child[!r->below];
-}
-
-static inline cursor place(const rtk_sortwin *w, const run_spine *r, double m, int spine, uint16_t node)
-{
-    cursor c = {spine, node, 0, 0.0};
-    if (node == NONE)
-        return c;
-    c.nearer = spine >= 0 ? r->rest[spine + 1] : size_of(w, near_child(w, r, node));
-    c.distance = r->below ? m - w->node[node].value : w->node[node].value - m;
-    return c;
-}
-
-static inline cursor to_near(const rtk_sortwin *w, const run_spine *r, double m, cursor c)
-{
-    if (c.spine < 0)
-        return place(w, r, m, -1, near_child(w, r, c.node));
-    return c.spine + 1 < r->len ? place(w, r, m, c.spine + 1, r->spine[c.spine + 1]) : place(w, r, m, -1, NONE);
-}
-
-static inline cursor to_far(const rtk_sortwin *w, const run_spine *r, double m, cursor c)
-{
-    return place(w, r, m, -1, far_child(w, r, c.node));
-}
-
-static inline cursor run_root(const rtk_sortwin *w, const run_spine *r, double m)
-{
-    return r->len ? place(w, r, m, 0, r->spine[0]) : place(w, r, m, -1, NONE);
-}
-
-static void split(const rtk_sortwin *w, double m, run_spine *below, run_spine *above)
-{
-    below->len = above->len = 0;
-    below->below = 1;
-    above->below = 0;
-    for (uint16_t i = w->root; i != NONE;) {
-        run_spine *r = w->node[i].value < m ? below : above;
-        r->spine[r->len++] = i;
-        i = near_child(w, r, i); /* the rest of the run, and of the other, lies that way */
-    }
-    run_spine *runs[2] = {below, above};
-    for (int k = 0; k < 2; k++) {
-        run_spine *r = runs[k];
-        r->rest[r->len] = 0;
-        for (int j = r->len - 1; j >= 0; j--)
-            r->rest[j] = r->rest[j + 1] + 1 + size_of(w, far_child(w, r, r->spine[j]));
-    }
-}
-
-static double kth_distance(const rtk_sortwin *w, const run_spine *ra, const run_spine *rb, double m, uint32_t k)
-{
-    cursor a = run_root(w, ra, m), b = run_root(w, rb, m);
-    /* Ties between the runs count the run under m first: any fixed rule gives the same value. */
-    while (a.node != NONE && b.node != NONE) {
-        int a_first = a.distance <= b.distance;
-        if (a.nearer + b.nearer < k) { /* the earlier of the two and all nearer in its run come before the k-th */
-            if (a_first) {
-                k -= a.nearer + 1;
-                a = to_far(w, ra, m, a);
-            } else {
-                k -= b.nearer + 1;
-                b = to_far(w, rb, m, b);
-            }
-        } else if (a_first) { /* the later of the two and all farther in its run come after it */
-            b = to_near(w, rb, m, b);
-        } else {
-            a = to_near(w, ra, m, a);
-        }
-    }
-    const run_spine *r = a.node != NONE ? ra : rb;
-    cursor c = a.node != NONE ? a : b;
-    while (k != c.nearer) {
-        if (k < c.nearer) {
-            c = to_near(w, r, m, c);
-        } else {
-            k -= c.nearer + 1;
-            c = to_far(w, r, m, c);
-        }
-    }
-    return c.distance;
-}
-
 double rtk_sortwin_mad(const rtk_sortwin *w, double median)
 {
     if (w->n == 0)
         return 0.0;
-    run_spine below, above;
-    split(w, median, &below, &above);
-    uint32_t h = w->n / 2;
+    double m = median;
+    uint32_t h = w->n / 2, k = w->n & 1 ? h : h - 1, p = count_below(w, m);
+    /* The k + 1 values nearest to m are consecutive in order, ranks [first, first + k]: the
+       first place where dropping the lowest for the next above would bring no nearer one.
+       It lies within k + 1 of p, the count below m. */
+    uint32_t lo = p > k + 1 ? p - k - 1 : 0, hi = p < w->n - k - 1 ? p : w->n - k - 1;
+    struct finger low = {NULL, 0, 0}, high = {NULL, 0, 0};
+    while (lo < hi) {
+        uint32_t mid = lo + (hi - lo) / 2;
+        int nearer = at(w, &high, mid + k + 1) - m < m - at(w, &low, mid);
+        lo = nearer ? mid + 1 : lo;
+        hi = nearer ? hi : mid;
+    }
+    uint32_t first = lo;
+    /* The k-th distance is the farther end's; the next one the nearer of the two neighbours'. */
+    double below = m - at(w, &low, first), above = at(w, &high, first + k) - m;
+    double kth = below > above ? below : above;
     if (w->n & 1)
-        return kth_distance(w, &below, &above, median, h);
-    return 0.5 * (kth_distance(w, &below, &above, median, h - 1) + kth_distance(w, &below, &above, median, h));
+        return kth;
+    below = first > 0 ? m - at(w, &low, first - 1) : -1;
+    above = first + k + 1 < w->n ? at(w, &high, first + k + 1) - m : -1;
+    double next = below < 0 ? above : above < 0 ? below : below < above ? below : above;
+    return 0.5 * (kth + next);
 }
 
-double rtk_sortwin_abs_dev_sum(const rtk_sortwin *w, double centre)
+/* The sum of a node's values at level d, summed again only if it changed: in ascending order,
+   so it depends on the values and the tree's shape alone. */
+static double node_sum(rtk_sortwin *w, int d, uint16_t i)
+{
+    if (d == w->height) {
+        leaf_t *a = leaf(w, i);
+        if (a->stale) {
+            double s = 0;
+            for (uint32_t j = 0; j < a->n; j++)
+                s += a->v[j];
+            a->sum = s;
+            a->stale = 0;
+        }
+        return a->sum;
+    }
+    inner_t *a = inner(w, i);
+    if (a->stale) {
+        double s = 0;
+        for (uint32_t j = 0; j < a->n; j++)
+            s += node_sum(w, d + 1, a->child[j]);
+        a->sum = s;
+        a->stale = 0;
+    }
+    return a->sum;
+}
+
+double rtk_sortwin_abs_dev_sum(rtk_sortwin *w, double centre)
 {
     /* The values under centre and the rest summed apart, each against its count: O(log n),
        in another order than one by one (a last-bit difference, for a last-resort scale). */
     double under = 0, over = 0;
     uint32_t count = 0;
-    for (uint16_t i = w->root; i != NONE;) {
-        const rtk_sortwin_node *a = &w->node[i];
-        if (a->value < centre) {
-            under += sum_of(w, a->child[0]) + a->value;
-            count += size_of(w, a->child[0]) + 1;
-            i = a->child[1];
-        } else {
-            over += a->value + sum_of(w, a->child[1]);
-            i = a->child[0];
-        }
+    uint16_t i = w->root;
+    for (int d = 0; d < w->height; d++) {
+        const inner_t *a = inner(w, i);
+        uint32_t c = child_by_value(a, centre);
+        for (uint32_t j = 0; j < a->n; j++)
+            if (j != c)
+                *(j < c ? &under : &over) += node_sum(w, d + 1, a->child[j]);
+        if (c)
+            count += a->cum[c - 1];
+        i = a->child[c];
     }
+    const leaf_t *a = leaf(w, i);
+    uint32_t j = lower_bound(a->v, a->n, centre);
+    count += j;
+    for (uint32_t t = 0; t < a->n; t++)
+        *(t < j ? &under : &over) += a->v[t];
     return (count * centre - under) + (over - (w->n - count) * centre);
 }
 

@@ -1,30 +1,46 @@
 /* A sliding window with its order statistics, for robust statistics per sample: the
  * value of any rank, the median, the median absolute deviation (MAD) and the sum of
  * absolute deviations, each in O(log n), and a push (the newest value in, the oldest
- * out) in O(log n). The window is an AVL tree ordered by value, each node counting
- * and summing its subtree; a value's node is its slot in arrival order, so the
- * oldest is found without a search and no memory is allocated after init.
- * Memory is the caller's: rtk_sortwin_bytes(capacity). NaN must not be pushed. */
+ * out) in O(log n). The window is a counted B+tree: leaves are short sorted arrays
+ * (a push moves at most one leaf's values, as the sorted array moved the whole
+ * window), inner nodes count and bound their children for rank and value searches;
+ * a ring in arrival order names the oldest value. Nodes come from pools sized at
+ * init: no memory is allocated after it. Memory is the caller's:
+ * rtk_sortwin_bytes(capacity). NaN must not be pushed. */
 #ifndef RTK_SORTWIN_H
 #define RTK_SORTWIN_H
 
 #include <stddef.h>
 #include <stdint.h>
 
-#define RTK_SORTWIN_MAX 65535u /* node links are 16 bits, one value reserved for "none" */
+#define RTK_SORTWIN_MAX 65535u /* sizes and node numbers are 16 bits */
+#define RTK_SORTWIN_LEAF 64    /* values in a leaf, at most */
+#define RTK_SORTWIN_FAN 16     /* children of an inner node, at most */
+
+/* A node's sum of values is cached: `stale` says it must be summed again before use. */
+typedef struct {
+    uint16_t n, stale; /* n: the values held, or for a free leaf the next free one */
+    uint32_t pad;
+    double sum;
+    double v[RTK_SORTWIN_LEAF]; /* ascending */
+} rtk_sortwin_leaf;
 
 typedef struct {
-    double value;
-    double sum;              /* of the values in the subtree rooted here */
-    uint16_t child[2];       /* the lower and the higher subtree; RTK_SORTWIN_MAX: none */
-    uint16_t size;           /* values in the subtree */
-    uint8_t height;
-} rtk_sortwin_node;
+    uint16_t n, stale;
+    uint32_t pad;
+    double sum;
+    uint16_t child[RTK_SORTWIN_FAN];
+    uint16_t size[RTK_SORTWIN_FAN]; /* values under each child */
+    uint16_t cum[RTK_SORTWIN_FAN];  /* values under children 0..j */
+    double max[RTK_SORTWIN_FAN];    /* the largest value under each child */
+} rtk_sortwin_inner;
 
 typedef struct {
-    rtk_sortwin_node *node; /* capacity nodes, node i the value pushed into slot i */
-    uint32_t cap, n, head;  /* head: the oldest value's slot once full, else the next free one */
-    uint16_t root;
+    unsigned char *mem;           /* the ring, then the leaf pool, then the inner pool */
+    uint32_t cap, n, head;        /* head: the oldest value's slot once full, else the next free one */
+    uint32_t leaves, inners;      /* pool sizes */
+    uint16_t root, height;        /* height: inner levels above the leaves (0: the root is a leaf) */
+    uint16_t free_leaf, free_inner;
 } rtk_sortwin;
 
 size_t rtk_sortwin_bytes(uint32_t capacity);
@@ -36,7 +52,8 @@ void rtk_sortwin_push(rtk_sortwin *w, double x);
 double rtk_sortwin_rank(const rtk_sortwin *w, uint32_t k); /* the k-th smallest (0-based), k < n */
 double rtk_sortwin_median(const rtk_sortwin *w);     /* 0 when empty */
 double rtk_sortwin_mad(const rtk_sortwin *w, double median); /* median |x - median|; 0 when empty */
-double rtk_sortwin_abs_dev_sum(const rtk_sortwin *w, double centre); /* the sum of |x - centre| */
+/* The sum of |x - centre|; not const: it refreshes the nodes' cached sums. */
+double rtk_sortwin_abs_dev_sum(rtk_sortwin *w, double centre);
 /* The value with a share q of the window at or below it (nearest rank, rounding down); 0 when empty. */
 double rtk_sortwin_quantile(const rtk_sortwin *w, double q);
 
