@@ -493,8 +493,9 @@ double rtk_sortwin_median(const rtk_sortwin *w)
 {
     if (w->n == 0)
         return 0.0;
+    struct finger f = {NULL, 0, 0};
     uint32_t h = w->n / 2;
-    return w->n & 1 ? rtk_sortwin_rank(w, h) : 0.5 * (rtk_sortwin_rank(w, h - 1) + rtk_sortwin_rank(w, h));
+    return w->n & 1 ? at(w, &f, h) : 0.5 * (at(w, &f, h - 1) + at(w, &f, h));
 }
 
 double rtk_sortwin_mad(const rtk_sortwin *w, double median)
@@ -502,12 +503,15 @@ double rtk_sortwin_mad(const rtk_sortwin *w, double median)
     if (w->n == 0)
         return 0.0;
     double m = median;
-    uint32_t h = w->n / 2, k = w->n & 1 ? h : h - 1, p = count_below(w, m);
+    struct finger low = {NULL, 0, 0}, high = {NULL, 0, 0};
+    uint32_t h = w->n / 2, k = w->n & 1 ? h : h - 1;
+    /* The count below m: h when m is the median of distinct middle values, found by two
+       look-ups where a search by value would take a dozen steps. */
+    uint32_t p = h > 0 && at(w, &low, h - 1) < m && m <= at(w, &high, h) ? h : count_below(w, m);
     /* The k + 1 values nearest to m are consecutive in order, ranks [first, first + k]: the
        first place where dropping the lowest for the next above would bring no nearer one.
        It lies within k + 1 of p, the count below m. */
     uint32_t lo = p > k + 1 ? p - k - 1 : 0, hi = p < w->n - k - 1 ? p : w->n - k - 1;
-    struct finger low = {NULL, 0, 0}, high = {NULL, 0, 0};
     while (lo < hi) {
         uint32_t mid = lo + (hi - lo) / 2;
         int nearer = at(w, &high, mid + k + 1) - m < m - at(w, &low, mid);

@@ -46,6 +46,11 @@ static void test_sortwin_matches_full_sort(void)
                 scratch[j] = fabs(sorted[j] - m);
             qsort(scratch, n, sizeof(double), cmp_double);
             CHECK(rtk_sortwin_mad(&w, m) == (n & 1 ? scratch[h] : 0.5 * (scratch[h - 1] + scratch[h])));
+            double c = values[(uint32_t)i * 7919u % (uint32_t)(i + 1)] + 0.5; /* any centre, not only the median */
+            for (uint32_t j = 0; j < n; j++)
+                scratch[j] = fabs(sorted[j] - c);
+            qsort(scratch, n, sizeof(double), cmp_double);
+            CHECK(rtk_sortwin_mad(&w, c) == (n & 1 ? scratch[h] : 0.5 * (scratch[h - 1] + scratch[h])));
             uint32_t k = (uint32_t)(lcg() + 1000) % n;
             CHECK(rtk_sortwin_rank(&w, k) == sorted[k]);
             CHECK(rtk_sortwin_quantile(&w, 0.975) == sorted[(uint32_t)(0.975 * (n - 1))]);
