@@ -507,7 +507,13 @@ double rtk_sortwin_mad(const rtk_sortwin *w, double median)
     uint32_t h = w->n / 2, k = w->n & 1 ? h : h - 1;
     /* The count below m: h when m is the median of distinct middle values, found by two
        look-ups where a search by value would take a dozen steps. */
-    uint32_t p = h > 0 && at(w, &low, h - 1) < m && m <= at(w, &high, h) ? h : count_below(w, m);
+    int middle = 0;
+    if (h > 0) {
+        middle = at(w, &low, h - 1) < m;
+        high = low; /* mostly the same leaf */
+        middle = middle && m <= at(w, &high, h);
+    }
+    uint32_t p = middle ? h : count_below(w, m);
     /* The k + 1 values nearest to m are consecutive in order, ranks [first, first + k]: the
        first place where dropping the lowest for the next above would bring no nearer one.
        It lies within k + 1 of p, the count below m. */

@@ -14,7 +14,7 @@
 #include <stdint.h>
 
 #define RTK_SORTWIN_MAX 65535u /* sizes and node numbers are 16 bits */
-#define RTK_SORTWIN_LEAF 64    /* values in a leaf, at most */
+#define RTK_SORTWIN_LEAF 128    /* values in a leaf, at most */
 #define RTK_SORTWIN_FAN 16     /* children of an inner node, at most */
 
 /* A node's sum of values is cached: `stale` says it must be summed again before use. */

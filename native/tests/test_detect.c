@@ -62,6 +62,59 @@ static void test_sortwin_matches_full_sort(void)
     }
 }
 
+/* A window of thousands, several levels deep, through level shifts that empty whole leaves
+   and fill others (splits, merges, a root that grows and shrinks): checked against a sorted
+   copy kept by insertion. */
+static void test_sortwin_deep_tree(void)
+{
+    enum { CAP = 5000, STEPS = 40000 };
+    static double buf[1 << 15], ring[CAP], sorted[CAP], scratch[CAP];
+    rtk_sortwin w;
+    CHECK(rtk_sortwin_bytes(CAP) <= sizeof buf);
+    rtk_sortwin_init(&w, buf, CAP);
+    uint32_t n = 0, deepest = 0;
+    for (int i = 0; i < STEPS; i++) {
+        double level = (i / 7000) % 2 ? 5000.0 : 0.0, x = i % 7 == 0 ? floor(lcg() / 50) : lcg() + level;
+        if (n == CAP) { /* the sorted copy drops the oldest */
+            double old = ring[i % CAP];
+            uint32_t j = 0;
+            while (sorted[j] < old)
+                j++;
+            memmove(sorted + j, sorted + j + 1, (n - j - 1) * sizeof(double));
+            n--;
+        }
+        uint32_t j = 0;
+        while (j < n && sorted[j] < x)
+            j++;
+        memmove(sorted + j + 1, sorted + j, (n - j) * sizeof(double));
+        sorted[j] = x;
+        n++;
+        ring[i % CAP] = x;
+        rtk_sortwin_push(&w, x);
+        CHECK(w.n == n);
+        if (w.height > deepest)
+            deepest = w.height;
+        if (i % 97 != 0)
+            continue;
+        CHECK(w.height <= (n < RTK_SORTWIN_LEAF ? 0 : 1 + log(n / (RTK_SORTWIN_LEAF / 2 - 1.0)) / log(RTK_SORTWIN_FAN / 2 - 1.0)));
+        uint32_t h = n / 2;
+        double m = rtk_sortwin_median(&w);
+        CHECK(m == (n & 1 ? sorted[h] : 0.5 * (sorted[h - 1] + sorted[h])));
+        for (uint32_t k = 0; k < n; k++)
+            scratch[k] = fabs(sorted[k] - m);
+        qsort(scratch, n, sizeof(double), cmp_double);
+        CHECK(rtk_sortwin_mad(&w, m) == (n & 1 ? scratch[h] : 0.5 * (scratch[h - 1] + scratch[h])));
+        uint32_t k = (uint32_t)i * 7919u % n;
+        CHECK(rtk_sortwin_rank(&w, k) == sorted[k]);
+        CHECK(rtk_sortwin_quantile(&w, 0.025) == sorted[(uint32_t)(0.025 * (n - 1))]);
+        double sum = 0;
+        for (uint32_t t = 0; t < n; t++)
+            sum += fabs(sorted[t] - m);
+        CHECK(near(rtk_sortwin_abs_dev_sum(&w, m), sum, 1e-9 * (1 + sum)));
+    }
+    CHECK(deepest >= 2);
+}
+
 static rtk_detector det;
 static double arena[1 << 17];
 
@@ -221,5 +274,6 @@ int main(void)
     RUN_TEST(test_time_of_day_baseline_expects_daily_peak);
     RUN_TEST(test_state_restored_mid_series);
     RUN_TEST(test_detector_config_checked);
+    RUN_TEST(test_sortwin_deep_tree); /* last: its draws leave the other tests' values as they were */
     return TEST_SUMMARY("detector");
 }
