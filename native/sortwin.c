@@ -14,6 +14,13 @@
 typedef rtk_sortwin_leaf leaf_t;
 typedef rtk_sortwin_inner inner_t;
 
+/* Where the last searches ended, for the next to start from: the queries are const, the
+   window's memory is not, and no result depends on these. */
+typedef struct {
+    uint32_t mad_first; /* the first of the nearest values, in the last MAD */
+    uint32_t pad;
+} hints;
+
 static uint32_t leaf_pool(uint32_t capacity) { return capacity / LEAF_MIN + 1; }
 
 static uint32_t inner_pool(uint32_t capacity)
@@ -26,18 +33,19 @@ static uint32_t inner_pool(uint32_t capacity)
 
 size_t rtk_sortwin_bytes(uint32_t capacity)
 {
-    return (size_t)capacity * sizeof(double) + (size_t)leaf_pool(capacity) * sizeof(leaf_t) +
+    return sizeof(hints) + (size_t)capacity * sizeof(double) + (size_t)leaf_pool(capacity) * sizeof(leaf_t) +
            (size_t)inner_pool(capacity) * sizeof(inner_t);
 }
 
-static inline double *ring(const rtk_sortwin *w) { return (double *)w->mem; }
+static inline hints *hint(const rtk_sortwin *w) { return (hints *)w->mem; }
+static inline double *ring(const rtk_sortwin *w) { return (double *)(w->mem + sizeof(hints)); }
 static inline leaf_t *leaf(const rtk_sortwin *w, uint16_t i)
 {
-    return (leaf_t *)(w->mem + (size_t)w->cap * sizeof(double)) + i;
+    return (leaf_t *)(w->mem + sizeof(hints) + (size_t)w->cap * sizeof(double)) + i;
 }
 static inline inner_t *inner(const rtk_sortwin *w, uint16_t i)
 {
-    return (inner_t *)(w->mem + (size_t)w->cap * sizeof(double) + (size_t)w->leaves * sizeof(leaf_t)) + i;
+    return (inner_t *)(w->mem + sizeof(hints) + (size_t)w->cap * sizeof(double) + (size_t)w->leaves * sizeof(leaf_t)) + i;
 }
 
 void rtk_sortwin_init(rtk_sortwin *w, void *buf, uint32_t capacity)
@@ -92,6 +100,7 @@ void rtk_sortwin_clear(rtk_sortwin *w)
     for (uint32_t i = w->inners; i-- > 0;)
         give_inner(w, (uint16_t)i);
     memset(ring(w), 0, (size_t)w->cap * sizeof(double));
+    memset(hint(w), 0, sizeof(hints));
     w->root = take_leaf(w);
 }
 
@@ -515,15 +524,39 @@ double rtk_sortwin_mad(const rtk_sortwin *w, double median)
     }
     uint32_t p = middle ? h : count_below(w, m);
     /* The k + 1 values nearest to m are consecutive in order, ranks [first, first + k]: the
-       first place where dropping the lowest for the next above would bring no nearer one.
-       It lies within k + 1 of p, the count below m. */
+       first place where dropping the lowest for the next above would bring no nearer one
+       (a test true up to there, false from there). It lies within k + 1 of p, the count
+       below m, and moves little from one sample to the next: the search gallops from where
+       the last one ended, then halves. */
     uint32_t lo = p > k + 1 ? p - k - 1 : 0, hi = p < w->n - k - 1 ? p : w->n - k - 1;
+    uint32_t g = hint(w)->mad_first;
+    g = g < lo ? lo : g > hi ? hi : g;
+#define NEARER(l) ((l) < hi && at(w, &high, (l) + k + 1) - m < m - at(w, &low, (l)))
+    if (NEARER(g)) {
+        uint32_t step = 1;
+        lo = g + 1;
+        while (g + step < hi && NEARER(g + step)) {
+            lo = g + step + 1;
+            step *= 2;
+        }
+        hi = g + step < hi ? g + step : hi;
+    } else {
+        uint32_t step = 1;
+        hi = g;
+        while (g >= lo + step && !NEARER(g - step)) {
+            hi = g - step;
+            step *= 2;
+        }
+        lo = g >= lo + step ? g - step + 1 : lo;
+    }
     while (lo < hi) {
         uint32_t mid = lo + (hi - lo) / 2;
-        int nearer = at(w, &high, mid + k + 1) - m < m - at(w, &low, mid);
+        int nearer = NEARER(mid);
         lo = nearer ? mid + 1 : lo;
         hi = nearer ? hi : mid;
     }
+#undef NEARER
+    hint(w)->mad_first = lo;
     uint32_t first = lo;
     /* The k-th distance is the farther end's; the next one the nearer of the two neighbours'. */
     double below = m - at(w, &low, first), above = at(w, &high, first + k) - m;
