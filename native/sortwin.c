@@ -9,7 +9,7 @@
 /* Fewest entries in a node other than the root: a split leaves LEAF / 2 (FAN / 2) on each side. */
 #define LEAF_MIN (LEAF / 2 - 1)
 #define FAN_MIN (FAN / 2 - 1)
-#define MAX_HEIGHT 8 /* 65535 values fill at most 2115 leaves: 3 inner levels */
+#define MAX_HEIGHT 8 /* 65535 values fill at most 1041 leaves: 4 inner levels */
 
 typedef rtk_sortwin_leaf leaf_t;
 typedef rtk_sortwin_inner inner_t;
