@@ -1,6 +1,5 @@
 #include "sortwin.h"
 
-#include <math.h>
 #include <string.h>
 
 #define NONE ((uint16_t)0xffff)
@@ -119,37 +118,34 @@ static uint32_t lower_bound(const double *v, uint32_t n, double x)
     return (uint32_t)(base - v) + (*base < x);
 }
 
-/* The child whose values hold the lower bound of x: the first whose largest is >= x, or the
-   last. The bounds ascend, the unused ones padded with infinity: a halving search. */
+/* The child searches scan: a node has a few children, and a series' next values mostly take
+   the same one, an exit the processor predicts where a halving search's turns are coin tosses. */
+
+/* The child whose values hold the lower bound of x: the first whose largest is >= x, or the last. */
 static inline uint32_t child_by_value(const inner_t *a, double x)
 {
-    uint32_t c = lower_bound(a->max, FAN, x);
-    return c < a->n ? c : a->n - 1u;
+    uint32_t c = 0;
+    while (c + 1u < a->n && a->max[c] < x)
+        c++;
+    return c;
 }
 
-/* The child holding rank r, r becoming the rank within it (r < the node's count). A count over
-   every entry, the unused ones padded past any rank: a loop of fixed length, which the
-   compiler turns into a few vector compares. */
+/* The child holding rank r, r becoming the rank within it (r < the node's count). */
 static inline uint32_t child_by_rank(const inner_t *a, uint32_t *r)
 {
-    uint16_t c = 0, r16 = (uint16_t)*r; /* 16 bits like the counts: eight to a vector compare */
-    for (uint32_t j = 0; j < FAN; j++)
-        c = (uint16_t)(c + (a->cum[j] <= r16));
+    uint32_t c = 0;
+    while (a->cum[c] <= *r)
+        c++;
     if (c)
         *r -= a->cum[c - 1];
     return c;
 }
 
-/* Counts from the sizes; unused entries padded past any rank and any value. */
 static void refresh_cum(inner_t *a)
 {
     uint32_t s = 0;
     for (uint32_t j = 0; j < a->n; j++)
         a->cum[j] = (uint16_t)(s += a->size[j]);
-    for (uint32_t j = a->n; j < FAN; j++) {
-        a->cum[j] = NONE;
-        a->max[j] = INFINITY;
-    }
 }
 
 /* The way from the root to a leaf: the inner node at each level and the child taken. */
