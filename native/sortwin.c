@@ -154,7 +154,7 @@ typedef struct {
     uint8_t idx[MAX_HEIGHT];
 } path;
 
-static uint16_t descend(const rtk_sortwin *w, double x, path *p)
+static inline uint16_t descend(const rtk_sortwin *w, double x, path *p)
 {
     uint16_t i = w->root;
     for (int d = 0; d < w->height; d++) {
@@ -399,7 +399,12 @@ static int replace(rtk_sortwin *w, double old, double x)
         }
         a->v[j] = x;
         a->stale = 1;
-        bound_path(w, &pn);
+        if (i + 1 == a->n || j + 1 == a->n) { /* the leaf's largest changed */
+            bound_path(w, &pn);
+        } else {
+            for (int d = 0; d < w->height; d++)
+                inner(w, pn.node[d])->stale = 1;
+        }
         return 1;
     }
     if ((w->height > 0 && a->n <= LEAF_MIN) || b->n + 1 >= LEAF)
