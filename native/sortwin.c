@@ -204,6 +204,17 @@ static void bound_path(const rtk_sortwin *w, const path *p)
     }
 }
 
+/* The leaf at the end of p changed, its largest value too if `largest`. */
+static inline void touch_path(const rtk_sortwin *w, const path *p, int largest)
+{
+    if (largest) {
+        bound_path(w, p);
+        return;
+    }
+    for (int d = 0; d < w->height; d++)
+        inner(w, p->node[d])->stale = 1;
+}
+
 /* The leaf at the end of p gained (+1) or lost (-1) a value. */
 static void resize_path(const rtk_sortwin *w, const path *p, int delta)
 {
@@ -399,12 +410,7 @@ static int replace(rtk_sortwin *w, double old, double x)
         }
         a->v[j] = x;
         a->stale = 1;
-        if (i + 1 == a->n || j + 1 == a->n) { /* the leaf's largest changed */
-            bound_path(w, &pn);
-        } else {
-            for (int d = 0; d < w->height; d++)
-                inner(w, pn.node[d])->stale = 1;
-        }
+        touch_path(w, &pn, i + 1 == a->n || j + 1 == a->n);
         return 1;
     }
     if ((w->height > 0 && a->n <= LEAF_MIN) || b->n + 1 >= LEAF)
@@ -431,8 +437,8 @@ static int replace(rtk_sortwin *w, double old, double x)
         count_from(inner(w, po.node[d]), po.idx[d], -1);
         count_from(inner(w, pn.node[d]), pn.idx[d], 1);
     }
-    bound_path(w, &po);
-    bound_path(w, &pn);
+    touch_path(w, &po, i == a->n);
+    touch_path(w, &pn, j + 1 == b->n);
     return 1;
 }
 
