@@ -413,6 +413,34 @@ static int replace(rtk_sortwin *w, double old, double x)
         touch_path(w, &pn, i + 1 == a->n || j + 1 == a->n);
         return 1;
     }
+    int up = w->height - 1; /* the leaves' parents */
+    uint32_t ca = po.idx[up], cb = pn.idx[up];
+    if (po.node[up] == pn.node[up] && (ca + 1 == cb || cb + 1 == ca)) {
+        /* Neighbours: the values between the two places shift by one across their boundary,
+           as in a sorted array, and every count stays. */
+        uint32_t j = lower_bound(b->v, b->n, x);
+        if (ca < cb) {
+            memmove(a->v + i, a->v + i + 1, (a->n - i - 1) * sizeof(double));
+            if (j == 0) { /* x lies between the two */
+                a->v[a->n - 1] = x;
+            } else {
+                a->v[a->n - 1] = b->v[0];
+                memmove(b->v, b->v + 1, (j - 1) * sizeof(double));
+                b->v[j - 1] = x;
+            }
+            touch_path(w, &po, 1);
+            touch_path(w, &pn, j == b->n);
+        } else { /* b's largest is at least x: x was sent there */
+            memmove(a->v + 1, a->v, i * sizeof(double));
+            a->v[0] = b->v[b->n - 1];
+            memmove(b->v + j + 1, b->v + j, (b->n - 1 - j) * sizeof(double));
+            b->v[j] = x;
+            touch_path(w, &po, i + 1 == a->n);
+            touch_path(w, &pn, 1);
+        }
+        a->stale = b->stale = 1;
+        return 1;
+    }
     if ((w->height > 0 && a->n <= LEAF_MIN) || b->n + 1 >= LEAF)
         return 0;
     memmove(a->v + i, a->v + i + 1, (a->n - i - 1) * sizeof(double));
