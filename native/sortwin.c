@@ -118,18 +118,25 @@ static uint32_t lower_bound(const double *v, uint32_t n, double x)
     return (uint32_t)(base - v) + (*base < x);
 }
 
-/* The lower bounds of x and y together: two searches without a jump, interleaved, each
-   step's two loads in flight at once. */
-static void lower_bounds(const double *v, uint32_t n, double x, double y, uint32_t *i, uint32_t *j)
+/* The lower bounds of x in u (n values) and of y in v (m values) together: two searches
+   without a jump, interleaved, each step's two loads in flight at once. */
+static void lower_bounds(const double *u, uint32_t n, double x, const double *v, uint32_t m, double y,
+                         uint32_t *i, uint32_t *j)
 {
-    const double *bx = v, *by = v;
-    for (; n > 1; n -= n / 2) {
-        uint32_t half = n / 2;
-        bx += (size_t)(bx[half - 1] < x) * half;
-        by += (size_t)(by[half - 1] < y) * half;
+    const double *bu = u, *bv = v;
+    while (n > 1 || m > 1) {
+        uint32_t hn = n / 2, hm = m / 2;
+        if (hn) {
+            bu += (size_t)(bu[hn - 1] < x) * hn;
+            n -= hn;
+        }
+        if (hm) {
+            bv += (size_t)(bv[hm - 1] < y) * hm;
+            m -= hm;
+        }
     }
-    *i = (uint32_t)(bx - v) + (n && *bx < x);
-    *j = (uint32_t)(by - v) + (n && *by < y);
+    *i = (uint32_t)(bu - u) + (n && *bu < x);
+    *j = (uint32_t)(bv - v) + (m && *bv < y);
 }
 
 /* The child searches scan: a node has a few children, and a series' next values mostly take
@@ -413,9 +420,9 @@ static int replace(rtk_sortwin *w, double old, double x)
 {
     path po, pn;
     leaf_t *a = leaf(w, descend(w, old, &po)), *b = leaf(w, descend(w, x, &pn));
+    uint32_t i, j;
+    lower_bounds(a->v, a->n, old, b->v, b->n, x, &i, &j);
     if (a == b) {
-        uint32_t i, j;
-        lower_bounds(a->v, a->n, old, x, &i, &j);
         if (j > i) {
             memmove(a->v + i, a->v + i + 1, (j - 1 - i) * sizeof(double));
             j--;
@@ -427,13 +434,11 @@ static int replace(rtk_sortwin *w, double old, double x)
         touch_path(w, &pn, i + 1 == a->n || j + 1 == a->n);
         return 1;
     }
-    uint32_t i = lower_bound(a->v, a->n, old);
     int up = w->height - 1; /* the leaves' parents */
     uint32_t ca = po.idx[up], cb = pn.idx[up];
     if (po.node[up] == pn.node[up] && (ca + 1 == cb || cb + 1 == ca)) {
         /* Neighbours: the values between the two places shift by one across their boundary,
            as in a sorted array, and every count stays. */
-        uint32_t j = lower_bound(b->v, b->n, x);
         if (ca < cb) {
             memmove(a->v + i, a->v + i + 1, (a->n - i - 1) * sizeof(double));
             if (j == 0) { /* x lies between the two */
@@ -460,7 +465,6 @@ static int replace(rtk_sortwin *w, double old, double x)
         return 0;
     memmove(a->v + i, a->v + i + 1, (a->n - i - 1) * sizeof(double));
     a->n--;
-    uint32_t j = lower_bound(b->v, b->n, x);
     memmove(b->v + j + 1, b->v + j, (b->n - j) * sizeof(double));
     b->v[j] = x;
     b->n++;
