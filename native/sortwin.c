@@ -56,37 +56,28 @@ void rtk_sortwin_init(rtk_sortwin *w, void *buf, uint32_t capacity)
     rtk_sortwin_clear(w);
 }
 
-/* Free nodes are chained through their first field. */
-static uint16_t take_leaf(rtk_sortwin *w)
+/* Free nodes are chained through their first field, n, a uint16_t in both kinds; a node
+   zeroed is empty and not summed. */
+static void *node_at(const rtk_sortwin *w, int is_leaf, uint16_t i)
 {
-    uint16_t i = w->free_leaf;
-    w->free_leaf = leaf(w, i)->n;
-    memset(leaf(w, i), 0, sizeof(leaf_t));
-    leaf(w, i)->stale = 1;
+    return is_leaf ? (void *)leaf(w, i) : (void *)inner(w, i);
+}
+
+static uint16_t take(rtk_sortwin *w, int is_leaf)
+{
+    uint16_t *chain = is_leaf ? &w->free_leaf : &w->free_inner, i = *chain;
+    uint16_t *node = node_at(w, is_leaf, i);
+    *chain = *node;
+    memset(node, 0, is_leaf ? sizeof(leaf_t) : sizeof(inner_t));
     return i;
 }
 
-static uint16_t take_inner(rtk_sortwin *w)
+static void give(rtk_sortwin *w, int is_leaf, uint16_t i)
 {
-    uint16_t i = w->free_inner;
-    w->free_inner = inner(w, i)->n;
-    memset(inner(w, i), 0, sizeof(inner_t));
-    inner(w, i)->stale = 1;
-    return i;
-}
-
-static void give_leaf(rtk_sortwin *w, uint16_t i)
-{
-    memset(leaf(w, i), 0, sizeof(leaf_t)); /* no stale bytes in a saved state */
-    leaf(w, i)->n = w->free_leaf;
-    w->free_leaf = i;
-}
-
-static void give_inner(rtk_sortwin *w, uint16_t i)
-{
-    memset(inner(w, i), 0, sizeof(inner_t));
-    inner(w, i)->n = w->free_inner;
-    w->free_inner = i;
+    uint16_t *chain = is_leaf ? &w->free_leaf : &w->free_inner, *node = node_at(w, is_leaf, i);
+    memset(node, 0, is_leaf ? sizeof(leaf_t) : sizeof(inner_t)); /* no stale bytes in a saved state */
+    *node = *chain;
+    *chain = i;
 }
 
 void rtk_sortwin_clear(rtk_sortwin *w)
@@ -95,12 +86,12 @@ void rtk_sortwin_clear(rtk_sortwin *w)
     w->height = 0;
     w->free_leaf = w->free_inner = NONE;
     for (uint32_t i = w->leaves; i-- > 0;)
-        give_leaf(w, (uint16_t)i);
+        give(w, 1, (uint16_t)i);
     for (uint32_t i = w->inners; i-- > 0;)
-        give_inner(w, (uint16_t)i);
+        give(w, 0, (uint16_t)i);
     memset(ring(w), 0, (size_t)w->cap * sizeof(double));
     memset(hint(w), 0, sizeof(hints));
-    w->root = take_leaf(w);
+    w->root = take(w, 1);
 }
 
 /* First index whose value is >= x (lower bound). Branch-free halving: the comparison
@@ -214,14 +205,14 @@ static inline void count_from(inner_t *a, uint32_t c, int delta)
         a->cum[j] = (uint16_t)(a->cum[j] + delta);
 }
 
-/* The leaf at the end of p changed: its ancestors' bounds follow, their sums are stale. */
+/* The leaf at the end of p changed: its ancestors' bounds follow, their sums are out of date. */
 static void bound_path(const rtk_sortwin *w, const path *p)
 {
     for (int d = w->height - 1; d >= 0; d--) {
         inner_t *a = inner(w, p->node[d]);
         if (size_at(w, d + 1, p->node[d + 1]))
             a->max[p->idx[d]] = max_at(w, d + 1, p->node[d + 1]);
-        a->stale = 1;
+        a->summed = 0;
     }
 }
 
@@ -233,7 +224,7 @@ static inline void touch_path(const rtk_sortwin *w, const path *p, int largest)
         return;
     }
     for (int d = 0; d < w->height; d++)
-        inner(w, p->node[d])->stale = 1;
+        inner(w, p->node[d])->summed = 0;
 }
 
 /* The leaf at the end of p gained (+1) or lost (-1) a value. */
@@ -278,7 +269,7 @@ static void entries_move(inner_t *a, uint32_t from, uint32_t count, inner_t *b, 
     b->n = (uint16_t)(b->n + count);
     refresh_cum(a);
     refresh_cum(b);
-    a->stale = b->stale = 1;
+    a->summed = b->summed = 0;
 }
 
 static void values_move(leaf_t *a, uint32_t from, uint32_t count, leaf_t *b, uint32_t at)
@@ -288,7 +279,7 @@ static void values_move(leaf_t *a, uint32_t from, uint32_t count, leaf_t *b, uin
     memmove(a->v + from, a->v + from + count, (a->n - from - count) * sizeof(double));
     a->n = (uint16_t)(a->n - count);
     b->n = (uint16_t)(b->n + count);
-    a->stale = b->stale = 1;
+    a->summed = b->summed = 0;
 }
 
 /* Moves count entries of the node at level d from the front or the end of one node to another. */
@@ -313,10 +304,10 @@ static void split_path(rtk_sortwin *w, path *p)
         uint32_t full = d == w->height ? LEAF : FAN;
         if (entries_at(w, d, x) < full)
             return;
-        uint16_t y = d == w->height ? take_leaf(w) : take_inner(w);
+        uint16_t y = take(w, d == w->height);
         move_at(w, d, x, full / 2, full / 2, y, 0);
         if (d == 0) { /* a new root above the old one */
-            uint16_t r = take_inner(w);
+            uint16_t r = take(w, 0);
             inner_t *a = inner(w, r);
             a->n = 2;
             a->child[0] = x;
@@ -334,7 +325,7 @@ static void split_path(rtk_sortwin *w, path *p)
         entry_from_child(w, a, c, d - 1);
         entry_from_child(w, a, c + 1, d - 1);
         refresh_cum(a);
-        a->stale = 1;
+        a->summed = 0;
     }
 }
 
@@ -356,30 +347,27 @@ static void refill_path(rtk_sortwin *w, path *p)
             move_at(w, d, right, 0, 1, x, entries_at(w, d, x));
         } else {
             move_at(w, d, right, 0, entries_at(w, d, right), left, entries_at(w, d, left));
-            if (d == w->height)
-                give_leaf(w, right);
-            else
-                give_inner(w, right);
+            give(w, d == w->height, right);
             memmove(a->child + r, a->child + r + 1, (a->n - r - 1) * sizeof a->child[0]);
             memmove(a->size + r, a->size + r + 1, (a->n - r - 1) * sizeof a->size[0]);
             memmove(a->max + r, a->max + r + 1, (a->n - r - 1) * sizeof a->max[0]);
             a->n--;
             entry_from_child(w, a, l, d - 1);
             refresh_cum(a);
-            a->stale = 1;
+            a->summed = 0;
             continue;
         }
         entry_from_child(w, a, l, d - 1);
         entry_from_child(w, a, r, d - 1);
         refresh_cum(a);
-        a->stale = 1;
+        a->summed = 0;
         break;
     }
     while (w->height > 0 && inner(w, w->root)->n == 1) {
         uint16_t old = w->root;
         w->root = inner(w, old)->child[0];
         w->height--;
-        give_inner(w, old);
+        give(w, 0, old);
     }
 }
 
@@ -391,7 +379,7 @@ static void insert(rtk_sortwin *w, double x)
     memmove(a->v + j + 1, a->v + j, (a->n - j) * sizeof(double));
     a->v[j] = x;
     a->n++;
-    a->stale = 1;
+    a->summed = 0;
     resize_path(w, &p, 1);
     if (a->n == LEAF)
         split_path(w, &p);
@@ -406,7 +394,7 @@ static void remove_value(rtk_sortwin *w, double x)
     uint32_t i = lower_bound(a->v, a->n, x);
     memmove(a->v + i, a->v + i + 1, (a->n - i - 1) * sizeof(double));
     a->n--;
-    a->stale = 1;
+    a->summed = 0;
     resize_path(w, &p, -1);
     if (w->height > 0 && a->n < LEAF_MIN)
         refill_path(w, &p);
@@ -430,7 +418,7 @@ static int replace(rtk_sortwin *w, double old, double x)
             memmove(a->v + j + 1, a->v + j, (i - j) * sizeof(double));
         }
         a->v[j] = x;
-        a->stale = 1;
+        a->summed = 0;
         touch_path(w, &pn, i + 1 == a->n || j + 1 == a->n);
         return 1;
     }
@@ -458,7 +446,7 @@ static int replace(rtk_sortwin *w, double old, double x)
             touch_path(w, &po, i + 1 == a->n);
             touch_path(w, &pn, 1);
         }
-        a->stale = b->stale = 1;
+        a->summed = b->summed = 0;
         return 1;
     }
     if ((w->height > 0 && a->n <= LEAF_MIN) || b->n + 1 >= LEAF)
@@ -468,7 +456,7 @@ static int replace(rtk_sortwin *w, double old, double x)
     memmove(b->v + j + 1, b->v + j, (b->n - j) * sizeof(double));
     b->v[j] = x;
     b->n++;
-    a->stale = b->stale = 1;
+    a->summed = b->summed = 0;
     int d = 0;
     for (; d < w->height && po.node[d] == pn.node[d]; d++) { /* one node: one count down, one up */
         inner_t *c = inner(w, po.node[d]);
@@ -629,22 +617,22 @@ static double node_sum(rtk_sortwin *w, int d, uint16_t i)
 {
     if (d == w->height) {
         leaf_t *a = leaf(w, i);
-        if (a->stale) {
+        if (!a->summed) {
             double s = 0;
             for (uint32_t j = 0; j < a->n; j++)
                 s += a->v[j];
             a->sum = s;
-            a->stale = 0;
+            a->summed = 1;
         }
         return a->sum;
     }
     inner_t *a = inner(w, i);
-    if (a->stale) {
+    if (!a->summed) {
         double s = 0;
         for (uint32_t j = 0; j < a->n; j++)
             s += node_sum(w, d + 1, a->child[j]);
         a->sum = s;
-        a->stale = 0;
+        a->summed = 1;
     }
     return a->sum;
 }

@@ -17,16 +17,16 @@
 #define RTK_SORTWIN_LEAF 128    /* values in a leaf, at most */
 #define RTK_SORTWIN_FAN 16     /* children of an inner node, at most */
 
-/* A node's sum of values is cached: `stale` says it must be summed again before use. */
+/* A node's sum of values is cached, valid while `summed`. */
 typedef struct {
-    uint16_t n, stale; /* n: the values held, or for a free leaf the next free one */
+    uint16_t n, summed; /* n: the values held, or for a free node the next free one */
     uint32_t pad;
     double sum;
     double v[RTK_SORTWIN_LEAF]; /* ascending */
 } rtk_sortwin_leaf;
 
 typedef struct {
-    uint16_t n, stale;
+    uint16_t n, summed;
     uint32_t pad;
     double sum;
     uint16_t child[RTK_SORTWIN_FAN];

@@ -14,6 +14,37 @@ static int cmp_double(const void *a, const void *b)
     return x < y ? -1 : x > y;
 }
 
+/* The k-th smallest |x - c| of the sorted values, the MAD's definition: the middle one (n odd)
+   or the mean of the two. */
+static double mad_by_sorting(const double *sorted, uint32_t n, double c, double *scratch)
+{
+    for (uint32_t j = 0; j < n; j++)
+        scratch[j] = fabs(sorted[j] - c);
+    qsort(scratch, n, sizeof(double), cmp_double);
+    uint32_t h = n / 2;
+    return n & 1 ? scratch[h] : 0.5 * (scratch[h - 1] + scratch[h]);
+}
+
+/* Bit for bit what the sorted array gave: the same middle values, the same differences; the
+   MAD about the median and about any centre c, ranks k, the 2.5 % and 97.5 % quantiles. The
+   sum of deviations is added in another order: to rounding. */
+static void check_against_sorted(rtk_sortwin *w, const double *sorted, uint32_t n, double c, uint32_t k,
+                                 double *scratch)
+{
+    uint32_t h = n / 2;
+    double m = rtk_sortwin_median(w);
+    CHECK(m == (n & 1 ? sorted[h] : 0.5 * (sorted[h - 1] + sorted[h])));
+    CHECK(rtk_sortwin_mad(w, m) == mad_by_sorting(sorted, n, m, scratch));
+    CHECK(rtk_sortwin_mad(w, c) == mad_by_sorting(sorted, n, c, scratch));
+    CHECK(rtk_sortwin_rank(w, k) == sorted[k]);
+    CHECK(rtk_sortwin_quantile(w, 0.025) == sorted[(uint32_t)(0.025 * (n - 1))]);
+    CHECK(rtk_sortwin_quantile(w, 0.975) == sorted[(uint32_t)(0.975 * (n - 1))]);
+    double sum = 0;
+    for (uint32_t j = 0; j < n; j++)
+        sum += fabs(sorted[j] - m);
+    CHECK(near(rtk_sortwin_abs_dev_sum(w, m), sum, 1e-9 * (1 + sum)));
+}
+
 /* Every statistic of the window equals the one computed afresh from its values sorted. */
 static void test_sortwin_matches_full_sort(void)
 {
@@ -39,25 +70,8 @@ static void test_sortwin_matches_full_sort(void)
             double m = rtk_sortwin_median(&w);
             CHECK(near(m, median, 1e-12));
             CHECK(near(rtk_sortwin_mad(&w, m), mad, 1e-12));
-            /* Bit for bit what the sorted array gave: the same middle values, the same differences. */
-            uint32_t h = n / 2;
-            CHECK(m == (n & 1 ? sorted[h] : 0.5 * (sorted[h - 1] + sorted[h])));
-            for (uint32_t j = 0; j < n; j++)
-                scratch[j] = fabs(sorted[j] - m);
-            qsort(scratch, n, sizeof(double), cmp_double);
-            CHECK(rtk_sortwin_mad(&w, m) == (n & 1 ? scratch[h] : 0.5 * (scratch[h - 1] + scratch[h])));
             double c = values[(uint32_t)i * 7919u % (uint32_t)(i + 1)] + 0.5; /* any centre, not only the median */
-            for (uint32_t j = 0; j < n; j++)
-                scratch[j] = fabs(sorted[j] - c);
-            qsort(scratch, n, sizeof(double), cmp_double);
-            CHECK(rtk_sortwin_mad(&w, c) == (n & 1 ? scratch[h] : 0.5 * (scratch[h - 1] + scratch[h])));
-            uint32_t k = (uint32_t)(lcg() + 1000) % n;
-            CHECK(rtk_sortwin_rank(&w, k) == sorted[k]);
-            CHECK(rtk_sortwin_quantile(&w, 0.975) == sorted[(uint32_t)(0.975 * (n - 1))]);
-            double sum = 0;
-            for (uint32_t j = 0; j < n; j++)
-                sum += fabs(sorted[j] - m);
-            CHECK(near(rtk_sortwin_abs_dev_sum(&w, m), sum, 1e-9 * (1 + sum)));
+            check_against_sorted(&w, sorted, n, c, (uint32_t)(lcg() + 1000) % n, scratch);
         }
     }
 }
@@ -97,20 +111,7 @@ static void test_sortwin_deep_tree(void)
         if (i % 97 != 0)
             continue;
         CHECK(w.height <= (n < RTK_SORTWIN_LEAF ? 0 : 1 + log(n / (RTK_SORTWIN_LEAF / 2 - 1.0)) / log(RTK_SORTWIN_FAN / 2 - 1.0)));
-        uint32_t h = n / 2;
-        double m = rtk_sortwin_median(&w);
-        CHECK(m == (n & 1 ? sorted[h] : 0.5 * (sorted[h - 1] + sorted[h])));
-        for (uint32_t k = 0; k < n; k++)
-            scratch[k] = fabs(sorted[k] - m);
-        qsort(scratch, n, sizeof(double), cmp_double);
-        CHECK(rtk_sortwin_mad(&w, m) == (n & 1 ? scratch[h] : 0.5 * (scratch[h - 1] + scratch[h])));
-        uint32_t k = (uint32_t)i * 7919u % n;
-        CHECK(rtk_sortwin_rank(&w, k) == sorted[k]);
-        CHECK(rtk_sortwin_quantile(&w, 0.025) == sorted[(uint32_t)(0.025 * (n - 1))]);
-        double sum = 0;
-        for (uint32_t t = 0; t < n; t++)
-            sum += fabs(sorted[t] - m);
-        CHECK(near(rtk_sortwin_abs_dev_sum(&w, m), sum, 1e-9 * (1 + sum)));
+        check_against_sorted(&w, sorted, n, sorted[n / 3] + 0.5, (uint32_t)i * 7919u % n, scratch);
     }
     CHECK(deepest >= 2);
 }
