@@ -20,7 +20,8 @@ typedef struct {
     uint32_t pad;
 } hints;
 
-static uint32_t leaf_pool(uint32_t capacity) { return capacity / LEAF_MIN + 1; }
+/* A window shorter than a leaf keeps one; in a longer one every leaf holds LEAF_MIN or more. */
+static uint32_t leaf_pool(uint32_t capacity) { return capacity < LEAF ? 1 : capacity / LEAF_MIN + 1; }
 
 static uint32_t inner_pool(uint32_t capacity)
 {
