@@ -7,19 +7,21 @@
 rtk_ar_params rtk_ar_defaults(void)
 {
     rtk_ar_params p = {
-        .delay_ms = 12.0,
-        .window_n = 8,
-        .bloat_k = 3,
+        .delay_ms = 6.0,
+        .window_n = 6,
+        .bloat_k = 2,
         .cut_min = 0.05,
         .cut_max = 0.30,
-        .cut_lo_ms = 12.0,
+        .cut_lo_ms = 6.0,
         .cut_hi_ms = 60.0,
         .cut_load_factor = 0.9,
         .bloat_load = 0.5,
         .cut_refractory_s = 0.6,
         .drain_s = 2.0,
         .high_load = 0.75,
-        .raise_max = 0.03,
+        .raise_min = 0.01,
+        .raise_max = 0.05,
+        .raise_growth = 1.1,
         .raise_delta_ms = 5.0,
         .raise_refractory_s = 0.2,
         .decay_per_s = 0.1,
@@ -51,6 +53,7 @@ int rtk_ar_init(rtk_autorate *a, const rtk_ar_params *p, const double min_bps[2]
         dir->base_bps = dir->rate_bps = base_bps[d];
         dir->max_bps = max_bps[d];
         dir->last_change = dir->last_cut = -INFINITY;
+        dir->raise_step = p->raise_min;
     }
     return 0;
 }
@@ -144,6 +147,7 @@ rtk_ar_reason rtk_ar_tick(rtk_autorate *a, uint32_t d, double load_bps, double n
         rtk_ar_reason why = set_rate(dir, rate, RTK_AR_CUT, now);
         dir->last_cut = now;
         dir->delta_at_cut = mean;
+        dir->raise_step = p->raise_min;
         return why;
     }
     if (now - dir->last_cut < p->cut_refractory_s || now - dir->last_change < p->raise_refractory_s)
@@ -151,8 +155,9 @@ rtk_ar_reason rtk_ar_tick(rtk_autorate *a, uint32_t d, double load_bps, double n
     if (load >= p->high_load) {
         if (mean >= p->raise_delta_ms)
             return RTK_AR_HOLD;
-        return set_rate(dir, dir->rate_bps * (1 + p->raise_max * (1 - mean / p->raise_delta_ms)), RTK_AR_RAISE,
-                        now);
+        double step = dir->raise_step;
+        dir->raise_step = step * p->raise_growth < p->raise_max ? step * p->raise_growth : p->raise_max;
+        return set_rate(dir, dir->rate_bps * (1 + step * (1 - mean / p->raise_delta_ms)), RTK_AR_RAISE, now);
     }
     if (now - dir->last_change < p->decay_refractory_s)
         return RTK_AR_HOLD;

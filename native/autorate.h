@@ -10,7 +10,8 @@
  * direction that carries traffic (round trips cannot tell which direction queues)
  * multiplicatively, more the worse the window's mean delta, and never above
  * cut_load_factor x what the direction achieved (the link's capacity as it is now). High load
- * without delay raises it slowly; low load lets it drift back to the base rate. Refractory
+ * without delay raises it, by a small step after a cut (a link near its capacity: small
+ * overshoots) growing with every raise since (a link that grew: found again fast); low load lets it drift back to the base rate. Refractory
  * periods after each change let its effect show in the samples first; no reply from any
  * reflector for stall_s sets the minimum rate. Rates stay within [min, max]. */
 #ifndef RTK_AUTORATE_H
@@ -41,7 +42,8 @@ typedef struct {
     double cut_refractory_s;    /* no change for this long after a cut */
     double drain_s;             /* within this long after a cut, cut again only if the delay did not fall */
     double high_load;           /* load fraction above which the rate is raised */
-    double raise_max;           /* fraction raised per raise at zero delay, none at raise_delta_ms */
+    double raise_min, raise_max; /* fraction raised per raise at zero delay (none at raise_delta_ms): */
+    double raise_growth;        /* raise_min after a cut, x raise_growth per raise since, up to raise_max */
     double raise_delta_ms;
     double raise_refractory_s;  /* between raises (and after a decay step) */
     double decay_per_s;         /* fraction of the distance to base covered per second at low load, */
@@ -62,6 +64,7 @@ typedef struct {
     double min_bps, base_bps, max_bps, rate_bps;
     double last_change, last_cut;
     double delta_at_cut;        /* the window's mean delta at the last cut */
+    double raise_step;          /* the next raise's fraction at zero delay */
 } rtk_ar_direction;
 
 typedef struct {

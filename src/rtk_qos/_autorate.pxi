@@ -7,13 +7,13 @@ cdef extern from "autorate.h" nogil:
         double delay_ms
         uint32_t window_n, bloat_k
         double cut_min, cut_max, cut_lo_ms, cut_hi_ms, cut_load_factor, bloat_load, cut_refractory_s, drain_s
-        double high_load, raise_max, raise_delta_ms, raise_refractory_s, decay_per_s, decay_refractory_s, stall_s
+        double high_load, raise_min, raise_max, raise_growth, raise_delta_ms, raise_refractory_s, decay_per_s, decay_refractory_s, stall_s
         double baseline_down_gain, baseline_up_gain, delta_gain
     ctypedef struct rtk_ar_reflector:
         double baseline_ms, delta_ewma_ms, last_reply
         uint64_t replies
     ctypedef struct rtk_ar_direction:
-        double min_bps, base_bps, max_bps, rate_bps, last_change, last_cut, delta_at_cut
+        double min_bps, base_bps, max_bps, rate_bps, last_change, last_cut, delta_at_cut, raise_step
     ctypedef struct rtk_autorate:
         rtk_ar_params p
         rtk_ar_reflector reflector[16]
