@@ -59,16 +59,27 @@ class Agent:
         return json.loads(out)
 
 
-def run_phases(rig, phases: list[tuple[int, float]], settle_s: float, cc: str = "cubic") -> list[dict]:
-    """A bulk upload through every phase (modem rate, seconds); the voip-like probe's round trips
-    after `settle_s` into each phase, and the upload's goodput over the same span."""
+def add_reflectors(rig, n: int) -> list[str]:
+    """n more addresses on the server (beyond the modem, like the gateway) to probe."""
+    base = rig.server_addr.rsplit(".", 1)[0]
+    out = [f"{base}.{10 + i}" for i in range(n)]
+    for address in out:
+        rig.server.run("ip", "addr", "add", f"{address}/24", "dev", "eth0")
+    return out
+
+
+def run_phases(rig, phases: list[tuple[int, float]], settle_s: float, cc: str = "cubic"
+               ) -> tuple[list[dict], list[tuple[float, float]], int]:
+    """A bulk upload through every phase (modem rate, seconds). Returns per phase the voip-like
+    probe's round trips after `settle_s` into it and the upload's goodput over the same span;
+    when each change was made (monotonic time, Mbit/s); the bytes the upload sent."""
     from shaping_rig import percentiles, PROBE
     total = sum(seconds for _, seconds in phases)
     set_modem_rate(rig, phases[0][0])
     upload = rig.lan.popen("iperf3", "-c", rig.server_addr, "-t", str(total + 1), "-C", cc, "-J", "-i", "0.5",
                            stdout=subprocess.PIPE, text=True)
     start = time.monotonic()
-    results = []
+    results, changes = [], []
     at = 0.0
     for rate, seconds in phases:
         wait = start + at - time.monotonic()
@@ -76,6 +87,7 @@ def run_phases(rig, phases: list[tuple[int, float]], settle_s: float, cc: str = 
             time.sleep(wait)
         if at:
             set_modem_rate(rig, rate)
+            changes.append((time.monotonic(), rate / 1e6))
         time.sleep(settle_s)
         measured = seconds - settle_s - 0.5
         probe = rig.lan.popen(sys.executable, "-c", PROBE, rig.server_addr, "5060", str(0xB8),
@@ -86,12 +98,13 @@ def run_phases(rig, phases: list[tuple[int, float]], settle_s: float, cc: str = 
                         **percentiles_full(data["rtts"]), "lost": data["lost"], "sent": data["sent"]})
         at += seconds
     out, _ = upload.communicate(timeout=total + 60)
-    intervals = json.loads(out)["intervals"]
+    report = json.loads(out)
+    intervals = report["intervals"]
     for phase in results:
         bits = [i["sum"]["bits_per_second"] for i in intervals
                 if phase["from_s"] <= i["sum"]["start"] and i["sum"]["end"] <= phase["to_s"] + 0.5]
         phase["goodput_mbps"] = round(sum(bits) / len(bits) / 1e6, 3) if bits else None
-    return results
+    return results, changes, report["end"]["sum_sent"]["bytes"]
 
 
 def percentiles_full(values: list[float]) -> dict:

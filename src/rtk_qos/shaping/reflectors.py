@@ -22,7 +22,8 @@ from typing import Callable, Optional
 from ..services.probing import _ContinuousProber
 
 SEGMENT_S = 300.0       # one prober run; the set is the same until a rotation
-SILENT_S = 2.0          # no reply for this long while another reflector answered: rotated out
+SILENT_S = 2.0          # no reply for this long (at least 6 probe intervals) while others answer: rotated out
+ANSWERING_INTERVALS = 3  # a reflector with a reply within this many probe intervals is answering
 LOSS_WINDOW = 20        # outcomes kept per reflector
 LOSS_EXCESS = 0.5       # losing this fraction more than the best reflector: rotated out
 ERRATIC_MS = 30.0       # delta EWMA this far above the others' median: its own queue, not the link's
@@ -35,8 +36,8 @@ class Reflector:
     def __init__(self, address: str, slot: int, now: float):
         self.address = address
         self.slot = slot
-        self.since = now
-        self.last_reply = now          # grace: counted silent only SILENT_S after it joined
+        self.since = now               # it is counted silent only SILENT_S after it joined
+        self.last_reply = -1e9
         self.outcomes: deque = deque(maxlen=LOSS_WINDOW)  # 1 lost, 0 answered
 
     def loss(self) -> float:
@@ -58,6 +59,7 @@ class ReflectorPool:
         now = clock()
         self.active: dict[str, Reflector] = {}
         self.benched: dict[str, float] = {}   # address -> when it may return
+        self._shared_silence = -1e9            # the last check at which no reflector answered
         for address in self.candidates[:len(self._free)]:
             self._take(address, now)
         self._stop = threading.Event()
@@ -132,19 +134,23 @@ class ReflectorPool:
         now = self._clock()
         with self._lock:
             reflectors = list(self.active.values())
-            answering = [r for r in reflectors if now - r.last_reply < SILENT_S]
-            if not answering:
-                return []  # all silent: the link, not the reflectors
-            best_loss = min(r.loss() for r in answering)
-            deltas = {r.address: delta_ewma(r.slot) for r in answering}
+            # Silence they all shared (the link) does not count: each is timed from its end.
+            silent_for = {r.address: now - max(r.last_reply, r.since, self._shared_silence) for r in reflectors}
+            silent_s = max(SILENT_S, 2 * ANSWERING_INTERVALS * self.interval)
+            replied = [r for r in reflectors if now - r.last_reply < ANSWERING_INTERVALS * self.interval]
+            if not replied:
+                self._shared_silence = now
+                return []
+            best_loss = min(r.loss() for r in replied)
+            deltas = {r.address: delta_ewma(r.slot) for r in replied}
             bad = []
             for r in reflectors:
                 others = [d for a, d in deltas.items() if a != r.address]
-                if now - r.last_reply >= SILENT_S:
-                    bad.append((r, f"no reply for {now - r.last_reply:.1f} s while others answer"))
+                if silent_for[r.address] >= silent_s:
+                    bad.append((r, f"no reply for {silent_for[r.address]:.1f} s while others answer"))
                 elif r.loss() - best_loss >= LOSS_EXCESS:
                     bad.append((r, f"lost {r.loss():.0%} of its last probes, the best {best_loss:.0%}"))
-                elif others and deltas[r.address] - statistics.median(others) > ERRATIC_MS:
+                elif r.address in deltas and others and deltas[r.address] - statistics.median(others) > ERRATIC_MS:
                     bad.append((r, f"its delay {deltas[r.address]:.1f} ms above baseline, the others' "
                                    f"median {statistics.median(others):.1f} ms"))
             done = []
