@@ -53,6 +53,7 @@ bench: $(VENV)/.built
 	$(PY) bench/iforest.py --output bench/iforest-report.json
 	$(PY) bench/nab.py --halves --generated --sweep window=256,512,1024 --sweep smooth_alpha=0.05,0.1,0.2 --output bench/nab-report.json
 	$(PY) bench/shaping.py --output bench/shaping-report.json
+	$(PY) bench/autorate.py --output bench/autorate-report.json
 
 native-test:
 	$(MAKE) -C native test

@@ -107,6 +107,18 @@ def run_phases(rig, phases: list[tuple[int, float]], settle_s: float, cc: str = 
     return results, changes, report["end"]["sum_sent"]["bytes"]
 
 
+def settling(agent, changes: list[tuple[float, float]]) -> list[float]:
+    """Per link change (monotonic time, new Mbit/s): seconds until the shaper's rate was within
+    80-100 % of it for the first time (a drop: the first cut; a rise: the raises)."""
+    decisions = [d for d in agent.decisions() if d.get("event") == "rate"]
+    out = []
+    for at, mbps in changes:
+        at_ms = (time.time() - (time.monotonic() - at)) * 1000
+        hits = [d["time_ms"] for d in decisions if d["time_ms"] >= at_ms and 0.8 * mbps <= d["new_mbps"] <= mbps]
+        out.append(round((hits[0] - at_ms) / 1000, 2) if hits else None)
+    return out
+
+
 def percentiles_full(values: list[float]) -> dict:
     if not values:
         return {"p50_ms": None, "p95_ms": None, "p99_ms": None}

@@ -63,18 +63,6 @@ def _root_bytes(rig) -> int:
     return next(c.bytes for key, c in tree.counters.items() if key[:2] == ("qdisc", 0x10000))
 
 
-def _settling(agent, changes: list[tuple[float, float]]) -> list[float]:
-    """Per link change (monotonic time, new Mbit/s): seconds until the shaper's rate was within
-    80-100 % of it for the first time (a drop: the first cut; a rise: the raises)."""
-    decisions = [d for d in agent.decisions() if d.get("event") == "rate"]
-    out = []
-    for at, mbps in changes:
-        at_ms = (time.time() - (time.monotonic() - at)) * 1000
-        hits = [d["time_ms"] for d in decisions if d["time_ms"] >= at_ms and 0.8 * mbps <= d["new_mbps"] <= mbps]
-        out.append(round((hits[0] - at_ms) / 1000, 2) if hits else None)
-    return out
-
-
 @pytest.mark.parametrize("cc,phases", [
     ("cubic", [(20_000_000, 14), (5_000_000, 18), (15_000_000, 18)]),
     ("bbr", [(20_000_000, 12), (5_000_000, 14)]),
@@ -91,7 +79,7 @@ def test_adaptive_shaping_follows_the_link(rig, tmp_path, cc, phases):
         ceilings = _class_ceilings(rig)
     finally:
         final = agent.stop()
-    print(f"\n{cc}: idle {idle}; settling (s) after each change: {_settling(agent, changes)}")
+    print(f"\n{cc}: idle {idle}; settling (s) after each change: {autorate_rig.settling(agent, changes)}")
     for phase in results:
         print(phase)
         assert phase["p95_ms"] <= idle["p95_ms"] + BOUND_MS, (idle, phase)
