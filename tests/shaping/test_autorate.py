@@ -6,6 +6,7 @@ Bound: the voip-like probe's p95 stays within idle + 30 ms (cake-autorate's own 
 what its users accept) once the controller has settled; measured settling times are printed
 (`-s`) and the README gives them with bench/autorate.py's report.
 """
+import os
 import time
 
 import pytest
@@ -151,3 +152,21 @@ def test_reflectors_rotate_and_silence_means_the_minimum_rate(rig, tmp_path):
     # reflector was rotated out for the silence they all shared.
     assert after["reason"] == "raise" and after["new_mbps"] > RATES["min_mbps"]
     assert [d for d in agent.decisions() if d.get("event") == "reflector_rotated"] == rotated
+
+
+def test_scaled_tree_keeps_the_shares_and_the_log_stays_bounded(tmp_path, monkeypatch):
+    p = plan.build_auto("wan0", 20_000_000, "t", HERE_KERNEL, ["minimize_latency"], ["voip"])
+    half = autorate.scaled(p.interfaces[0], p.shaped_bps, p.shaped_bps / 2)
+    for before, after in zip(p.interfaces[0].classes, half.classes):
+        assert (after.rate_bps, after.ceil_bps) == (before.rate_bps // 2, before.ceil_bps // 2)
+        assert (after.classid, after.prio) == (before.classid, before.prio)
+    assert half.qdiscs == p.interfaces[0].qdiscs and half.filters == p.interfaces[0].filters
+    monkeypatch.setattr(autorate, "LOG_MAX_BYTES", 1000)
+    log = autorate.DecisionLog(str(tmp_path))
+    for i in range(100):
+        log.write({"event": "rate", "n": i})
+    newest = (tmp_path / autorate.LOG_FILE).read_text().splitlines()
+    older = (tmp_path / (autorate.LOG_FILE + ".1")).read_text().splitlines()
+    assert len((tmp_path / autorate.LOG_FILE).read_bytes()) <= 1000 and '"n":99' in newest[-1]
+    assert [int(x.split(":")[-1].rstrip("}")) for x in older + newest] == list(range(100 - len(older + newest), 100))
+    assert sorted(os.listdir(tmp_path)) == [autorate.LOG_FILE, autorate.LOG_FILE + ".1"]
