@@ -132,8 +132,8 @@ class Shaper:
                     previous["plan"] = plan.summary()
                     _write(self.path, previous)
                     self._start_autorate(plan)
-                return {"changed": False, "note": "the tree on the interface already matches the plan",
-                        "adaptive": self.autorate.status() if self.autorate else None}
+                unchanged = {"changed": False, "note": "the tree on the interface already matches the plan"}
+                return {**unchanged, "adaptive": self.autorate.status()} if self.autorate else unchanged
             previous = self.record()
             if previous and previous.get("state") in ("pending", "confirmed") and set(previous["interfaces"]) & set(trees):
                 # Keep the original snapshot: reverting this change returns to what was there before us.
@@ -168,10 +168,11 @@ class Shaper:
                       summary={"steps": len(done), "apply_ms": apply_ms})
             _write(self.path, tx)
             self._arm(tx["id"])
+            adaptive = {}
             if plan.adaptive:
                 self._start_autorate(plan)
-            return {"changed": True, "transaction": tx["id"], "state": "pending", "steps": done,
-                    "adaptive": self.autorate.status() if self.autorate else None,
+                adaptive = {"adaptive": self.autorate.status()}
+            return {**adaptive, "changed": True, "transaction": tx["id"], "state": "pending", "steps": done,
                     "apply_ms": apply_ms, "confirm_timeout_s": self.confirm_timeout_s,
                     "confirm_by_ms": tx["confirm_by_ms"],
                     "confirm_with": {"op": "qos_shaping_confirm", "args": {"transaction": tx["id"]}}}
