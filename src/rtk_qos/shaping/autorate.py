@@ -140,24 +140,24 @@ class Autorate:
 
     def __init__(self, adaptive: dict, actuators: dict, state_dir: str, ipr_factory: Callable,
                  event: Callable[[str, dict], None] = lambda _t, _p: None, candidates: Optional[list[str]] = None,
-                 load_links: Optional[dict] = None, **params):
+                 **params):
         self.mode = adaptive.get("mode", "active")
         self.directions = {d: adaptive[d] for d in DIRECTIONS if d in adaptive}
-        self.actuators = actuators                     # direction -> HtbActuator / CakeActuator
-        # direction -> the link whose transmitted bytes are that direction's achieved rate
-        self.load_links = load_links or {d: a.ifname for d, a in actuators.items()}
+        # direction -> HtbActuator / CakeActuator; the link it shapes sends that direction's traffic
+        self.actuators = actuators
         self.event = event
         self.ipr_factory = ipr_factory
         self.log = DecisionLog(state_dir)
-        rates = {d: [adaptive.get(d, adaptive.get("upload") or adaptive["download"])[k] * 1e6
-                     for k in ("min_mbps", "base_mbps", "max_mbps")] for d in DIRECTIONS}
-        now = _core.monotonic()
-        self.ctl = _core.Autorate([rates["download"][0], rates["upload"][0]],
-                                  [rates["download"][1], rates["upload"][1]],
-                                  [rates["download"][2], rates["upload"][2]], now, **params)
+        # bit/s per direction in the native order; a direction not adapted takes the other's (never ticked)
+        fallback = next(iter(self.directions.values()))
+        rates = {k: [(adaptive.get(d) or fallback)[k] * 1e6 for d in DIRECTIONS]
+                 for k in ("min_mbps", "base_mbps", "max_mbps")}
+        self.ctl = _core.Autorate(rates["min_mbps"], rates["base_mbps"], rates["max_mbps"], _core.monotonic(),
+                                  **params)
         active = adaptive.get("active_reflectors", ACTIVE_REFLECTORS)
-        self.pool = ReflectorPool(candidates or [], active, active / SAMPLES_PER_S, PROBE_TIMEOUT_S, self.ctl.sample, self.ctl.reset_reflector,
-                                  _core.AUTORATE_REFLECTORS, clock=_core.monotonic)
+        self.pool = ReflectorPool(candidates or [], active, active / SAMPLES_PER_S, PROBE_TIMEOUT_S,
+                                  self.ctl.sample, self.ctl.reset_reflector, _core.AUTORATE_REFLECTORS,
+                                  clock=_core.monotonic)
         self.sampler = LinkSampler(history=10)
         self.lock = threading.Lock()                   # held while the kernel's rates change
         self.applied = {d: None for d in self.directions}  # rate in the kernel, None: the plan's
@@ -236,7 +236,7 @@ class Autorate:
         rates = self.sampler.tick().rates
         for direction, rates_mbps in self.directions.items():
             d = DIRECTIONS[direction]
-            link_rates = rates.get(self.load_links[direction])
+            link_rates = rates.get(self.actuators[direction].ifname)
             load_bps = link_rates[1] * 8 if link_rates else 0.0  # tx_bytes per second
             old = self.ctl.rate(d)
             reason = self.ctl.tick(d, load_bps, now)
