@@ -11,9 +11,10 @@ plan for 5 Mbit/s), and adaptive with cake-autorate's default constants (its thr
 cut and raise sizes; no cut to the achieved rate, no drain rule) for comparison.
 
 Also: when the adaptive shaper reached 80-100 % of each new rate (settling), the noise of the
-probe's round trip under load without a modem queue (fixed_low: p99 - idle p50, what a delay
-threshold must stay above), and the CPU of the controller (its 5 Hz loop thread, and its whole
-process: the six reflectors' probing too) as a percent of one core.
+probe's round trip under load without a modem queue (fixed_low: p95 and p99 - idle p50, what a
+delay threshold must stay above), and the CPU of the controller (its 5 Hz loop thread, and its
+whole process: the six reflectors' probing too) as a percent of one core, on an idle link and
+under the upload.
 
 Usage: bench/autorate.py [--output bench/autorate-report.json]
 """
@@ -23,6 +24,7 @@ import argparse
 import os
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -37,6 +39,7 @@ from rtk_qos.shaping.autorate import TICK_S  # noqa: E402
 PHASES = [("20", 20_000_000), ("5", 5_000_000), ("15", 15_000_000)]
 PHASE_S = 20.0
 SETTLE_S = 6.0
+IDLE_CPU_S = 30.0
 ADAPTIVE = {"upload": {"min_mbps": 2, "base_mbps": 15, "max_mbps": 30}}
 # cake-autorate's defaults (its config defaults: dl/ul delay thresholds 30 ms, bufferbloat 3 of 6,
 # cuts 1-25 % scaled over 30-60 ms, raise 4 % above 75 % load with delta under 10 ms, decay 1 %,
@@ -56,6 +59,20 @@ def trace(rig, state: str, capacity_bps: int, adaptive, params=None) -> dict:
         final = agent.stop()
     return {"phases": results, "settling_s": autorate_rig.settling(agent, changes) if adaptive else None,
             "final": final, "decisions": len([d for d in agent.decisions() if d.get("event") == "rate"])}
+
+
+def idle_cpu(rig, state: str, reflectors: list[str]) -> dict:
+    """Adaptive shaping with six reflectors on an idle link for IDLE_CPU_S: the controller's own
+    CPU (under load the kernel also charges forwarding work to whichever thread it interrupts)."""
+    agent = autorate_rig.Agent(rig, Path(state), 20_000_000, {**ADAPTIVE, "reflectors": reflectors})
+    time.sleep(IDLE_CPU_S)
+    return agent.stop()
+
+
+def _cpu(final: dict) -> dict:
+    return {"loop_thread_percent_of_core": round(100 * final["loop_cpu_s"] / final["elapsed_s"], 3),
+            "process_percent_of_core": round(100 * final["process_cpu_s"] / final["elapsed_s"], 3),
+            "seconds": round(final["elapsed_s"], 1)}
 
 
 def _shaper(phase: dict) -> dict:
@@ -81,6 +98,8 @@ def main() -> int:
                 os.makedirs(os.path.join(state, name))
                 runs[name] = trace(rig, os.path.join(state, name), capacity, adaptive, params)
                 print(name, runs[name]["phases"], runs[name]["settling_s"])
+            os.makedirs(os.path.join(state, "idle"))
+            idle_final = idle_cpu(rig, os.path.join(state, "idle"), reflectors)
     finally:
         for proc in servers:
             proc.kill()
@@ -98,22 +117,22 @@ def main() -> int:
         "adaptive_settling_s": runs["adaptive"]["settling_s"],
         "cake_autorate_defaults_settling_s": runs["cake_autorate_defaults"]["settling_s"],
         "decisions": {name: runs[name]["decisions"] for name in ("adaptive", "cake_autorate_defaults")},
-        "delay_noise_under_load_ms": [round(p["p99_ms"] - idle["p50_ms"], 2) for p in runs["fixed_low"]["phases"]],
-        "controller_cpu": {
-            "reflectors": len(final["reflectors"]), "tick_hz": 1 / TICK_S,
-            "loop_thread_percent_of_core": round(100 * final["loop_cpu_s"] / final["elapsed_s"], 3),
-            "process_percent_of_core": round(100 * final["process_cpu_s"] / final["elapsed_s"], 3),
-            "seconds": round(final["elapsed_s"], 1)},
+        "delay_noise_under_load_ms": {q: [round(p[f"{q}_ms"] - idle["p50_ms"], 2) for p in runs["fixed_low"]["phases"]]
+                                      for q in ("p95", "p99")},
+        "controller_cpu": {"reflectors": len(final["reflectors"]), "tick_hz": 1 / TICK_S,
+                           "idle_link": _cpu(idle_final), "under_the_upload": _cpu(final)},
         "defaults": _core.autorate_defaults(),
         "notes": {"phases": f"each phase {PHASE_S:g} s; latency and goodput from {SETTLE_S:g} s into it",
                   "p50_ms": "the voip-like probe's round trip: UDP 5060, DSCP EF, 160 bytes every 20 ms",
                   "goodput_mbps": "iperf3 receiver, mean of its 0.5 s intervals inside the measured span",
                   "adaptive_settling_s": "per change (20->5, 5->15): seconds until the shaper's rate was first "
                                          "within 80-100 % of the new link rate",
-                  "delay_noise_under_load_ms": "fixed_low (no modem queue): the probe's p99 minus its idle p50, "
-                                               "per phase",
-                  "controller_cpu": "CPU time over the adaptive run's wall time (the router-side process, "
-                                    "whose only work then is adaptive shaping)"},
+                  "delay_noise_under_load_ms": "fixed_low (no modem queue): the probe's p95 and p99 minus its idle "
+                                               "p50, per phase",
+                  "controller_cpu": "CPU time over wall time of the router-side process, whose only work then is "
+                                    "adaptive shaping: its 5 Hz loop thread, and the whole process (the probing "
+                                    "too); idle_link: no traffic, under_the_upload: the adaptive run (the kernel "
+                                    "charges some of the forwarding of the upload to the threads it interrupts)"},
     }
     for phase in report["phases"]:
         print(phase)

@@ -1,6 +1,7 @@
 """The cake actuator on a router kernel (the guest): adaptive shaping cuts a cake shaper's
-bandwidth when netem adds real delay on the reflector's path, keeps cake's other settings, puts
-the fixed rate back when stopped, and goes to the minimum when the reflector falls silent.
+bandwidth when netem adds real delay on the reflector's path, keeps cake's other settings, climbs back when
+the delay is gone, goes to the minimum when the reflector falls silent, and puts the fixed rate
+back when stopped.
 
 The guest's own (disposable) namespace is the router, so the controller's prober and sampler
 run in this process as in an agent; the reflector is a namespace behind a veth whose replies
@@ -72,6 +73,9 @@ def test_cake_bandwidth_follows_the_delay_netem_adds(tmp_path):
             assert cut["new_mbps"] < RATES["base_mbps"] and cut["applied"]
             shown = _cake("ar0")
             assert "diffserv4" in shown and "rtt 50ms" in shown  # only the bandwidth changed
+            # The delay gone, the rate climbs back; then the reflector falls silent: the minimum.
+            reflector.run("tc", "qdisc", "change", "dev", "ar1", "root", "netem", "delay", "2ms")
+            assert _wait(lambda: _decisions(tmp_path)[-1].get("new_mbps", 0) > 2 * RATES["min_mbps"], 15)
             reflector.sysctl("net.ipv4.icmp_echo_ignore_all", "1")
             assert _wait(lambda: any(d.get("reason") == "stall" for d in _decisions(tmp_path)), 15)
             assert "bandwidth 1Mbit" in _cake("ar0")

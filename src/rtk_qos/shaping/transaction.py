@@ -113,8 +113,10 @@ class Shaper:
         record = self.record()
         if record is None:
             return {"state": "none"}
-        return {k: record.get(k) for k in ("id", "state", "op", "interfaces", "applied_ms", "confirm_by_ms",
-                                           "reason", "summary")}
+        out = {k: record.get(k) for k in ("id", "state", "op", "interfaces", "applied_ms", "confirm_by_ms",
+                                          "reason", "summary")}
+        running = self.autorate
+        return {**out, "adaptive": running.status()} if running else out
 
     # ---- apply -------------------------------------------------------------------------------
 
