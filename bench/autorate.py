@@ -108,8 +108,9 @@ def main() -> int:
     report = {
         "command": "bench/autorate.py --output bench/autorate-report.json",
         "kernel": os.uname().release,
-        "topology": f"lan - router (agent's plan on wan0) - modem bridge (tbf, {autorate_rig.MODEM_BUFFER_BYTES // 1000}"
-                    " kB buffer, rate changed in place) - server; cubic iperf3 upload from lan",
+        "topology": "lan - router (agent's plan on wan0) - modem bridge (tbf, "
+                    f"{autorate_rig.MODEM_BUFFER_BYTES // 1000} kB buffer, rate changed in place) - server; cubic "
+                    "iperf3 upload from lan",
         "idle_latency_ms": idle,
         "phases": [{"name": f"{label} Mbit/s", "bottleneck_mbps": rate / 1e6,
                     **{shaper: _shaper(runs[shaper]["phases"][i]) for shaper in runs}}
@@ -117,8 +118,8 @@ def main() -> int:
         "adaptive_settling_s": runs["adaptive"]["settling_s"],
         "cake_autorate_defaults_settling_s": runs["cake_autorate_defaults"]["settling_s"],
         "decisions": {name: runs[name]["decisions"] for name in ("adaptive", "cake_autorate_defaults")},
-        "delay_noise_under_load_ms": {q: [round(p[f"{q}_ms"] - idle["p50_ms"], 2) for p in runs["fixed_low"]["phases"]]
-                                      for q in ("p95", "p99")},
+        "delay_noise_under_load_ms": {
+            q: [round(p[f"{q}_ms"] - idle["p50_ms"], 2) for p in runs["fixed_low"]["phases"]] for q in ("p95", "p99")},
         "controller_cpu": {"reflectors": len(final["reflectors"]), "tick_hz": 1 / TICK_S,
                            "idle_link": _cpu(idle_final), "under_the_upload": _cpu(final)},
         "defaults": _core.autorate_defaults(),

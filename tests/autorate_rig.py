@@ -73,7 +73,7 @@ def run_phases(rig, phases: list[tuple[int, float]], settle_s: float, cc: str = 
     """A bulk upload through every phase (modem rate, seconds). Returns per phase the voip-like
     probe's round trips after `settle_s` into it and the upload's goodput over the same span;
     when each change was made (monotonic time, Mbit/s); the bytes the upload sent."""
-    from shaping_rig import percentiles, PROBE
+    from shaping_rig import PROBE
     total = sum(seconds for _, seconds in phases)
     set_modem_rate(rig, phases[0][0])
     upload = rig.lan.popen("iperf3", "-c", rig.server_addr, "-t", str(total + 1), "-C", cc, "-J", "-i", "0.5",
