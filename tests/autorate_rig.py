@@ -68,33 +68,35 @@ def add_reflectors(rig, n: int) -> list[str]:
     return out
 
 
-def run_phases(rig, phases: list[tuple[int, float]], settle_s: float, cc: str = "cubic"
+def run_phases(rig, phases: list[tuple], settle_s: float, cc: str = "cubic"
                ) -> tuple[list[dict], list[tuple[float, float]], int]:
-    """A bulk upload through every phase (modem rate, seconds). Returns per phase the voip-like
-    probe's round trips after `settle_s` into it and the upload's goodput over the same span;
-    when each change was made (monotonic time, Mbit/s); the bytes the upload sent."""
+    """A bulk upload through every phase (modem rate, seconds[, its own settling time]). Returns
+    per phase the voip-like probe's round trips after `settle_s` (or the phase's own) into it and
+    the upload's goodput over the same span; when each change was made (monotonic time, Mbit/s);
+    the bytes the upload sent."""
     from shaping_rig import PROBE
-    total = sum(seconds for _, seconds in phases)
+    total = sum(phase[1] for phase in phases)
     set_modem_rate(rig, phases[0][0])
     upload = rig.lan.popen("iperf3", "-c", rig.server_addr, "-t", str(total + 1), "-C", cc, "-J", "-i", "0.5",
                            stdout=subprocess.PIPE, text=True)
     start = time.monotonic()
     results, changes = [], []
     at = 0.0
-    for rate, seconds in phases:
+    for rate, seconds, *own_settle in phases:
+        settle = own_settle[0] if own_settle else settle_s
         wait = start + at - time.monotonic()
         if wait > 0:
             time.sleep(wait)
         if at:
             set_modem_rate(rig, rate)
             changes.append((time.monotonic(), rate / 1e6))
-        time.sleep(settle_s)
-        measured = seconds - settle_s - 0.5
+        time.sleep(settle)
+        measured = seconds - settle - 0.5
         probe = rig.lan.popen(sys.executable, "-c", PROBE, rig.server_addr, "5060", str(0xB8),
                               str(int(measured / 0.02)), "0.02", stdout=subprocess.PIPE, text=True)
         out, _ = probe.communicate(timeout=measured + 30)
         data = json.loads(out)
-        results.append({"bottleneck_mbps": rate / 1e6, "from_s": at + settle_s, "to_s": at + settle_s + measured,
+        results.append({"bottleneck_mbps": rate / 1e6, "from_s": at + settle, "to_s": at + settle + measured,
                         **percentiles_full(data["rtts"]), "lost": data["lost"], "sent": data["sent"]})
         at += seconds
     out, _ = upload.communicate(timeout=total + 60)
