@@ -3,8 +3,9 @@
 The agent's side runs where an agent would, in the router's namespace: `python autorate_rig.py
 STATE_DIR CONFIG` builds the plan for wan0 (qos_auto_optimization's, voip promoted), adds the
 adaptive arguments (none: the fixed plan), applies and confirms it through the Shaper, says
-"ready", and on "stop" on its stdin stops adaptive shaping (fixed rates back), prints the rates
-read back from the kernel and the controller loop's CPU time as JSON, and reverts.
+"ready", and on "stop" on its stdin runs the agent's periodic maintenance once, stops adaptive
+shaping (fixed rates back), prints what the maintenance did, the rates read back from the kernel
+and the controller's CPU time as JSON, and reverts.
 
 The test's side changes the modem's rate in place (tbf change: the queue and its packets stay)
 while a bulk upload runs, and measures the voip-like probe per phase.
@@ -171,6 +172,11 @@ def _router_main(state_dir: str, config: dict) -> None:
     process_cpu = time.process_time()
     sys.stdin.readline()
     process_cpu = time.process_time() - process_cpu
+    # The agent's periodic check: a tree whose rates adaptive shaping moved is not a lost tree.
+    with IPRoute() as ipr:
+        moved = _root_ceiling(ipr, config["uplink"])
+        maintained = shaper.maintain({})
+        kept = _root_ceiling(ipr, config["uplink"]) == moved
     running = shaper.autorate
     loop_cpu = running.loop_cpu_s if running else None
     elapsed = _core.monotonic() - running.started if running else None
@@ -185,8 +191,15 @@ def _router_main(state_dir: str, config: dict) -> None:
     shaper.revert("test over")
     # CPU while deciding: the tick loop's thread alone, and the whole process (the probe threads too)
     print(json.dumps({"restored_exactly": all(rates.get(k) == v // 8 * 8 for k, v in planned.items()),
+                      "maintained": maintained, "maintain_kept_the_rate": kept,
                       "loop_cpu_s": loop_cpu, "process_cpu_s": process_cpu, "elapsed_s": elapsed,
                       "reflectors": running.pool.addresses() if running else None}), flush=True)
+
+
+def _root_ceiling(ipr, ifname: str) -> int:
+    from rtk_qos.shaping import tcstate
+    root = next(o for o in tcstate.read(ipr, ifname).objects if o.what == "class" and o.handle == 0x10001)
+    return tcstate.decode_options(root.what, root.kind, root.options)["ceil_bps"]
 
 
 if __name__ == "__main__":

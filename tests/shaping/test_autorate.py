@@ -100,6 +100,8 @@ def test_adaptive_shaping_follows_the_link(rig, tmp_path, cc, phases):
     assert all(d["applied"] for d in decisions)
     published = [d for e in agent.events() if e["type"] == "autorate" for d in e["decisions"]]
     assert [d for d in published if d.get("event") == "rate"] == decisions
+    # The agent's periodic check left the moved rates alone (compared with the plan scaled to them).
+    assert final["maintained"] is None and final["maintain_kept_the_rate"]
     assert final["restored_exactly"] and planned[0x10001] == 19_000_000  # stopping put the plan's rates back
 
 
