@@ -122,7 +122,8 @@ class ControllerProcess:
         self.proc = subprocess.Popen([sys.executable, "-m", "rtk_qos", "controller", "--config", str(self.config_path)],
                                      stdout=self.log_file, stderr=subprocess.STDOUT)
         wait_listening(self.port)
-        self.http.wait("/api/devices", lambda _: True)
+        # Connected means subscribed: what a test publishes from now on reaches the controller.
+        self.http.wait("/api/status", lambda status: status["connected"])
 
     def stop(self, sig=signal.SIGTERM) -> int:
         code = stop_process(self.proc, sig)

@@ -193,7 +193,7 @@ class Api:
     async def status(self, request):
         """The controller's own counters, cheap to poll (no per-device figures)."""
         engine = self.engine
-        return web.json_response({"connected": engine.connected.is_set(), "inbox": len(engine.inbox),
+        return web.json_response({"connected": engine.connected.is_set(), "inbox": engine.backlog,
                                   "counts": dict(engine.counts), "commands": dict(engine.requests.counts),
                                   "alerts": dict(engine.alerts.counts), "active_sessions": len(engine.sessions.active),
                                   "late_session_samples": engine.sessions.late_samples,

@@ -6,6 +6,7 @@ is when the controller last received anything from it. Runs in the ingest thread
 """
 from __future__ import annotations
 
+import zlib
 from typing import Callable, Optional
 
 from ..protocol.topics import Uplink
@@ -33,7 +34,11 @@ class Fleet:
             self.notify("device", {"device_id": where.device_id, "status": "discovered"})
         device["tenant"], device["site"] = where.tenant, where.site
         device["last_seen_ms"] = now_ms
-        if now_ms - self._written_seen.get(where.device_id, 0) >= LAST_SEEN_WRITE_MS:
+        # Once per window of LAST_SEEN_WRITE_MS, each device's window shifted by its own offset: a
+        # fleet discovered at once would otherwise be written back all in one batch, every window.
+        phase = zlib.crc32(where.device_id.encode())
+        written = self._written_seen.get(where.device_id, 0)
+        if (now_ms + phase) // LAST_SEEN_WRITE_MS != (written + phase) // LAST_SEEN_WRITE_MS:
             self._dirty.add(where.device_id)
         return device
 

@@ -87,9 +87,9 @@ def run(ns: argparse.Namespace) -> int:
         return 2
     logging.basicConfig(level=config["log_level"].upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    # paho's network thread releases the GIL at every socket read and must win it back from the
-    # busy ingest thread: at the default 5 ms switch interval that convoy, not the work, set the
-    # ingest rate (bench/controller.py).
+    # MQTT is in the receiver process; the event loop (the live stream, the API) still shares the
+    # GIL with the busy ingest thread, and at the default 5 ms switch interval each hand-off of an
+    # alert to the stream could wait that long.
     sys.setswitchinterval(SWITCH_INTERVAL_S)
     try:
         asyncio.run(serve(config))

@@ -47,7 +47,7 @@ class EngineCollector:
             messages.add_metric([kind], value)
         yield messages
         yield GaugeMetricFamily("rtk_qos_controller_inbox", "Messages waiting for the ingest thread",
-                                value=len(engine.inbox))
+                                value=engine.backlog)
         yield GaugeMetricFamily("rtk_qos_controller_active_sessions", "Active monitoring sessions",
                                 value=len(engine.sessions.active))
         requests = CounterMetricFamily("rtk_qos_controller_commands", "Command correlation counters",

@@ -1,15 +1,16 @@
-"""The controller's engine: one MQTT session, one ingest thread that owns every write.
+"""The controller's engine: one ingest thread that owns every write, fed by a receiver process.
 
-Threads: paho's network thread only appends each message to the inbox (a deque);
-the ingest thread takes up to `ingest.batch_max` messages at a time, parses and
-applies them (fleet, samples, events, alerts, sessions, command replies) and the
-API's actions (send a command, start or stop a session) in one store transaction,
-and only after the commit acknowledges the QoS 1 messages (paho's manual ack)
-and publishes the notifications to the live stream. So a controller killed at any
-moment has either stored a message or not acknowledged it: the broker (persistent
-session, stable client id, QoS 1 subscriptions) sends it again, and ingest is
-idempotent (samples keyed by series and time, events by a digest of their bytes,
-alerts and replies by their ids).
+Processes and threads: MQTT reception and publishing run in a child process (`receiver.py`),
+so paho's network thread never competes with ingest for the GIL; it forwards batches of
+messages over a pipe. The ingest thread reads that pipe itself, takes up to
+`ingest.batch_max` messages at a time, parses and applies them (fleet, samples, events, alerts,
+sessions, command replies) and the API's actions (send a command, start or stop a session) in
+one store transaction, and only after the commit asks the receiver to acknowledge the QoS 1
+messages and publishes the notifications to the live stream. So a controller killed at any
+moment (the receiver dies with it) has either stored a message or not acknowledged it: the
+broker (persistent session, stable client id, QoS 1 subscriptions) sends it again, and ingest is
+idempotent (samples keyed by series and time, events by a digest of their bytes, alerts and
+replies by their ids). A receiver that dies is started again by the ingest thread.
 """
 from __future__ import annotations
 
@@ -18,19 +19,16 @@ import concurrent.futures
 import hashlib
 import json
 import logging
-import ssl
+import os
+import selectors
 import threading
 import time
 from typing import Callable, Optional
 
-from paho.mqtt import client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
-
 from ..protocol.topics import PREFIX, parse_uplink
 from .alerts import Alerts
 from .fleet import Fleet
+from .receiver import FRAME_MESSAGES, Batch, Down, Receiver, ReceiverDied, Up
 from .requests import Requests
 from .sessions import THROUGHPUT_SERIES, Sessions
 from .store import Retention, open_store
@@ -39,6 +37,10 @@ log = logging.getLogger(__name__)
 HOUSEKEEPING_S = 1.0
 ROLLUP_S = 1.0
 PRUNE_S = 3600.0
+RESTART_PAUSE_S = 1.0
+BURST_LINGER_S = 0.05
+TOPIC_CACHE = 100_000
+SESSION = "main"  # the receiver session this engine ingests from
 
 
 def now_ms() -> int:
@@ -71,6 +73,7 @@ class Engine:
         self.on_note = on_note or (lambda kind, data: None)
         self._notes: list[tuple[str, dict]] = []
         self._batch_samples: list[tuple[str, str, int, float]] = []
+        self._uplinks: dict[str, object] = {}  # topic -> parse_uplink(topic)
         notify = lambda kind, data: self._notes.append((kind, data))  # noqa: E731 - sent after the commit
         self.fleet = Fleet(self.store, notify, config["fleet"]["stale_after_s"])
         self.alerts = Alerts(self.store, notify)
@@ -78,67 +81,53 @@ class Engine:
                                  config["sessions"]["finish_grace_s"])
         self.requests = Requests(self.store, self._publish, notify, config["commands"]["timeout_ms"],
                                  config["commands"]["late_grace_s"])
-        self.inbox: collections.deque = collections.deque()
+        self.receiver = Receiver(config["log_level"])
+        self.inbox: collections.deque[Batch] = collections.deque()  # received, not yet ingested
+        self.backlog = 0  # messages in the inbox
+        self._urgent = False  # a QoS 1 message waits in the inbox
         self.actions: collections.deque = collections.deque()
-        self.wake = threading.Event()
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)
         self.stopping = threading.Event()
         self.connected = threading.Event()
         self.counts = collections.Counter()
         self.latest: dict[str, dict[str, float]] = {}  # device -> series -> newest value (for /metrics)
-        self.client = self._client()
         self._thread = threading.Thread(target=self._run, name="rtk-qos-ingest", daemon=True)
 
-    # ---- MQTT ---------------------------------------------------------------------------------
-
-    def _client(self) -> mqtt.Client:
-        b = self.config["broker"]
-        # Stable id, persistent session, manual acks: what the broker holds for us survives our crash.
-        # MQTT 5 for its Receive Maximum: the broker may have that many QoS 1 messages unacknowledged
-        # with us (mosquitto gives 3.1.1 clients 20), so one store transaction covers many.
-        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=b["client_id"], protocol=mqtt.MQTTv5,
-                             manual_ack=True)
-        if b["username"]:
-            client.username_pw_set(b["username"], b["password"] or None)
-        if b["tls"]:
-            client.tls_set(ca_certs=b["ca_file"] or None, certfile=b["cert_file"] or None,
-                           keyfile=b["key_file"] or None, cert_reqs=ssl.CERT_REQUIRED)
-        client.reconnect_delay_set(1, 30)
-        client.on_connect = self._on_connect
-        client.on_disconnect = lambda *_: self.connected.clear()
-        client.on_message = self._on_message
-        return client
+    # ---- MQTT (through the receiver) ---------------------------------------------------------
 
     @property
     def subscriptions(self) -> list[str]:
         base = f"{PREFIX}/{self.config['tenant']}/{self.config['site']}/+"
         return [f"{base}/{kind}" for kind in ("lwt", "state", "attr", "telemetry/+", "evt/+", "cmd/ack", "cmd/res")]
 
-    def _on_connect(self, client, _userdata, _flags, reason_code, _props) -> None:
-        if reason_code.is_failure:
-            log.warning("broker refused the connection: %s", reason_code)
-            return
-        client.subscribe([(topic, mqtt.SubscribeOptions(qos=1)) for topic in self.subscriptions])
-        self.connected.set()
-        log.info("connected to %s:%s", self.config["broker"]["host"], self.config["broker"]["port"])
-
-    def _on_message(self, _client, _userdata, msg) -> None:
-        # The network thread only queues: parsing and storing happen in the ingest thread.
-        if msg.qos == 0 and len(self.inbox) >= self.config["ingest"]["queue_max"]:
-            self.counts["dropped_qos0"] += 1
-        else:
-            self.inbox.append((msg.topic, msg.payload, msg.qos, msg.mid))
-        if not self.wake.is_set():  # the ingest thread clears it before it drains: nothing is missed
-            self.wake.set()
+    def _open_session(self) -> None:
+        b = self.config["broker"]
+        # Stable id, persistent session: what the broker holds for us survives our crash. Receive
+        # Maximum: the broker may have that many QoS 1 messages unacknowledged with us, so one store
+        # transaction covers many.
+        self.receiver.open(SESSION, b, b["client_id"], self.subscriptions, b["session_expiry_s"],
+                           b["receive_maximum"])
 
     def _publish(self, topic: str, payload: bytes, qos: int) -> None:
-        info = self.client.publish(topic, payload, qos=qos)
-        if info.rc != mqtt.MQTT_ERR_SUCCESS:
-            # paho queues QoS 1 messages while disconnected; anything else is worth knowing.
-            log.warning("publish to %s: %s", topic, mqtt.error_string(info.rc))
+        self.receiver.publish(topic, payload, qos, SESSION)
+
+    def _wake(self) -> None:
+        try:
+            os.write(self._wake_w, b"\0")
+        except BlockingIOError:
+            pass  # the pipe is full of wake-ups already
 
     # ---- lifecycle ----------------------------------------------------------------------------
 
     def start(self) -> None:
+        """From a thread that lives as long as the engine: the receiver dies with the thread that
+        started it (PR_SET_PDEATHSIG). It connects while the store resumes: a restart's gap, when
+        the broker drops our QoS 0 telemetry, is that much shorter."""
+        self.receiver.start()
+        self._receiver_started = time.monotonic()
+        self._open_session()
         t = now_ms()
         with self.store.transaction():
             resumed = self.sessions.resume(t)
@@ -147,49 +136,121 @@ class Engine:
         self._notes.clear()
         if resumed:
             log.info("resumed %d monitoring session(s)", resumed)
-        b = self.config["broker"]
-        props = Properties(PacketTypes.CONNECT)
-        props.SessionExpiryInterval = b["session_expiry_s"]
-        props.ReceiveMaximum = b["receive_maximum"]
-        self.client.connect_async(b["host"], b["port"], b["keepalive_s"], clean_start=False, properties=props)
-        self.client.loop_start()
         self._thread.start()
 
     def stop(self) -> None:
         self.stopping.set()
-        self.wake.set()
+        self._wake()
         self._thread.join(timeout=10)
-        self.client.disconnect()
-        self.client.loop_stop()
         self.store.close()
         self.reader.close()
+        os.close(self._wake_r)
+        os.close(self._wake_w)
 
     def call(self, fn: Callable, *args) -> concurrent.futures.Future:
         """Run `fn(*args, now_ms)` in the ingest thread, inside its transaction (the single writer)."""
         future: concurrent.futures.Future = concurrent.futures.Future()
         self.actions.append((fn, args, future))
-        self.wake.set()
+        self._wake()
         return future
 
     # ---- the ingest thread --------------------------------------------------------------------
 
     def _run(self) -> None:
-        next_housekeeping = next_rollup = time.monotonic()
+        selector = selectors.DefaultSelector()
+        selector.register(self._wake_r, selectors.EVENT_READ)
+        selector.register(self.receiver.fileno(), selectors.EVENT_READ)
+        try:
+            self._ingest_loop(selector)
+        finally:
+            self.receiver.stop()
+
+    def _receive(self, selector: selectors.BaseSelector, timeout: float) -> None:
+        """Wait up to `timeout` for messages or actions; queue all the receiver has."""
+        for key, _ in selector.select(timeout):
+            if key.fd == self._wake_r:
+                try:
+                    os.read(self._wake_r, 4096)
+                except BlockingIOError:
+                    pass
+                continue
+            while True:
+                try:
+                    events = self.receiver.read()
+                except ReceiverDied as exc:
+                    self._restart_receiver(selector, str(exc))
+                    return
+                if not events:
+                    break
+                for event in events:
+                    if isinstance(event, Batch):
+                        self._queue(event)
+                    elif isinstance(event, Up):
+                        self.connected.set()
+                        log.info("connected to %s:%s", self.config["broker"]["host"], self.config["broker"]["port"])
+                    elif isinstance(event, Down):
+                        self.connected.clear()
+                        log.info("disconnected from the broker: %s", event.reason)
+
+    def _queue(self, batch: Batch) -> None:
+        if self.backlog >= self.config["ingest"]["queue_max"]:
+            # Too far behind: QoS 0 telemetry goes; QoS 1 waits its turn (the broker holds back the
+            # rest of it until we acknowledge: Receive Maximum).
+            kept = [m for m in batch.messages if m[2]]
+            self.counts["dropped_qos0"] += len(batch.messages) - len(kept)
+            batch.messages = kept
+        self.inbox.append(batch)
+        self.backlog += len(batch.messages)
+        self._urgent = self._urgent or any(m[2] for m in batch.messages)
+
+    def _restart_receiver(self, selector: selectors.BaseSelector, why: str) -> None:
+        log.warning("%s; starting it again", why)
+        self.counts["receiver_restarts"] += 1
+        self.connected.clear()
+        selector.unregister(self.receiver.fileno())
+        if time.monotonic() - self._receiver_started < RESTART_PAUSE_S * 5:
+            time.sleep(RESTART_PAUSE_S)  # dying at once again and again: do not spin
+        self._receiver_started = time.monotonic()
+        self.receiver.restart()
+        selector.register(self.receiver.fileno(), selectors.EVENT_READ)
+
+    def _take(self, batch_max: int) -> list[Batch]:
+        batches, count = [], 0
+        while self.inbox and count < batch_max:
+            batches.append(self.inbox.popleft())
+            count += len(batches[-1].messages)
+        self.backlog -= count
+        return batches
+
+    def _ingest_loop(self, selector: selectors.BaseSelector) -> None:
+        next_housekeeping = next_rollup = next_late = time.monotonic()
         next_prune = next_rollup + 60
         batch_max = self.config["ingest"]["batch_max"]
+        # No more than the broker sends before our acks (Receive Maximum): waiting for more is in vain.
+        gather = min(batch_max, self.config["broker"]["receive_maximum"])
+        burst = False
         while not self.stopping.is_set():
-            if not self.inbox and not self.actions:
-                self.wake.wait(timeout=max(0.0, min(next_housekeeping, next_rollup) - time.monotonic()))
-                self.wake.clear()
-            batch = [self.inbox.popleft() for _ in range(min(batch_max, len(self.inbox)))]
+            idle = not self.inbox and not self.actions
+            self._receive(selector, max(0.0, min(next_housekeeping, next_rollup) - time.monotonic()) if idle else 0)
+            if burst:
+                # Under a flood, gather a while: a transaction writes every page it touches (about a
+                # leaf per series), so one per thousand messages costs a fraction of one per frame.
+                # Not for QoS 1 (events, replies: someone may be waiting) nor the API's actions.
+                until = time.monotonic() + BURST_LINGER_S
+                self._urgent = any(m[2] for batch in self.inbox for m in batch.messages)
+                while (self.backlog < gather and not self.actions and not self._urgent
+                       and (left := until - time.monotonic()) > 0):
+                    self._receive(selector, left)
+            batches = self._take(batch_max)
             actions = [self.actions.popleft() for _ in range(len(self.actions))]
             outcomes = []
             now = time.monotonic()
             try:
                 with self.store.transaction():
                     t = now_ms()
-                    for item in batch:
-                        self._ingest(item, t)
+                    for batch in batches:
+                        for item in batch.messages:
+                            self._ingest(item, t)
                     if self._batch_samples:  # one insert for the whole batch
                         self.counts["samples_new"] += self.store.add_samples(self._batch_samples)
                         self.counts["samples"] += len(self._batch_samples)
@@ -208,7 +269,7 @@ class Engine:
                     self.sessions.flush()
             except Exception as exc:
                 # Nothing of the batch is stored and nothing acknowledged: the broker sends it again.
-                log.exception("ingest batch of %d messages failed", len(batch))
+                log.exception("ingest batch of %d messages failed", sum(len(b.messages) for b in batches))
                 self.counts["batch_failures"] += 1
                 self._notes.clear()
                 self._batch_samples = []
@@ -216,22 +277,27 @@ class Engine:
                     future.set_exception(exc)
                 time.sleep(1.0)
                 continue
-            for _topic, _payload, qos, mid in batch:
-                if qos:
-                    self.client.ack(mid, qos)
+            for batch in batches:
+                self.receiver.ack(batch.link, [mid for _topic, _payload, qos, mid in batch.messages if qos])
             for future, value, exc in outcomes:
                 if exc is None:
                     future.set_result(value)
                 else:
                     future.set_exception(exc)
-            self.counts["messages"] += len(batch)
-            self.counts["batches"] += bool(batch)
+            received = sum(len(batch.messages) for batch in batches)
+            burst = received >= FRAME_MESSAGES
+            self.counts["messages"] += received
+            self.counts["batches"] += bool(received)
             notes, self._notes = self._notes, []
             for kind, data in notes:
                 self.on_note(kind, data)
             if now >= next_rollup:
                 # A pass in progress goes on after every batch; an idle one is looked at each second.
-                busy = self._maintain(self.store.rollup, "rollup")
+                # Late buckets are computed again at most once a second: a flood of late samples
+                # dirties the same buckets batch after batch.
+                late = now >= next_late
+                next_late = now + ROLLUP_S if late else next_late
+                busy = self._maintain(lambda t: self.store.rollup(t, late=late), "rollup")
                 next_rollup = now if busy else now + ROLLUP_S
             if now >= next_prune:
                 next_prune = now + PRUNE_S
@@ -249,7 +315,11 @@ class Engine:
 
     def _ingest(self, item, t: int) -> None:
         topic, raw, _qos, _mid = item
-        where = parse_uplink(topic)
+        where = self._uplinks.get(topic, False)
+        if where is False:  # topics repeat (a few per device): parsed once
+            if len(self._uplinks) >= TOPIC_CACHE:
+                self._uplinks.clear()
+            where = self._uplinks[topic] = parse_uplink(topic)
         if where is None:
             self.counts["ignored"] += 1
             return
@@ -300,20 +370,21 @@ class Engine:
             if isinstance(rx, list) and isinstance(tx, list):
                 series = {**series, THROUGHPUT_SERIES: [a + b if type(a) in _NUMBER and type(b) in _NUMBER else None
                                                         for a, b in zip(rx, tx)]}
-        rows: list[tuple[str, int, float]] = []
-        latest = self.latest.setdefault(device_id, {})
+        out = self._batch_samples  # rows made once, in the store's shape (device, name, ts, value)
+        first = len(out)
+        latest = self.latest.get(device_id)
+        if latest is None:
+            latest = self.latest[device_id] = {}
         for name, values in series.items():
             if type(name) is not str or type(values) is not list:
                 continue
             # JSON without NaN or Infinity (refused at parsing): every int or float is finite.
-            found = [(name, start + i * step, float(v)) for i, v in enumerate(values) if type(v) in _NUMBER]
+            found = [(device_id, name, start + i * step, float(v)) for i, v in enumerate(values) if type(v) in _NUMBER]
             if found:
-                rows += found
-                latest[name] = found[-1][2]
-        self._batch_samples.extend([(device_id, *row) for row in rows])
+                out += found
+                latest[name] = found[-1][3]
         if device_id in self.sessions.active:
-            rows.sort(key=lambda row: row[1])
-            self.sessions.on_samples(device_id, rows)
+            self.sessions.on_samples(device_id, sorted((row[1:] for row in out[first:]), key=lambda row: row[1]))
 
     def _event(self, device_id: str, event_type: str, message: dict, payload: dict, raw: bytes, t: int) -> None:
         ts = message.get("ts") if isinstance(message.get("ts"), int) else t

@@ -86,9 +86,10 @@ class Store(abc.ABC):
     def save_reply(self, reply: dict) -> None: ...
 
     @abc.abstractmethod
-    def rollup(self, now_ms: int) -> int:
+    def rollup(self, now_ms: int, *, late: bool = True) -> int:
         """Aggregate complete minutes and hours, a bounded share per call; 0 when there is nothing
-        left to do (the caller calls again soon while it is not)."""
+        left to do (the caller calls again soon while it is not). `late`: also compute again the
+        buckets that got samples after they were aggregated."""
 
     @abc.abstractmethod
     def prune(self, now_ms: int) -> int:

@@ -173,10 +173,10 @@ class PostgresStore(SqlStore):
         except psycopg.errors.UniqueViolation as exc:
             raise SessionConflict(f"device {session['device_id']} already has an active session") from exc
 
-    def rollup(self, now_ms: int, max_series: int = ROLLUP_SERIES) -> int:
+    def rollup(self, now_ms: int, max_series: int = ROLLUP_SERIES, *, late: bool = True) -> int:
         """One instance at a time (the others wait), inside the caller's transaction."""
         self.db.execute("SELECT pg_advisory_xact_lock(%s)", (ROLLUP_LOCK,))
-        return super().rollup(now_ms, max_series)
+        return super().rollup(now_ms, max_series, late=late)
 
     def size_bytes(self) -> int:
         return self.db.execute("SELECT pg_database_size(current_database())").fetchone()[0]

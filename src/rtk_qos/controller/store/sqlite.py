@@ -137,7 +137,7 @@ class SQLiteStore(SqlStore):
         return found
 
     def add_samples(self, rows: Iterable[tuple[str, str, int, float]]) -> int:
-        prepared = [(self._series_id(d, n), ts, v) for d, n, ts, v in rows]
+        prepared = sorted((self._series_id(d, n), ts, v) for d, n, ts, v in rows)
         before = self.db.total_changes
         self.db.executemany("INSERT OR IGNORE INTO samples_raw (series_id, ts, value) VALUES (?, ?, ?)", prepared)
         added = self.db.total_changes - before
