@@ -6,7 +6,9 @@
  * window), inner nodes count and bound their children for rank and value searches;
  * a ring in arrival order names the oldest value. Nodes come from pools sized at
  * init: no memory is allocated after it. Memory is the caller's:
- * rtk_sortwin_bytes(capacity). NaN must not be pushed. */
+ * rtk_sortwin_bytes(capacity). The MAD's search starts where the last one ended: a
+ * hint kept in that memory, which the const queries write (no result depends on it; one
+ * thread per window). NaN must not be pushed. */
 #ifndef RTK_SORTWIN_H
 #define RTK_SORTWIN_H
 
@@ -14,7 +16,7 @@
 #include <stdint.h>
 
 #define RTK_SORTWIN_MAX 65535u /* sizes and node numbers are 16 bits */
-#define RTK_SORTWIN_LEAF 128    /* values in a leaf, at most */
+#define RTK_SORTWIN_LEAF 128   /* values in a leaf, at most */
 #define RTK_SORTWIN_FAN 16     /* children of an inner node, at most */
 
 /* A node's sum of values is cached, valid while `summed`. */
@@ -36,7 +38,7 @@ typedef struct {
 } rtk_sortwin_inner;
 
 typedef struct {
-    unsigned char *mem;           /* the ring, then the leaf pool, then the inner pool */
+    unsigned char *mem;           /* the hints, the ring, the leaf pool, the inner pool */
     uint32_t cap, n, head;        /* head: the oldest value's slot once full, else the next free one */
     uint32_t leaves, inners;      /* pool sizes */
     uint16_t root, height;        /* height: inner levels above the leaves (0: the root is a leaf) */
