@@ -34,10 +34,20 @@ run: $(VENV)/.built
 	$(VENV)/bin/rtk-qos agent --state-dir $(RUN_STATE)/agent $(RUN_ARGS) & agent=$$!; \
 	$(VENV)/bin/rtk-qos controller --state-dir $(RUN_STATE)/controller $(CONTROLLER_ARGS)
 
+# After pytest, the guest (one emulated CPU) and the cross checks (mostly one core) run side by
+# side: the guest's packages are installed first, so only the cross scripts run apt-get after;
+# the guest's console goes to a file printed when both have ended; either failing fails the test.
+GUEST_CONSOLE ?= build/guest-console.log
 test: $(VENV)/.built native-test
 	$(PY) -m pytest -q tests
-	$(MAKE) test-guest
-	$(MAKE) cross-ci
+	$(MAKE) guest-packages
+	@mkdir -p $(dir $(GUEST_CONSOLE)); \
+	$(MAKE) test-guest >$(GUEST_CONSOLE) 2>&1 & guest=$$!; \
+	$(MAKE) cross-ci; cross=$$?; \
+	wait $$guest; status=$$?; \
+	echo "== the router-kernel guest (console: $(GUEST_CONSOLE))"; cat $(GUEST_CONSOLE); \
+	echo "== guest: status $$status; cross checks: status $$cross"; \
+	[ $$status = 0 ] && [ $$cross = 0 ]
 
 cross-ci: cross-native-ci $(addprefix cross-wheel-test-,$(CROSS_CI_WHEELS))
 
@@ -53,6 +63,7 @@ bench: $(VENV)/.built
 	$(PY) bench/iforest.py --output bench/iforest-report.json
 	$(PY) bench/nab.py --halves --generated --sweep window=256,512,1024 --sweep smooth_alpha=0.05,0.1,0.2 --output bench/nab-report.json
 	$(PY) bench/shaping.py --output bench/shaping-report.json
+	$(PY) bench/autorate.py --output bench/autorate-report.json
 
 native-test:
 	$(MAKE) -C native test

@@ -34,7 +34,7 @@ void rtk_detect_default_config(rtk_detect_config *c)
 
 static int config_ok(const rtk_detect_config *c)
 {
-    return c->window >= MIN_WINDOW && c->bins >= 1 && c->days >= 2 && c->days <= 255 && c->period > 0 &&
+    return c->window >= MIN_WINDOW && c->window <= RTK_SORTWIN_MAX && c->bins >= 1 && c->days >= 2 && c->days <= 255 && c->period > 0 &&
            c->smooth_alpha > 0 && c->smooth_alpha <= 1 && c->recent >= 1 &&
            c->recent_long >= c->recent && c->history >= 2 && c->quiet < UINT32_MAX &&
            (c->weeks == 0 || (c->weeks >= 2 && c->weeks <= 255)) && (uint64_t)c->bins * 7 <= UINT32_MAX;
@@ -87,9 +87,15 @@ static size_t season_bytes(const rtk_detect_config *c, int k)
     return (((size_t)bins * keep * sizeof(float) + 7) & ~(size_t)7) + ((2 * (size_t)bins + 7) & ~(size_t)7);
 }
 
+/* A robust window's ring and nodes, in whole doubles. */
+static size_t window_doubles(const rtk_detect_config *c)
+{
+    return (rtk_sortwin_bytes(c->window) + sizeof(double) - 1) / sizeof(double);
+}
+
 size_t rtk_detect_arena_size(const rtk_detect_config *c)
 {
-    size_t doubles = (size_t)RTK_DETECT_FEATURES * 2 * c->window + c->recent +
+    size_t doubles = (size_t)RTK_DETECT_FEATURES * window_doubles(c) + c->recent +
                      c->recent_long + RTK_DETECT_HORIZONS * (size_t)c->history;
     doubles *= RTK_DETECT_STREAMS;
     return doubles * sizeof(double) + season_bytes(c, 0) + season_bytes(c, 1);
@@ -101,10 +107,8 @@ static void bind(rtk_detector *d, void *arena)
     const rtk_detect_config *c = &d->cfg;
     double *p = arena;
     for (int v = 0; v < RTK_DETECT_STREAMS; v++)
-        for (int f = 0; f < RTK_DETECT_FEATURES; f++, p += 2 * c->window) {
-            d->win[v][f].sorted = p;
-            d->win[v][f].fifo = p + c->window;
-        }
+        for (int f = 0; f < RTK_DETECT_FEATURES; f++, p += window_doubles(c))
+            d->win[v][f].mem = (unsigned char *)p;
     uint32_t horizon[RTK_DETECT_HORIZONS] = {c->recent, c->recent_long};
     for (int v = 0; v < RTK_DETECT_STREAMS; v++)
         for (int k = 0; k < RTK_DETECT_HORIZONS; k++) {
@@ -137,7 +141,7 @@ int rtk_detect_init(rtk_detector *d, void *arena, const rtk_detect_config *c)
     d->cfg = *c;
     double *p = arena;
     for (int v = 0; v < RTK_DETECT_STREAMS; v++)
-        for (int f = 0; f < RTK_DETECT_FEATURES; f++, p += 2 * c->window)
+        for (int f = 0; f < RTK_DETECT_FEATURES; f++, p += window_doubles(c))
             rtk_sortwin_init(&d->win[v][f], p, c->window);
     uint32_t horizon[RTK_DETECT_HORIZONS] = {c->recent, c->recent_long};
     for (int v = 0; v < RTK_DETECT_STREAMS; v++)
@@ -161,7 +165,7 @@ typedef struct {
     uint64_t arena_size;
 } state_header;
 
-#define STATE_MAGIC 0x31544452u /* "RDT1" */
+#define STATE_MAGIC 0x33544452u /* "RDT3": the robust windows became counted B+trees */
 
 size_t rtk_detect_state_size(const rtk_detector *d)
 {
@@ -176,7 +180,7 @@ void rtk_detect_save(const rtk_detector *d, const void *arena, void *out)
     memcpy(&copy, d, sizeof copy);
     for (int v = 0; v < RTK_DETECT_STREAMS; v++) {
         for (int f = 0; f < RTK_DETECT_FEATURES; f++)
-            copy.win[v][f].sorted = copy.win[v][f].fifo = NULL;
+            copy.win[v][f].mem = NULL;
         for (int k = 0; k < RTK_DETECT_HORIZONS; k++)
             copy.recent[v][k].ring = copy.history[v][k].ring = NULL;
     }
@@ -294,7 +298,7 @@ static double baseline_step(rtk_season *sn, double t, double x, double *spread)
 
 /* ---- robust features ----------------------------------------------------------------------- */
 
-static double robust_scale(const rtk_sortwin *w, double median)
+static double robust_scale(rtk_sortwin *w, double median)
 {
     double s = RTK_MAD_TO_SIGMA * rtk_sortwin_mad(w, median);
     /* A series that sits on a few values (quantised counters, an idle link) has a MAD near 0
@@ -305,11 +309,8 @@ static double robust_scale(const rtk_sortwin *w, double median)
     if (s > 0)
         return s;
     /* Over half the window is one value (an idle link's zeros): the mean absolute
-       deviation still sees the rest. Rare, so the loop costs nothing in the usual case. */
-    double sum = 0;
-    for (uint32_t i = 0; i < w->n; i++)
-        sum += fabs(w->sorted[i] - median);
-    return 1.2533 * sum / w->n;
+       deviation still sees the rest. */
+    return 1.2533 * rtk_sortwin_abs_dev_sum(w, median) / w->n;
 }
 
 static double capped_z(double dev, double scale)

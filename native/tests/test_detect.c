@@ -8,11 +8,51 @@
 #include "stats.h"
 #include "check.h"
 
+static int cmp_double(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
+/* The k-th smallest |x - c| of the sorted values, the MAD's definition: the middle one (n odd)
+   or the mean of the two. */
+static double mad_by_sorting(const double *sorted, uint32_t n, double c, double *scratch)
+{
+    for (uint32_t j = 0; j < n; j++)
+        scratch[j] = fabs(sorted[j] - c);
+    qsort(scratch, n, sizeof(double), cmp_double);
+    uint32_t h = n / 2;
+    return n & 1 ? scratch[h] : 0.5 * (scratch[h - 1] + scratch[h]);
+}
+
+/* Bit for bit what the sorted array gave: the same middle values, the same differences; the
+   MAD about the median and about any centre c, ranks k, the 2.5 % and 97.5 % quantiles. The
+   sum of deviations is added in another order: to rounding. */
+static void check_against_sorted(rtk_sortwin *w, const double *sorted, uint32_t n, double c, uint32_t k,
+                                 double *scratch)
+{
+    uint32_t h = n / 2;
+    double m = rtk_sortwin_median(w);
+    CHECK(m == (n & 1 ? sorted[h] : 0.5 * (sorted[h - 1] + sorted[h])));
+    CHECK(rtk_sortwin_mad(w, m) == mad_by_sorting(sorted, n, m, scratch));
+    CHECK(rtk_sortwin_mad(w, c) == mad_by_sorting(sorted, n, c, scratch));
+    CHECK(rtk_sortwin_rank(w, k) == sorted[k]);
+    CHECK(rtk_sortwin_quantile(w, 0.025) == sorted[(uint32_t)(0.025 * (n - 1))]);
+    CHECK(rtk_sortwin_quantile(w, 0.975) == sorted[(uint32_t)(0.975 * (n - 1))]);
+    double sum = 0;
+    for (uint32_t j = 0; j < n; j++)
+        sum += fabs(sorted[j] - m);
+    CHECK(near(rtk_sortwin_abs_dev_sum(w, m), sum, 1e-9 * (1 + sum)));
+}
+
+/* Every statistic of the window equals the one computed afresh from its values sorted. */
 static void test_sortwin_matches_full_sort(void)
 {
-    static double buf[2 * 64], values[3000], scratch[64];
-    for (uint32_t cap = 1; cap <= 64; cap += 9) {
+    static double buf[1 << 12];
+    static double values[3000], scratch[600], sorted[600];
+    for (uint32_t cap = 1; cap <= 600; cap += cap < 70 ? 9 : 131) {
         rtk_sortwin w;
+        CHECK(rtk_sortwin_bytes(cap) <= sizeof buf);
         rtk_sortwin_init(&w, buf, cap);
         for (int i = 0; i < 3000; i++) {
             /* Coarse values so the window holds ties, which the removal must find exactly. */
@@ -20,14 +60,60 @@ static void test_sortwin_matches_full_sort(void)
             rtk_sortwin_push(&w, values[i]);
             uint32_t n = i + 1 < (int)cap ? (uint32_t)i + 1 : cap;
             CHECK(w.n == n);
+            /* O(log n) levels: every node but the root at least half full */
+            CHECK(w.height <= (n < RTK_SORTWIN_LEAF ? 0 : 1 + log(n / (RTK_SORTWIN_LEAF / 2 - 1.0)) / log(RTK_SORTWIN_FAN / 2 - 1.0)));
             memcpy(scratch, values + i + 1 - n, n * sizeof(double));
             double median, mad;
-            rtk_median_mad(scratch, n, &median, &mad);
+            qsort(scratch, n, sizeof(double), cmp_double);
+            memcpy(sorted, scratch, n * sizeof(double));
+            rtk_median_mad(scratch, n, &median, &mad); /* leaves the deviations in scratch */
             double m = rtk_sortwin_median(&w);
             CHECK(near(m, median, 1e-12));
             CHECK(near(rtk_sortwin_mad(&w, m), mad, 1e-12));
+            double c = values[(uint32_t)i * 7919u % (uint32_t)(i + 1)] + 0.5; /* any centre, not only the median */
+            check_against_sorted(&w, sorted, n, c, (uint32_t)(lcg() + 1000) % n, scratch);
         }
     }
+}
+
+/* A window of thousands, several levels deep, through level shifts that empty whole leaves
+   and fill others (splits, merges, a root that grows and shrinks): checked against a sorted
+   copy kept by insertion. */
+static void test_sortwin_deep_tree(void)
+{
+    enum { CAP = 5000, STEPS = 40000 };
+    static double buf[1 << 15], ring[CAP], sorted[CAP], scratch[CAP];
+    rtk_sortwin w;
+    CHECK(rtk_sortwin_bytes(CAP) <= sizeof buf);
+    rtk_sortwin_init(&w, buf, CAP);
+    uint32_t n = 0, deepest = 0;
+    for (int i = 0; i < STEPS; i++) {
+        double level = (i / 7000) % 2 ? 5000.0 : 0.0, x = i % 7 == 0 ? floor(lcg() / 50) : lcg() + level;
+        if (n == CAP) { /* the sorted copy drops the oldest */
+            double old = ring[i % CAP];
+            uint32_t j = 0;
+            while (sorted[j] < old)
+                j++;
+            memmove(sorted + j, sorted + j + 1, (n - j - 1) * sizeof(double));
+            n--;
+        }
+        uint32_t j = 0;
+        while (j < n && sorted[j] < x)
+            j++;
+        memmove(sorted + j + 1, sorted + j, (n - j) * sizeof(double));
+        sorted[j] = x;
+        n++;
+        ring[i % CAP] = x;
+        rtk_sortwin_push(&w, x);
+        CHECK(w.n == n);
+        if (w.height > deepest)
+            deepest = w.height;
+        if (i % 97 != 0)
+            continue;
+        CHECK(w.height <= (n < RTK_SORTWIN_LEAF ? 0 : 1 + log(n / (RTK_SORTWIN_LEAF / 2 - 1.0)) / log(RTK_SORTWIN_FAN / 2 - 1.0)));
+        check_against_sorted(&w, sorted, n, sorted[n / 3] + 0.5, (uint32_t)i * 7919u % n, scratch);
+    }
+    CHECK(deepest >= 2);
 }
 
 static rtk_detector det;
@@ -149,6 +235,15 @@ static void test_state_restored_mid_series(void)
     for (int i = 3100; i < 6000; i++)
         same &= rtk_detect_update(&again, t[i], x[i]) == whole[i];
     CHECK(same);
+    uint32_t magic, older;
+    memcpy(&magic, state, sizeof magic);
+    for (char format = '1'; format <= '2'; format++) { /* "RDT1" (sorted arrays), "RDT2" (AVL trees) */
+        older = (magic & 0x00ffffffu) | (uint32_t)format << 24;
+        memcpy(state, &older, sizeof older);
+        CHECK(rtk_detect_load(&again, arena2, state, size) == -1);
+    }
+    memcpy(state, &magic, sizeof magic);
+    CHECK(rtk_detect_load(&again, arena2, state, size) == 0);
     c.quiet++;
     CHECK(rtk_detect_init(&again, arena2, &c) == 0);
     CHECK(rtk_detect_load(&again, arena2, state, size) == -1); /* another config */
@@ -162,6 +257,8 @@ static void test_detector_config_checked(void)
     CHECK(rtk_detect_init(&det, arena, &c) == -1);
     rtk_detect_default_config(&c);
     c.window = 2;
+    CHECK(rtk_detect_init(&det, arena, &c) == -1);
+    c.window = RTK_SORTWIN_MAX + 1; /* beyond the trees' 16-bit links */
     CHECK(rtk_detect_init(&det, arena, &c) == -1);
     rtk_detect_default_config(&c);
     c.weeks = 1; /* a weekly median needs two weeks; 0 turns the view off */
@@ -178,5 +275,6 @@ int main(void)
     RUN_TEST(test_time_of_day_baseline_expects_daily_peak);
     RUN_TEST(test_state_restored_mid_series);
     RUN_TEST(test_detector_config_checked);
+    RUN_TEST(test_sortwin_deep_tree); /* last: its draws leave the other tests' values as they were */
     return TEST_SUMMARY("detector");
 }

@@ -563,3 +563,5 @@ include "_iforest.pxi"
 include "_detect.pxi"
 # Robust time-of-day baselines for window-against-history queries (native/baseline.c).
 include "_baseline.pxi"
+# The adaptive shaping controller (native/autorate.c).
+include "_autorate.pxi"

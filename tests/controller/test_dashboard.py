@@ -173,7 +173,7 @@ CANVAS_INK = """([title, color]) => {
 }"""
 
 
-def test_device_plots_draw_the_stored_series_with_alert_marks(start_controller, sim, page):
+def test_device_plots_draw_the_stored_series_with_alert_marks_and_shaper_rates(start_controller, sim, page):
     ctl = start_controller()
     device_id = device_ids(1, 0xB0_00_00_00_00_00)[0]
     sim.online(device_id)
@@ -184,20 +184,32 @@ def test_device_plots_draw_the_stored_series_with_alert_marks(start_controller, 
                                        "host": "gateway", "timestamp": start + 20 * MINUTE, "ended_at": start + 25 * MINUTE,
                                        "value": 240.0, "threshold": 100.0, "threshold_type": "max", "unit": "ms",
                                        "duration_s": 300})
+    # Adaptive shaping's decisions as the agent publishes them (evt/autorate): a stored series each.
+    decisions = [{"time_ms": start + 12 * MINUTE, "event": "rate", "direction": "upload", "reason": "cut",
+                  "old_mbps": 20.0, "new_mbps": 8.5, "applied": True},
+                 {"time_ms": start + 13 * MINUTE, "event": "rate", "direction": "download", "reason": "decay",
+                  "old_mbps": 50.0, "new_mbps": 45.0, "applied": True},
+                 {"time_ms": start + 14 * MINUTE, "event": "reflector_rotated", "address": "192.0.2.9"},
+                 {"time_ms": start + 15 * MINUTE, "event": "rate", "direction": "upload", "reason": "raise",
+                  "old_mbps": 8.5, "new_mbps": 9.0, "applied": True}]
+    sim.event(device_id, "autorate", {"severity": "info", "mode": "active", "decisions": decisions})
     ctl.http.wait(f"/api/alerts?device_id={device_id}", lambda b: b["alerts"], timeout=20)
     ctl.http.wait(f"/api/devices/{device_id}/series/probe.gateway.latency_ms?start={start}&end={now}&step=60000",
                   lambda b: len(b["points"]) >= 50, timeout=20)
+    rates = ctl.http.wait(f"/api/devices/{device_id}/series/autorate.upload_mbps?start={start}&end={now}&step=1000",
+                          lambda b: len(b["points"]) == 2, timeout=20)["points"]
+    assert [(p["ts"], p["mean"]) for p in rates] == [(start + 12 * MINUTE, 8.5), (start + 15 * MINUTE, 9.0)]
 
     page.goto(f"{ctl.http.url}/#/device/{device_id}?range=1h")
     page.wait_for_selector("body[data-ready='device']")
     color = page.evaluate("getComputedStyle(document.documentElement).getPropertyValue('--s1').trim()")
-    for title in ("Latency", "Jitter", "Loss", "Throughput per interface"):
+    for title in ("Latency", "Jitter", "Loss", "Throughput per interface", "Adaptive shaper rate"):
         assert page.evaluate(CANVAS_INK, [title, color]) > 200, title
     # The alert episode is shaded on the time axis: the error colour's tint fills a band.
     shade = page.evaluate("""() => { const u = document.querySelector('.uplot canvas');
         const d = u.getContext('2d').getImageData(0, 0, u.width, u.height).data; return d.length; }""")
     assert shade > 0
-    assert page.locator(".plot").count() == 5
+    assert page.locator(".plot").count() == 6
     legend = texts(page, ".uplot .u-legend .u-label")
     assert "gateway p50" in legend and "gateway p95" in legend
 

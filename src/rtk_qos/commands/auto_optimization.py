@@ -142,6 +142,7 @@ def run(args: dict, ctx: Context) -> dict:
     plan = shaping_plan.build_auto(ifname, cap_bps, cap_source, caps, args["optimization_goals"],
                                    constraints.get("priority_applications", []),
                                    constraints.get("time_window", "always"))
+    with_adaptive(plan, args)
     with _ipr() as ipr:
         trees = {p.ifname: read_or_none(ipr, p) for p in plan.interfaces}
     ops = [op for p in plan.in_order() for op in shaping_apply.plan_ops(p, trees[p.ifname])]
@@ -169,6 +170,13 @@ def run(args: dict, ctx: Context) -> dict:
     result["verification"] = {"before": now, "after": after,
                               "note": "the same gateway probe and uplink rate, before and after the change"}
     return result
+
+
+def with_adaptive(plan, args: dict) -> None:
+    """The plan's adaptive shaping, checked against it (nothing is applied when it is wrong)."""
+    if "adaptive" in args:
+        from ..shaping.autorate import check_args
+        plan.adaptive = check_args(args["adaptive"], plan)
 
 
 def require_changes_allowed(op: str, ctx: Context) -> None:

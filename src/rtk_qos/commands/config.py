@@ -9,7 +9,7 @@ silently matches nothing).
 from __future__ import annotations
 
 from ..protocol.errors import CommandError
-from .auto_optimization import apply_plan, capacity, require_changes_allowed, uplink
+from .auto_optimization import apply_plan, capacity, require_changes_allowed, uplink, with_adaptive
 from .base import CommandSpec, Context, register
 
 OP = "qos_config"
@@ -62,6 +62,7 @@ def run(args: dict, ctx: Context) -> dict:
         plan = shaping_plan.build_config(ifname, cap_bps, cap_source, caps, args["policy"], rules, devices)
     except shaping_plan.PlanError as exc:
         raise CommandError("E_INVALID_COMMAND", str(exc)) from None
+    with_adaptive(plan, args)
     return {"enabled": True, "policy": args["policy"], "plan": plan.summary(),
             "resolved_devices": {mac: devices[mac] for mac in devices
                                  if any(r["match"].get("device_mac", "").lower() == mac for r in rules)},

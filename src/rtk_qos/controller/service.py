@@ -438,3 +438,15 @@ class Engine:
                                       "severity": severity, "payload": payload}))
         if event_type == "qos_alert":
             self.alerts.agent_alert(device_id, payload, t)
+        elif event_type == "autorate":
+            self._autorate_rates(device_id, payload)
+
+    def _autorate_rates(self, device_id: str, payload: dict) -> None:
+        """Adaptive shaping's rate decisions as the series `autorate.<direction>_mbps` (the rate
+        decided; in monitor mode not applied), so they are tiered and plotted like any sample."""
+        decisions = payload.get("decisions")
+        for d in decisions if isinstance(decisions, list) else ():
+            if (isinstance(d, dict) and d.get("event") == "rate" and d.get("direction") in ("upload", "download")
+                    and type(d.get("time_ms")) is int and type(d.get("new_mbps")) in _NUMBER):
+                self._batch_samples.append((device_id, f"autorate.{d['direction']}_mbps", d["time_ms"],
+                                            float(d["new_mbps"])))

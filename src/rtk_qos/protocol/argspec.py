@@ -219,6 +219,21 @@ class Obj(Spec):
 IFNAME = Str(max_len=15, pattern=r"[^/\s:]+",
              pattern_doc="a network interface name (1-15 characters, no '/', ':' or spaces)")
 
+_RATES = Obj(fields={
+    "min_mbps": Num(min=0.1, required=True, doc="Never below (also the rate when no reflector answers)."),
+    "base_mbps": Num(min=0.1, required=True, doc="The starting rate, and where an idle link drifts back to."),
+    "max_mbps": Num(min=0.1, required=True, doc="Never above."),
+}, doc="min_mbps <= base_mbps <= max_mbps, in Mbit/s.")
+# Not in the published schemas: adaptive shaping (README "Adaptive shaping").
+ADAPTIVE = Obj(fields={
+    "mode": Enum(values=("active", "monitor"), default="active",
+                 doc="active: the shaper's rate follows the link; monitor: decide and log only."),
+    "upload": _RATES, "download": _RATES,
+    "reflectors": Array(items=Ipv4(), max_items=16,
+                        doc="Hosts to measure the round trip against, beside the default gateway."),
+    "active_reflectors": Int(min=1, max=16, default=6, doc="How many are probed at once."),
+}, doc="Adaptive shaping: the shaped rate follows the link's capacity between min and max.")
+
 ARGS: dict[str, Obj] = {
     "qos_traffic_analysis": Obj(fields={
         "duration": Int(min=1, max=3600, required=True, doc="Seconds to measure."),
@@ -264,6 +279,7 @@ ARGS: dict[str, Obj] = {
                                                               "streaming"))),
             "time_window": Enum(values=("business_hours", "peak_hours", "off_peak", "always")),
         }),
+        "adaptive": ADAPTIVE,
         "dry_run": Bool(default=True),
     }),
     "qos_config": Obj(fields={
@@ -282,6 +298,7 @@ ARGS: dict[str, Obj] = {
             "bandwidth_limit": Int(min=1),
             "bandwidth_guarantee": Int(min=1),
         }), max_items=128),
+        "adaptive": ADAPTIVE,
         "enable": Bool(default=True),
     }),
     # Not in the published schemas: confirms the pending shaping change, or reverts it now.

@@ -9,6 +9,7 @@ a `KernelError` naming the step, the errno and the object.
 from __future__ import annotations
 
 import errno as errno_names
+import functools
 import struct
 from dataclasses import dataclass
 from typing import Optional
@@ -267,14 +268,29 @@ def send(ipr, msg_type: int, flags: int, ifindex: int, handle: int, parent: int,
     """One tc message with the options as raw bytes: re-creates a snapshotted object from what
     the kernel dumped, or deletes by handle whatever its kind (pyroute2's tc() wants the kind's
     parameters even to delete)."""
+    send_all(ipr, [tc_message(msg_type, flags, ifindex, handle, parent, info, kind, options)], step)
+
+
+def send_all(ipr, messages: list, step: str) -> None:
+    """tc messages (tc_message()) in one batch: one system call, each acknowledged."""
+    # The batch call, not nlm_request: the latter fails on a NetNS socket in pyroute2 0.9.
+    _call(step, ipr.nlm_request_batch, messages)
+
+
+@functools.lru_cache(maxsize=1)
+def _raw_tc_class():
     from pyroute2.netlink import nlmsg
     from pyroute2.netlink.rtnl.tcmsg import tcmsg
 
     class rawtc(nlmsg):
         fields = tcmsg.fields
         nla_map = (("TCA_UNSPEC", "none"), ("TCA_KIND", "asciiz"), ("TCA_OPTIONS", "cdata"))
+    return rawtc
 
-    msg = rawtc()
+
+def tc_message(msg_type: int, flags: int, ifindex: int, handle: int, parent: int, info: int = 0,
+               kind: Optional[str] = None, options: bytes = b""):
+    msg = _raw_tc_class()()
     msg["family"] = 0
     msg["index"] = ifindex
     msg["handle"] = handle
@@ -283,8 +299,7 @@ def send(ipr, msg_type: int, flags: int, ifindex: int, handle: int, parent: int,
     msg["attrs"] = ([["TCA_KIND", kind]] if kind else []) + ([["TCA_OPTIONS", options]] if options else [])
     msg["header"]["type"] = msg_type
     msg["header"]["flags"] = NLM_F_REQUEST | NLM_F_ACK | flags
-    # The batch call, not nlm_request: the latter fails on a NetNS socket in pyroute2 0.9.
-    _call(step, ipr.nlm_request_batch, [msg])
+    return msg
 
 
 def delete_qdisc(ipr, ifindex: int, handle: int, parent: int, step: str = "") -> None:

@@ -124,6 +124,7 @@ class Plan:
     ingress: dict
     reasons: list[str]
     time_window: str = "always"
+    adaptive: Optional[dict] = None  # adaptive shaping's arguments (autorate.py), None: fixed rates
 
     def in_order(self) -> list[InterfacePlan]:
         """Links the plan creates (the ifb) first: the uplink's redirect to them goes in last."""
@@ -145,6 +146,7 @@ class Plan:
             "filters": [{"prio": f.prio, "class": fmt_handle(f.classid), "why": f.why} for f in main.filters],
             "ingress": self.ingress,
             "time_window": self.time_window,
+            "adaptive": self.adaptive,
             "reasons": self.reasons,
         }
 

@@ -19,6 +19,7 @@ kernel dumped, then reads back and checks it equals the snapshot.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -30,6 +31,7 @@ from typing import Callable, Optional
 
 from . import apply, tcstate
 from . import plan as plan_module
+from .autorate import scaled as autorate_scaled
 from .plan import Plan
 
 log = logging.getLogger(__name__)
@@ -94,6 +96,8 @@ class Shaper:
         self.ipr_factory = ipr_factory
         self._lock = threading.RLock()
         self._timer: Optional[threading.Timer] = None
+        self.autorate = None  # the applied plan's adaptive shaping (autorate.Autorate), when it has one
+        self.autorate_params: dict = {}  # the controller's constants other than native/autorate.c's defaults
 
     # ---- status ------------------------------------------------------------------------------
 
@@ -109,8 +113,10 @@ class Shaper:
         record = self.record()
         if record is None:
             return {"state": "none"}
-        return {k: record.get(k) for k in ("id", "state", "op", "interfaces", "applied_ms", "confirm_by_ms",
-                                           "reason", "summary")}
+        out = {k: record.get(k) for k in ("id", "state", "op", "interfaces", "applied_ms", "confirm_by_ms",
+                                          "reason", "summary")}
+        running = self.autorate
+        return {**out, "adaptive": running.status()} if running else out
 
     # ---- apply -------------------------------------------------------------------------------
 
@@ -118,10 +124,18 @@ class Shaper:
               interfaces_up: Optional[Callable] = None) -> dict:
         """Apply `plan`; return what changed and the pending transaction, or raise ShapingError."""
         with self._lock, self.ipr_factory() as ipr:
+            self._stop_autorate(restore=True)  # the plans compared below have their fixed rates
             trees = {p.ifname: read_or_none(ipr, p) for p in plan.interfaces}
             ops = [op_ for p in plan.in_order() for op_ in apply.plan_ops(p, trees[p.ifname])]
             if not ops:
-                return {"changed": False, "note": "the tree on the interface already matches the plan"}
+                previous = self.record()
+                if plan.adaptive and previous and previous.get("state") in ("pending", "confirmed"):
+                    previous["plan_data"] = plan_module.to_json(plan)
+                    previous["plan"] = plan.summary()
+                    _write(self.path, previous)
+                    self._start_autorate(plan)
+                unchanged = {"changed": False, "note": "the tree on the interface already matches the plan"}
+                return {**unchanged, "adaptive": self.autorate.status()} if self.autorate else unchanged
             previous = self.record()
             if previous and previous.get("state") in ("pending", "confirmed") and set(previous["interfaces"]) & set(trees):
                 # Keep the original snapshot: reverting this change returns to what was there before us.
@@ -156,7 +170,11 @@ class Shaper:
                       summary={"steps": len(done), "apply_ms": apply_ms})
             _write(self.path, tx)
             self._arm(tx["id"])
-            return {"changed": True, "transaction": tx["id"], "state": "pending", "steps": done,
+            adaptive = {}
+            if plan.adaptive:
+                self._start_autorate(plan)
+                adaptive = {"adaptive": self.autorate.status()}
+            return {**adaptive, "changed": True, "transaction": tx["id"], "state": "pending", "steps": done,
                     "apply_ms": apply_ms, "confirm_timeout_s": self.confirm_timeout_s,
                     "confirm_by_ms": tx["confirm_by_ms"],
                     "confirm_with": {"op": "qos_shaping_confirm", "args": {"transaction": tx["id"]}}}
@@ -226,7 +244,20 @@ class Shaper:
             return {"transaction": record["id"], "state": "reverted", "reason": reason,
                     "restored": self._restore(ipr, record, reason, state="reverted")}
 
+    def _start_autorate(self, plan: Plan) -> None:
+        from ..collectors.probe import gateway_address
+        from .autorate import controller
+        self.autorate = controller(plan, os.path.dirname(self.path), self.ipr_factory, self.event,
+                                   gateway_address()[0], **self.autorate_params)
+        self.autorate.start()
+
+    def _stop_autorate(self, restore: bool) -> None:
+        if self.autorate is not None:
+            self.autorate.stop(restore)
+            self.autorate = None
+
     def _restore(self, ipr, record: dict, reason: str, state: str = "rolled_back") -> dict:
+        self._stop_autorate(restore=False)  # the snapshot replaces the tree whole
         out = {}
         # The uplink (and its redirect) first, then the links we created are deleted.
         for name, data in sorted(record["snapshot"].items(), key=lambda item: bool(item[1].get("absent"))):
@@ -263,9 +294,13 @@ class Shaper:
                 return None
             plan = plan_module.from_json(record["plan_data"])
             active = plan_module.in_window(plan.time_window, hours, now or datetime.now())
-            with self.ipr_factory() as ipr:
+            if not active:
+                self._stop_autorate(restore=False)
+            with self.ipr_factory() as ipr, self._adaptive_rates() as rate_of:
                 done = None
                 for target in plan.in_order():
+                    if rate_of(target.ifname) is not None:  # adaptive shaping moved its rates
+                        target = autorate_scaled(target, plan.shaped_bps, rate_of(target.ifname))
                     index = apply.ifindex_of(ipr, target.ifname)
                     if index is None and not (active and target.create):
                         continue  # gone for now; put back when it returns
@@ -283,6 +318,8 @@ class Shaper:
                         for step in apply.restore_ops(snapshot, tree):
                             apply.execute(ipr, step, index)
                         done = f"removed: outside {plan.time_window}"
+            if active and plan.adaptive and self.autorate is None:
+                self._start_autorate(plan)  # after a restart, or back inside the time window
             if done:
                 record.update(active=active, maintained_ms=_now_ms(), maintained=done)
                 _write(self.path, record)
@@ -290,6 +327,17 @@ class Shaper:
                 self.event("shaping_maintained", {"event_type": "shaping_maintained", "severity": "info",
                                                   "transaction": record["id"], "action": done})
             return done
+
+    @contextlib.contextmanager
+    def _adaptive_rates(self):
+        """ifname -> the rate adaptive shaping holds there (None: the plan's), with its changes
+        held off meanwhile."""
+        running = self.autorate
+        if running is None:
+            yield lambda _ifname: None
+            return
+        with running.lock:
+            yield running.current
 
     def recover(self) -> Optional[dict]:
         """At start: a change left applying or pending by a killed agent is reverted."""

@@ -352,6 +352,12 @@ async function drawDevice(id, range, at) {
   charts.push(plot(plots, "Throughput per interface", "Mbit/s", xs,
     rates.map(n => ({label: n.replace("_mbps", ""), values: bucket ? meanOnGrid(loaded.get(n), xs, bucket) : onGrid(loaded.get(n), xs, 0)[0]})),
     marks, `mean per ${bucket ? bucket / 1000 + " s" : step / MIN + " min"}`));
+  const shaperRates = names.filter(n => /^autorate\.(upload|download)_mbps$/.test(n));
+  if (shaperRates.length) {
+    charts.push(plot(plots, "Adaptive shaper rate", "Mbit/s", xs,
+      shaperRates.map(n => ({label: n.slice("autorate.".length, -"_mbps".length), values: heldOnGrid(loaded.get(n), xs, gridStep)})),
+      marks, "the rate adaptive shaping decided (evt/autorate), held until its next decision"));
+  }
   const scoreNames = names.filter(n => /(^|\.)(anomaly_score|score)$/.test(n));
   const anomalies = events.events.filter(e => e.event_type === "qos_anomaly");
   if (scoreNames.length) {
@@ -367,6 +373,16 @@ async function drawDevice(id, range, at) {
   }
   shapingPanel($("#shaping"), device.state?.agent?.shaping, commands.commands);
   return charts;
+}
+
+// A rate decision holds until the next: each cell shows the newest decision up to the cell's end.
+function heldOnGrid(points, xs, cell) {
+  const decided = points.filter(p => p.mean != null).sort((a, b) => a.ts - b.ts);
+  let i = -1;
+  return xs.map(t => {
+    while (i + 1 < decided.length && decided[i + 1].ts < t + cell) i++;
+    return i < 0 ? null : decided[i].mean;
+  });
 }
 
 function meanOnGrid(points, xs, bucket) {
