@@ -49,6 +49,8 @@ def test_commands_to_a_real_agent(start_agent, start_controller, dialect):
     # The agent's own rejection comes back as a failed command with its reason.
     refused = http.post("/api/commands", {"device_id": agent.device_id, "op": "qos_cancel", "args": {"id": "nope"},
                                           "dialect": dialect, "wait_s": 20})
+    # wait_s ends at the rejecting ack ("rejected"); the agent's result with the reason may come in a later batch.
+    refused = http.wait(f"/api/commands/{refused['id']}", lambda c: c["replies"][0].get("result"), timeout=20)
     (reply,) = refused["replies"]
     assert (refused["status"], reply["accepted"], reply["status"]) == ("failed", 0, "failed")
     error = reply["result"]["payload"]["error"]["message"] if dialect == "enveloped" else reply["result"]["error"]
