@@ -329,28 +329,128 @@ class _Child:
             session.close()
 
 
+def split_publishes(buf: bytes, pos: int, v5: bool, out: list) -> tuple[int, int]:
+    """Append (topic, payload, qos, mid) of each whole QoS 0 or 1 MQTT PUBLISH in buf[pos:] to
+    `out`, as paho's on_message would have them. Returns where it stopped and, when a PUBLISH
+    there is cut by the buffer's end, how many bytes it needs in all; else 0 (the buffer is used
+    up, or the packet there is one for paho: another type, QoS 2, a topic alias, malformed)."""
+    end = len(buf)
+    while pos < end:
+        first = buf[pos]
+        if first & 0xF6 != 0x30 and first & 0xF6 != 0x32:
+            return pos, 0
+        at, length, shift = pos + 1, 0, 0
+        while True:  # the remaining length, 1 to 4 bytes
+            if at == end:
+                return pos, at - pos + 1
+            byte = buf[at]
+            at += 1
+            length |= (byte & 0x7F) << shift
+            if byte < 0x80:
+                break
+            shift += 7
+            if shift == 28:
+                return pos, 0
+        stop = at + length
+        if stop > end:
+            return pos, stop - pos
+        if length < 2:
+            return pos, 0
+        qos = first >> 1 & 3
+        topic_end = at + 2 + (buf[at] << 8 | buf[at + 1])
+        head = topic_end + 2 * qos  # after the packet id
+        if v5:  # the properties: none that we need
+            props = shift = 0
+            while True:
+                if head >= stop:
+                    return pos, 0
+                byte = buf[head]
+                head += 1
+                props |= (byte & 0x7F) << shift
+                if byte < 0x80:
+                    break
+                shift += 7
+                if shift == 28:
+                    return pos, 0
+            head += props
+        if topic_end == at + 2 or head > stop:
+            return pos, 0
+        try:
+            topic = buf[at + 2:topic_end].decode("utf-8")
+        except UnicodeDecodeError:
+            return pos, 0
+        out.append((topic, buf[head:stop], qos, buf[topic_end] << 8 | buf[topic_end + 1] if qos else 0))
+        pos = stop
+    return pos, 0
+
+
 def _buffered_client(mqtt):
     class BufferedClient(mqtt.Client):
         """paho reads a packet in three or four recv() calls (its command byte, each length byte,
         the rest); these come from one recv() of up to READ_CHUNK bytes instead: a system call
         per burst, not several per message. Overrides paho's private `_sock_recv` (paho 2.x);
-        were it gone, paho would simply read unbuffered."""
+        were it gone, paho would simply read unbuffered.
+
+        `take_publishes` splits the PUBLISH packets in that buffer itself: paho's parsing (a
+        message object, its properties decoded, a callback) cost as much per message as the
+        controller's whole ingest. paho still reads every other packet (CONNACK, SUBACK, PINGRESP,
+        a QoS 2 or aliased PUBLISH, anything malformed, a packet it has begun) and sends all:
+        connect, subscribe, acks, keepalive, disconnect."""
         _rbuf = b""
         _rpos = 0
+        _lost: Optional[BaseException] = None  # what the socket said during take_publishes, for paho
 
         def _sock_recv(self, bufsize: int) -> bytes:
             if self._rpos >= len(self._rbuf):
+                if self._lost is not None:  # paho hears it as if it had read the socket itself
+                    lost, self._lost = self._lost, None
+                    if isinstance(lost, EOFError):
+                        return b""
+                    raise lost
                 self._rbuf, self._rpos = super()._sock_recv(READ_CHUNK), 0  # b"": the broker closed
             chunk = self._rbuf[self._rpos:self._rpos + bufsize]
             self._rpos += len(chunk)
             return chunk
 
         def buffered(self) -> bool:
-            return self._rpos < len(self._rbuf)
+            return self._rpos < len(self._rbuf) or self._lost is not None
 
         def discard_buffer(self) -> None:
             """Before a new connection: what is left belongs to the old one."""
-            self._rbuf, self._rpos = b"", 0
+            self._rbuf, self._rpos, self._lost = b"", 0, None
+
+        def _fill(self) -> bool:
+            """Add what the socket has to the buffer's unread part; False if nothing came."""
+            try:
+                data = super()._sock_recv(READ_CHUNK)
+            except BlockingIOError:
+                return False
+            except Exception as exc:  # noqa: BLE001 - a lost connection: paho's to handle, at its next read
+                self._lost = exc
+                return False
+            if not data:
+                self._lost = EOFError()
+                return False
+            self._rbuf = self._rbuf[self._rpos:] + data if self._rpos < len(self._rbuf) else data
+            self._rpos = 0
+            return True
+
+        def take_publishes(self, out: list) -> bool:
+            """Append the QoS 0 and 1 messages at the head of the stream to `out` (a frame's worth
+            at most), reading the socket while they come. True when paho has to read next: a
+            packet of its own, one it has begun, a cut one the socket has not completed yet, or
+            a lost connection."""
+            if not (self._in_packet["command"] or self._lost is not None):
+                v5, taken = self._protocol == mqtt.MQTTv5, len(out)
+                while len(out) - taken < FRAME_MESSAGES:
+                    self._rpos, wanted = split_publishes(self._rbuf, self._rpos, v5, out)
+                    # A large cut one is paho's too: it reads it in parts, where we would copy it whole per part.
+                    if (self._rpos < len(self._rbuf) and not wanted) or wanted > READ_CHUNK or not self._fill():
+                        break
+                if len(out) > taken:  # what paho notes per packet read, for its keepalive
+                    with self._msgtime_mutex:
+                        self._last_bytes_received = mqtt.time_func()
+            return self._rpos < len(self._rbuf) or self._lost is not None or bool(self._in_packet["command"])
 
     return BufferedClient
 
@@ -486,7 +586,7 @@ class _Session:
         idle = 0
         while idle < 2:  # one read without a message may have been another packet (an ack, a ping)
             count = len(self.pending)
-            if client.loop_read() != ok:
+            if client.take_publishes(self.pending) and client.loop_read() != ok:
                 self._forward()
                 return False
             idle = idle + 1 if len(self.pending) == count else 0
