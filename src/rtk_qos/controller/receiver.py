@@ -329,28 +329,36 @@ class _Child:
             session.close()
 
 
+def _varint(buf: bytes, at: int, end: int) -> tuple[int, int]:
+    """MQTT's variable byte integer at buf[at:end]: (its value, where it ends); (-1, end) when it
+    runs past `end`, (-1, -1) when it has more than four bytes (malformed)."""
+    value = shift = 0
+    while at < end:
+        byte = buf[at]
+        at += 1
+        value |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return value, at
+        shift += 7
+        if shift == 28:
+            return -1, -1
+    return -1, end
+
+
 def split_publishes(buf: bytes, pos: int, v5: bool, out: list) -> tuple[int, int]:
     """Append (topic, payload, qos, mid) of each whole QoS 0 or 1 MQTT PUBLISH in buf[pos:] to
     `out`, as paho's on_message would have them. Returns where it stopped and, when a PUBLISH
-    there is cut by the buffer's end, how many bytes it needs in all; else 0 (the buffer is used
-    up, or the packet there is one for paho: another type, QoS 2, a topic alias, malformed)."""
+    there is cut by the buffer's end, how many bytes it needs in all (at least); else 0 (the
+    buffer is used up, or the packet there is one for paho: another type, QoS 2, a topic alias,
+    malformed)."""
     end = len(buf)
     while pos < end:
         first = buf[pos]
         if first & 0xF6 != 0x30 and first & 0xF6 != 0x32:
             return pos, 0
-        at, length, shift = pos + 1, 0, 0
-        while True:  # the remaining length, 1 to 4 bytes
-            if at == end:
-                return pos, at - pos + 1
-            byte = buf[at]
-            at += 1
-            length |= (byte & 0x7F) << shift
-            if byte < 0x80:
-                break
-            shift += 7
-            if shift == 28:
-                return pos, 0
+        length, at = _varint(buf, pos + 1, end)
+        if length < 0:
+            return pos, end - pos + 1 if at == end else 0
         stop = at + length
         if stop > end:
             return pos, stop - pos
@@ -360,18 +368,9 @@ def split_publishes(buf: bytes, pos: int, v5: bool, out: list) -> tuple[int, int
         topic_end = at + 2 + (buf[at] << 8 | buf[at + 1])
         head = topic_end + 2 * qos  # after the packet id
         if v5:  # the properties: none that we need
-            props = shift = 0
-            while True:
-                if head >= stop:
-                    return pos, 0
-                byte = buf[head]
-                head += 1
-                props |= (byte & 0x7F) << shift
-                if byte < 0x80:
-                    break
-                shift += 7
-                if shift == 28:
-                    return pos, 0
+            props, head = _varint(buf, head, stop)
+            if props < 0:
+                return pos, 0
             head += props
         if topic_end == at + 2 or head > stop:
             return pos, 0
