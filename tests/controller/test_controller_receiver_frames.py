@@ -120,6 +120,7 @@ def test_publishes_split_from_mosquittos_stream_cut_anywhere_and_through_the_rec
                     low = middle + 1
             ends.append(low)
         assert ends[-1] == len(stream)
+        assert split_publishes(stream, 0, True, [], 3) == (ends[2], 0)  # a frame's worth, and no more
         for i, (start, end) in enumerate(zip([0] + ends[:-1], ends)):
             # Cut in the fixed header, the topic, the packet id, the properties, the payload's start and at the end.
             for cut in sorted({*range(start + 1, min(end, start + 340)), *range(max(start + 1, end - 4), end + 1)}):

@@ -26,8 +26,8 @@ Commands (parent -> child), each a `Receiver` method:
 
 Events (child -> parent), from `Receiver.read()`:
   Batch(session, link, messages)
-      messages in arrival order, each (topic: str, payload: bytes, qos, mid), as one read of the
-      socket brought them (up to 250); `link` names the session's connection. The child queues
+      messages in arrival order, each (topic: str, payload: bytes, qos, mid), as a burst of reads
+      of the socket brought them (up to 250); `link` names the session's connection. The child queues
       nothing: a parent that does not read holds the session's thread in its pipe write, and
       so the broker's socket (TCP's own back-pressure).
   Up(session, link) / Down(session, reason)
@@ -345,14 +345,14 @@ def _varint(buf: bytes, at: int, end: int) -> tuple[int, int]:
     return -1, end
 
 
-def split_publishes(buf: bytes, pos: int, v5: bool, out: list) -> tuple[int, int]:
+def split_publishes(buf: bytes, pos: int, v5: bool, out: list, most: int = 1 << 62) -> tuple[int, int]:
     """Append (topic, payload, qos, mid) of each whole QoS 0 or 1 MQTT PUBLISH in buf[pos:] to
-    `out`, as paho's on_message would have them. Returns where it stopped and, when a PUBLISH
-    there is cut by the buffer's end, how many bytes it needs in all (at least); else 0 (the
-    buffer is used up, or the packet there is one for paho: another type, QoS 2, a topic alias,
-    malformed)."""
+    `out`, as paho's on_message would have them, until `out` holds `most`. Returns where it
+    stopped and, when a PUBLISH there is cut by the buffer's end, how many bytes it needs in all
+    (at least); else 0 (the buffer is used up, `out` is full, or the packet there is one for paho:
+    another type, QoS 2, a topic alias, malformed)."""
     end = len(buf)
-    while pos < end:
+    while pos < end and len(out) < most:
         first = buf[pos]
         if first & 0xF6 != 0x30 and first & 0xF6 != 0x32:
             return pos, 0
@@ -435,20 +435,22 @@ def _buffered_client(mqtt):
             return True
 
         def take_publishes(self, out: list) -> bool:
-            """Append the QoS 0 and 1 messages at the head of the stream to `out` (a frame's worth
-            at most), reading the socket while they come. True when paho has to read next: a
+            """Append the QoS 0 and 1 messages at the head of the stream to `out` until it holds a
+            frame's worth, reading the socket while they come. True when paho has to read next: a
             packet of its own, one it has begun, a cut one the socket has not completed yet, or
             a lost connection."""
             if not (self._in_packet["command"] or self._lost is not None):
                 v5, taken = self._protocol == mqtt.MQTTv5, len(out)
-                while len(out) - taken < FRAME_MESSAGES:
-                    self._rpos, wanted = split_publishes(self._rbuf, self._rpos, v5, out)
+                while len(out) < FRAME_MESSAGES:
+                    self._rpos, wanted = split_publishes(self._rbuf, self._rpos, v5, out, FRAME_MESSAGES)
                     # A large cut one is paho's too: it reads it in parts, where we would copy it whole per part.
                     if (self._rpos < len(self._rbuf) and not wanted) or wanted > READ_CHUNK or not self._fill():
                         break
                 if len(out) > taken:  # what paho notes per packet read, for its keepalive
                     with self._msgtime_mutex:
                         self._last_bytes_received = mqtt.time_func()
+                if len(out) >= FRAME_MESSAGES:
+                    return False  # a frame's worth: the rest of the buffer at the next call
             return self._rpos < len(self._rbuf) or self._lost is not None or bool(self._in_packet["command"])
 
     return BufferedClient
