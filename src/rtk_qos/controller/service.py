@@ -53,8 +53,6 @@ def now_ms() -> int:
 _NUMBER = (int, float)
 
 
-
-
 def digest(raw: bytes) -> int:
     """64-bit identity of a message's bytes (signed, as SQLite stores integers)."""
     return int.from_bytes(hashlib.blake2b(raw, digest_size=8).digest(), "big", signed=True)
@@ -242,10 +240,11 @@ class Engine:
             if burst:
                 # Under a flood, gather while it flows: a transaction writes every page it touches
                 # (about a leaf per series, so with every device in every batch, all the raw tier's
-                # newest leaves), and one per 5,000 messages cost half as much per message as one per
-                # 1,000 (measured). Not for QoS 1 (events, replies: someone may be waiting; the
-                # broker sends no more than Receive Maximum before our acks anyway), nor the API's
-                # actions, nor past a pause in the flood (its last messages would wait for nothing).
+                # newest leaves), and one per 5,000 messages costs up to half as much per message
+                # as one per 1,000 (bench/controller_stages.py). Not for QoS 1 (events, replies:
+                # someone may be waiting; the broker sends no more than Receive Maximum before our
+                # acks anyway), nor the API's actions, nor past a pause in the flood (its last
+                # messages would wait for nothing).
                 came = time.monotonic()
                 until = came + BURST_LINGER_S
                 self._urgent = any(m[2] for batch in self.inbox for m in batch.messages)
@@ -367,7 +366,7 @@ class Engine:
             return
         try:
             # orjson: strict JSON (no NaN or Infinity, nor a number beyond a double, as 1e999: every
-            # number stored is finite), from the bytes (UTF-8 checked), in a third of json's time.
+            # number stored is finite), from the bytes (UTF-8 checked), in less than half json's time.
             message = orjson.loads(raw)
         except ValueError:
             self.counts["invalid"] += 1

@@ -127,8 +127,8 @@ class SQLiteStore(SqlStore):
         if self._wal_long.is_set():
             # The WAL starts again from its beginning only at a write transaction that finds it all
             # checkpointed. Under a steady stream of commits the checkpointer's pass always ends a
-            # few commits behind, so the WAL grew on (to gigabytes under a flood) and every page
-            # read searched its index: the writer itself finishes the pass, between two of them.
+            # few commits behind, so the WAL grew by about every page written and every page read
+            # searched its index: the writer itself finishes the pass, between two of them.
             self._wal_long.clear()
             self.db.execute("PRAGMA wal_checkpoint(PASSIVE)")
 
