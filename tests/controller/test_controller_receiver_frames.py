@@ -13,8 +13,10 @@ from paho.mqtt.properties import Properties
 from mqtt_harness import Controller
 from rtk_qos.controller.receiver import READ_CHUNK, Batch, Receiver, Up, split_publishes
 
-TOPICS = ("frames/a", "frames/日本/é", "frames/" + "x" * 300)  # the last one's own length needs 2 bytes
-SIZES = (0, 1, 100, 117, 118, 127, 128, 269, 16_380, 16_384, READ_CHUNK - 10, READ_CHUNK + 10, 1_900_000)  # the test broker: packets up to 2 MB
+TOPICS = ("frames/a", "frames/日本/é", "frames/" + "x" * 300)  # the last one's length is above 255
+# Payload sizes about the remaining length's 1/2 and 2/3-byte steps, and a read's size; the test
+# broker takes packets up to 2 MB.
+SIZES = (0, 1, 100, 117, 118, 127, 128, 269, 16_380, 16_384, READ_CHUNK - 10, READ_CHUNK + 10, 1_900_000)
 
 
 def _messages() -> list[tuple[str, bytes, int]]:
