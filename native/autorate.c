@@ -15,6 +15,7 @@ rtk_ar_params rtk_ar_defaults(void)
         .cut_lo_ms = 6.0,
         .cut_hi_ms = 60.0,
         .cut_load_factor = 0.9,
+        .cut_load_ticks = 2,
         .bloat_load = 0.5,
         .cut_refractory_s = 0.6,
         .drain_s = 2.0,
@@ -37,7 +38,8 @@ rtk_ar_params rtk_ar_defaults(void)
 int rtk_ar_init(rtk_autorate *a, const rtk_ar_params *p, const double min_bps[2], const double base_bps[2],
                 const double max_bps[2], double now)
 {
-    if (p->bloat_k < 1 || p->bloat_k > p->window_n || p->window_n > RTK_AR_WINDOW)
+    if (p->bloat_k < 1 || p->bloat_k > p->window_n || p->window_n > RTK_AR_WINDOW || p->cut_load_ticks < 1 ||
+        p->cut_load_ticks > RTK_AR_LOAD_TICKS)
         return -EINVAL;
     for (int d = 0; d < RTK_AR_DIRECTIONS; d++)
         if (!(min_bps[d] > 0 && min_bps[d] <= base_bps[d] && base_bps[d] <= max_bps[d] && isfinite(max_bps[d])))
@@ -125,6 +127,8 @@ rtk_ar_reason rtk_ar_tick(rtk_autorate *a, uint32_t d, double load_bps, double n
         return RTK_AR_HOLD;
     const rtk_ar_params *p = &a->p;
     rtk_ar_direction *dir = &a->dir[d];
+    dir->load_bps[dir->load_head] = load_bps;
+    dir->load_head = (dir->load_head + 1) % p->cut_load_ticks;
     if (now - a->last_reply >= p->stall_s) {
         /* Nothing answers: the link may be saturated beyond what probes survive, or down.
            The minimum rate is the one that is safe either way. */
@@ -141,9 +145,12 @@ rtk_ar_reason rtk_ar_tick(rtk_autorate *a, uint32_t d, double load_bps, double n
             return RTK_AR_HOLD;
         double cut = p->cut_min + (p->cut_max - p->cut_min) *
                                       clamp((mean - p->cut_lo_ms) / (p->cut_hi_ms - p->cut_lo_ms), 0, 1);
-        double rate = dir->rate_bps * (1 - cut);
-        if (load_bps > 0 && load_bps * p->cut_load_factor < rate)
-            rate = load_bps * p->cut_load_factor;
+        double rate = dir->rate_bps * (1 - cut), achieved = 0;
+        for (uint32_t i = 0; i < p->cut_load_ticks; i++)
+            if (dir->load_bps[i] > achieved)
+                achieved = dir->load_bps[i];
+        if (achieved > 0 && achieved * p->cut_load_factor < rate)
+            rate = achieved * p->cut_load_factor;
         rtk_ar_reason why = set_rate(dir, rate, RTK_AR_CUT, now);
         dir->last_cut = now;
         dir->delta_at_cut = mean;

@@ -9,7 +9,9 @@
  * reflectors together: one slow reflector alone is not the link). Bufferbloat cuts each
  * direction that carries traffic (round trips cannot tell which direction queues)
  * multiplicatively, more the worse the window's mean delta, and never above
- * cut_load_factor x what the direction achieved (the link's capacity as it is now). High load
+ * cut_load_factor x the most the direction achieved in its last cut_load_ticks ticks (the
+ * link's capacity as it is now; a sender that stops while the queue stands achieves less in
+ * its last tick, which is not the link's). High load
  * without delay raises it, by a small step after a cut (a link near its capacity: small
  * overshoots) growing with every raise since (a link that grew: found again fast); low load lets it drift back to the base rate. Refractory
  * periods after each change let its effect show in the samples first; no reply from any
@@ -21,6 +23,7 @@
 
 #define RTK_AR_REFLECTORS 16
 #define RTK_AR_WINDOW 64
+#define RTK_AR_LOAD_TICKS 8
 
 enum { RTK_AR_DOWNLOAD = 0, RTK_AR_UPLOAD = 1, RTK_AR_DIRECTIONS = 2 };
 
@@ -37,7 +40,8 @@ typedef struct {
     uint32_t window_n, bloat_k; /* bufferbloat: bloat_k delayed of the last window_n samples */
     double cut_min, cut_max;    /* fraction cut at a window mean delta of cut_lo_ms .. cut_hi_ms and above */
     double cut_lo_ms, cut_hi_ms;
-    double cut_load_factor;     /* a cut leaves at most this x the achieved rate */
+    double cut_load_factor;     /* a cut leaves at most this x the achieved rate, */
+    uint32_t cut_load_ticks;    /* the highest of the last this many ticks' (1..RTK_AR_LOAD_TICKS) */
     double bloat_load;          /* a direction sending under this x its minimum rate did not fill the queue: not cut */
     double cut_refractory_s;    /* no change for this long after a cut */
     double drain_s;             /* within this long after a cut, cut again only if the delay did not fall */
@@ -65,6 +69,8 @@ typedef struct {
     double last_change, last_cut;
     double delta_at_cut;        /* the window's mean delta at the last cut */
     double raise_step;          /* the next raise's fraction at zero delay */
+    double load_bps[RTK_AR_LOAD_TICKS]; /* the achieved rates of the last ticks, a ring */
+    uint32_t load_head;
 } rtk_ar_direction;
 
 typedef struct {
@@ -81,7 +87,8 @@ typedef struct {
 rtk_ar_params rtk_ar_defaults(void);
 
 /* Starts with every direction at its base rate. -EINVAL for rates not 0 < min <= base <= max,
-   or a window outside 1 <= bloat_k <= window_n <= RTK_AR_WINDOW. */
+   a window outside 1 <= bloat_k <= window_n <= RTK_AR_WINDOW, or cut_load_ticks outside
+   1..RTK_AR_LOAD_TICKS. */
 int rtk_ar_init(rtk_autorate *a, const rtk_ar_params *p, const double min_bps[2], const double base_bps[2],
                 const double max_bps[2], double now);
 

@@ -34,6 +34,11 @@ static void test_bad_arguments_are_refused(void)
     p = rtk_ar_defaults();
     p.window_n = RTK_AR_WINDOW + 1;
     CHECK(rtk_ar_init(&a, &p, MIN, BASE, MAX, 0) == -EINVAL);
+    p = rtk_ar_defaults();
+    p.cut_load_ticks = 0;
+    CHECK(rtk_ar_init(&a, &p, MIN, BASE, MAX, 0) == -EINVAL);
+    p.cut_load_ticks = RTK_AR_LOAD_TICKS + 1;
+    CHECK(rtk_ar_init(&a, &p, MIN, BASE, MAX, 0) == -EINVAL);
     start(&a);
     CHECK(rtk_ar_sample(&a, RTK_AR_REFLECTORS, 10, 0) == -EINVAL);
     CHECK(rtk_ar_sample(&a, 0, -1, 0) == -EINVAL && rtk_ar_sample(&a, 0, NAN, 0) == -EINVAL);
@@ -120,6 +125,42 @@ static void test_a_cut_never_leaves_more_than_the_achieved_rate(void)
     CHECK(a.dir[RTK_AR_DOWNLOAD].rate_bps == 10e6);
     CHECK(rtk_ar_tick(&a, RTK_AR_UPLOAD, 3e6, 1.0) == RTK_AR_CUT);
     CHECK(near(a.dir[RTK_AR_UPLOAD].rate_bps, 2.7e6, 1e-12));
+}
+
+/* A 5 Mbit/s link, the shaper a little above it: a sender that stops while the modem's queue
+   still stands achieves less in its last tick (here half of it) while the delay shows the
+   queue. The cut is bounded by the most achieved in the last cut_load_ticks ticks, the link's
+   rate, not by that fading load (with one tick: 0.9 x 2.5 Mbit/s); once idle, nothing is cut. */
+static double rate_after_a_stop(uint32_t cut_load_ticks)
+{
+    static rtk_autorate a;
+    rtk_ar_params p = rtk_ar_defaults();
+    p.cut_load_ticks = cut_load_ticks;
+    CHECK(rtk_ar_init(&a, &p, MIN, BASE, MAX, 0) == 0);
+    a.dir[RTK_AR_UPLOAD].rate_bps = 5.23e6;
+    double t = 0;
+    for (int i = 0; i < 10; i++, t += 0.2) { /* 2 s of the transfer, the modem's queue growing */
+        for (int r = 0; r < 4; r++)
+            replies(&a, 1, 0.4 * i, t + 0.05 * r);
+        CHECK(rtk_ar_tick(&a, RTK_AR_UPLOAD, 5e6, t) != RTK_AR_CUT);
+    }
+    for (int r = 0; r < 4; r++) /* the queue stands: 20 ms */
+        replies(&a, 1, 20, t + 0.05 * r);
+    CHECK(rtk_ar_tick(&a, RTK_AR_UPLOAD, 2.5e6, t) == RTK_AR_CUT); /* the sender stopped half way */
+    double after = a.dir[RTK_AR_UPLOAD].rate_bps;
+    for (int i = 1; i <= 3; i++) {
+        replies(&a, 1, 20, t + 0.2 * i);
+        CHECK(rtk_ar_tick(&a, RTK_AR_UPLOAD, 0.1e6, t + 0.2 * i) == RTK_AR_HOLD); /* idle: no cut */
+    }
+    CHECK(a.dir[RTK_AR_UPLOAD].rate_bps == after);
+    return after;
+}
+
+static void test_a_sender_that_stops_is_not_cut_to_its_fading_load(void)
+{
+    double kept = rate_after_a_stop(rtk_ar_defaults().cut_load_ticks);
+    CHECK(kept >= 0.9 * 5e6 && kept < 5.23e6);
+    CHECK(near(rate_after_a_stop(1), 0.9 * 2.5e6, 1e-9)); /* the bound of this tick alone */
 }
 
 /* After a cut: nothing for the refractory period; then, while the delay falls (the modem's
@@ -272,6 +313,7 @@ int main(void)
     RUN_TEST(test_bufferbloat_needs_k_of_n);
     RUN_TEST(test_the_cut_scales_with_the_delay);
     RUN_TEST(test_a_cut_never_leaves_more_than_the_achieved_rate);
+    RUN_TEST(test_a_sender_that_stops_is_not_cut_to_its_fading_load);
     RUN_TEST(test_refractory_and_drain);
     RUN_TEST(test_raise_under_load_until_max);
     RUN_TEST(test_idle_decays_to_base);

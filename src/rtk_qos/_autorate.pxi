@@ -3,9 +3,10 @@ cdef extern from "autorate.h" nogil:
     enum:
         RTK_AR_REFLECTORS
         RTK_AR_WINDOW
+        RTK_AR_LOAD_TICKS
     ctypedef struct rtk_ar_params:
         double delay_ms
-        uint32_t window_n, bloat_k
+        uint32_t window_n, bloat_k, cut_load_ticks
         double cut_min, cut_max, cut_lo_ms, cut_hi_ms, cut_load_factor, bloat_load, cut_refractory_s, drain_s
         double high_load, raise_min, raise_max, raise_growth, raise_delta_ms, raise_refractory_s, decay_per_s, decay_refractory_s, stall_s
         double baseline_down_gain, baseline_up_gain, delta_gain
@@ -56,8 +57,8 @@ cdef class Autorate:
         for d in range(2):
             lo[d], base[d], hi[d] = min_bps[d], base_bps[d], max_bps[d]
         if rtk_ar_init(&self.a, &p, lo, base, hi, now) != 0:
-            raise ValueError(f"autorate: rates must be 0 < min <= base <= max and 1 <= bloat_k <= window_n <= "
-                             f"{RTK_AR_WINDOW}: min {list(min_bps)}, base {list(base_bps)}, max {list(max_bps)}, "
+            raise ValueError(f"autorate: rates must be 0 < min <= base <= max, 1 <= bloat_k <= window_n <= "
+                             f"{RTK_AR_WINDOW} and 1 <= cut_load_ticks <= {RTK_AR_LOAD_TICKS}: min {list(min_bps)}, base {list(base_bps)}, max {list(max_bps)}, "
                              f"{params}")
 
     def sample(self, uint32_t reflector, double rtt_ms, double now):
