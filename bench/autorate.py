@@ -28,8 +28,15 @@ same rig made for it:
                              20 -> 5, the longest gap between a gateway ping's replies (20/s)
                              under the modem's full queue: the silence bufferbloat alone makes.
 
+With --stop (bench/autorate-stop-report.json): cut_load_ticks (how many ticks' achieved rates
+bound a cut) at 1, 2 and 3 on a BBR upload through 20 -> 5 Mbit/s that ends while the modem's
+queue may still stand: the rate the controller leaves after the transfer's end (the highest
+achieved rate of one tick alone is the fading load of a sender that stops), and the drop's
+settling, lowest rate and voip p95 while the upload runs.
+
 Usage: bench/autorate.py [--output bench/autorate-report.json]
        bench/autorate.py --sweep [--repeat 2] [--output bench/autorate-sweep-report.json]
+       bench/autorate.py --stop [--repeat 4] [--output bench/autorate-stop-report.json]
 """
 from __future__ import annotations
 
@@ -77,6 +84,11 @@ LOADED_S = 6.0   # decay: the upload before the idle period
 IDLE_S = 10.0
 RESUMED_S = 5.0  # decay: measured span of the upload after it
 SILENT_S = 8.0
+# --stop: values of cut_load_ticks, the BBR upload's phases (rate, seconds, own settling), and how
+# long decisions are watched after the transfer's end.
+STOP_TICKS = [1, 2, 3]
+STOP_PHASES = [(20_000_000, 8, 3), (5_000_000, 10, 1)]
+STOP_WATCH_S = 3.0
 
 
 def trace(rig, state: str, capacity_bps: int, adaptive, params=None) -> dict:
@@ -115,6 +127,74 @@ def drop_run(rig, state: Path, reflectors: list[str], params: dict) -> dict:
             "settling_s": autorate_rig.settling(agent, changes)[0],
             "cuts_after_the_drop": len([d for d in after if d["reason"] == "cut"]),
             "lowest_mbps_after_the_drop": min(d["new_mbps"] for d in after) if after else None}
+
+
+def stop_run(rig, state: Path, reflectors: list[str], params: dict) -> dict:
+    """The BBR upload through 20 -> 5 Mbit/s, ending on the 5 Mbit/s link; decisions watched for
+    STOP_WATCH_S after its end."""
+    agent = autorate_rig.Agent(rig, state, 20_000_000, {**ADAPTIVE, "reflectors": reflectors}, params)
+    try:
+        results, changes, _ = autorate_rig.run_phases(rig, STOP_PHASES, SETTLE_S, "bbr")
+        ended = time.monotonic()  # iperf3 has exited: its last second is the transfer's end
+        time.sleep(STOP_WATCH_S)
+    finally:
+        agent.stop()
+    last_second = ended - 1.0
+    loaded = _rate_decisions(agent, changes[0][0], last_second)
+    before = _rate_decisions(agent, 0, last_second)
+    at_end = _rate_decisions(agent, last_second)
+    return {"after_the_drop": {**_shaper(results[1]), "lost": results[1]["lost"]},
+            "settling_s": autorate_rig.settling(agent, changes)[0],
+            "lowest_mbps_while_loaded": min(d["new_mbps"] for d in loaded) if loaded else None,
+            "rate_before_the_end_mbps": before[-1]["new_mbps"] if before else None,
+            "lowest_mbps_after_the_end": min(d["new_mbps"] for d in at_end) if at_end else None,
+            "cuts_at_the_end": [{k: d[k] for k in ("old_mbps", "new_mbps", "load_mbps", "mean_delta_ms")}
+                                for d in at_end if d["reason"] == "cut"]}
+
+
+def stop_main(rig, reflectors: list[str], repeat: int, output) -> int:
+    started = time.monotonic()
+    runs: dict = {ticks: [] for ticks in STOP_TICKS}
+    with tempfile.TemporaryDirectory() as state:
+        for i in range(repeat):
+            for ticks in STOP_TICKS:
+                path = Path(state) / f"{ticks}-{i}"
+                path.mkdir()
+                runs[ticks].append(stop_run(rig, path, reflectors, {"cut_load_ticks": ticks}))
+                print(ticks, runs[ticks][-1], flush=True)
+    link = STOP_PHASES[-1][0] / 1e6
+
+    def summary(out: list[dict]) -> dict:
+        ends = [r["lowest_mbps_after_the_end"] for r in out if r["lowest_mbps_after_the_end"] is not None]
+        return {"runs_cut_below_80_percent_at_the_end": len([e for e in ends if e < 0.8 * link]),
+                "lowest_mbps_after_the_end": min(ends) if ends else None,
+                "settling_s": [r["settling_s"] for r in out],
+                "lowest_mbps_while_loaded": [r["lowest_mbps_while_loaded"] for r in out],
+                "p95_ms_after_the_drop": [r["after_the_drop"]["p95_ms"] for r in out],
+                "goodput_mbps_after_the_drop": [r["after_the_drop"]["goodput_mbps"] for r in out]}
+    report = {
+        "command": "bench/autorate.py --stop --output bench/autorate-stop-report.json",
+        "kernel": os.uname().release,
+        "load_average_1m_at_start_and_end": [LOAD_AT_START, round(os.getloadavg()[0], 2)],
+        "wall_s": round(time.monotonic() - started, 1),
+        "runs_per_value": repeat,
+        "chosen": _core.autorate_defaults()["cut_load_ticks"],
+        "summary": {str(ticks): summary(runs[ticks]) for ticks in STOP_TICKS},
+        "runs": {str(ticks): runs[ticks] for ticks in STOP_TICKS},
+        "defaults": _core.autorate_defaults(),
+        "notes": {
+            "scenario": "a BBR upload, the modem at 20 Mbit/s for 8 s then 5 Mbit/s for 10 s (the transfer ends "
+                        f"there, 1 s later), decisions watched {STOP_WATCH_S:g} s more; cut_load_ticks 1 is the "
+                        "bound by one tick's achieved rate (the code before it), the values taken in turn",
+            "lowest_mbps_after_the_end": "the lowest rate decided from the transfer's last second on (its fading "
+                                         "load and the idle after it)",
+            "rate_before_the_end_mbps": "the rate decided last before that",
+            "settling_s": "seconds from the drop until the rate was first within 80-100 % of 5 Mbit/s",
+            "after_the_drop": "voip probe and goodput from 1 s after the drop",
+            "adaptive": "min 2, base 15, max 30 Mbit/s, six reflectors; every other constant at its default"},
+    }
+    write_report(report, output)
+    return 0
 
 
 def decay_run(rig, state: Path, reflectors: list[str], params: dict, resume_bps: int) -> dict:
@@ -239,14 +319,17 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--output", help="write the JSON report here")
     parser.add_argument("--sweep", action="store_true", help="sweep the constants (see above) instead")
-    parser.add_argument("--repeat", type=int, default=2, help="--sweep: runs per value (default 2)")
+    parser.add_argument("--stop", action="store_true", help="the sender stopping with the queue standing (above)")
+    parser.add_argument("--repeat", type=int, help="--sweep, --stop: runs per value (default 2, 4)")
     ns = parser.parse_args()
     rig = shaping_rig.make_rig(rate_bps=PHASES[0][1])
     servers = rig.start_servers()
     try:
         reflectors = autorate_rig.add_reflectors(rig, 5)
         if ns.sweep:
-            return sweep_main(rig, reflectors, ns.repeat, ns.output)
+            return sweep_main(rig, reflectors, ns.repeat or 2, ns.output)
+        if ns.stop:
+            return stop_main(rig, reflectors, ns.repeat or 4, ns.output)
         idle = autorate_rig.idle_latency_ms(rig, 10.0)
         with tempfile.TemporaryDirectory() as state:
             runs = {}
