@@ -29,14 +29,15 @@ same rig made for it:
                              under the modem's full queue: the silence bufferbloat alone makes.
 
 With --stop (bench/autorate-stop-report.json): cut_load_ticks (how many ticks' achieved rates
-bound a cut) at 1, 2 and 3 on a BBR upload through 20 -> 5 Mbit/s that ends while the modem's
-queue may still stand: the rate the controller leaves after the transfer's end (the highest
-achieved rate of one tick alone is the fading load of a sender that stops), and the drop's
-settling, lowest rate and voip p95 while the upload runs.
+bound a cut; one tick's alone is the fading load of a sender that stops) when a sender stops
+while the modem's queue stands: 12 BBR uploads of 4 s on the 5 Mbit/s link in a row, the rate
+left after each end (1 and 2 ticks); and the BBR upload through 20 -> 5 Mbit/s ending there as
+in the tests (1, 2 and 3 ticks): the rate after its end, and the drop's settling, lowest rate
+and voip p95 while it runs.
 
 Usage: bench/autorate.py [--output bench/autorate-report.json]
        bench/autorate.py --sweep [--repeat 2] [--output bench/autorate-sweep-report.json]
-       bench/autorate.py --stop [--repeat 4] [--output bench/autorate-stop-report.json]
+       bench/autorate.py --stop [--repeat 2] [--output bench/autorate-stop-report.json]
 """
 from __future__ import annotations
 
@@ -89,6 +90,11 @@ SILENT_S = 8.0
 STOP_TICKS = [1, 2, 3]
 STOP_PHASES = [(20_000_000, 8, 3), (5_000_000, 10, 1)]
 STOP_WATCH_S = 3.0
+# --stop, the stops: this many BBR uploads on the 5 Mbit/s link, each this long, this far apart.
+STOPS_TICKS = [1, 2]
+STOPS = 12
+STOPS_ON_S = 4.0
+STOPS_OFF_S = 1.0
 
 
 def trace(rig, state: str, capacity_bps: int, adaptive, params=None) -> dict:
@@ -152,16 +158,47 @@ def stop_run(rig, state: Path, reflectors: list[str], params: dict) -> dict:
                                 for d in at_end if d["reason"] == "cut"]}
 
 
+def stops_run(rig, state: Path, reflectors: list[str], params: dict) -> dict:
+    """STOPS BBR uploads of STOPS_ON_S on the 5 Mbit/s link, STOPS_OFF_S apart; per end, the
+    lowest rate decided from the transfer's last second until the next one starts."""
+    autorate_rig.set_modem_rate(rig, 5_000_000)
+    agent = autorate_rig.Agent(rig, state, 20_000_000, {**ADAPTIVE, "reflectors": reflectors}, params)
+    spans = []
+    try:
+        for _ in range(STOPS):
+            autorate_rig.bulk_transfer(rig, STOPS_ON_S, "bbr").communicate(timeout=STOPS_ON_S + 30)
+            ended = time.monotonic()
+            time.sleep(STOPS_OFF_S)
+            spans.append((ended - 1.0, time.monotonic()))
+    finally:
+        agent.stop()
+    ends = []
+    for lo, hi in spans:
+        decided = _rate_decisions(agent, lo, hi)
+        ends.append({"lowest_mbps": min(d["new_mbps"] for d in decided) if decided else None,
+                     "cuts": [{k: d[k] for k in ("old_mbps", "new_mbps", "load_mbps", "mean_delta_ms")}
+                              for d in decided if d["reason"] == "cut"]})
+    return {"ends": ends}
+
+
 def stop_main(rig, reflectors: list[str], repeat: int, output) -> int:
     started = time.monotonic()
     runs: dict = {ticks: [] for ticks in STOP_TICKS}
+    stops: dict = {}
     with tempfile.TemporaryDirectory() as state:
-        for i in range(repeat):
+        count = itertools.count()
+
+        def run(ticks: int, scenario, *args) -> dict:
+            path = Path(state) / f"{ticks}-{next(count)}"
+            path.mkdir()
+            out = scenario(rig, path, reflectors, {"cut_load_ticks": ticks}, *args)
+            print(ticks, out, flush=True)
+            return out
+        for ticks in STOPS_TICKS:
+            stops[ticks] = run(ticks, stops_run)["ends"]
+        for _ in range(repeat):
             for ticks in STOP_TICKS:
-                path = Path(state) / f"{ticks}-{i}"
-                path.mkdir()
-                runs[ticks].append(stop_run(rig, path, reflectors, {"cut_load_ticks": ticks}))
-                print(ticks, runs[ticks][-1], flush=True)
+                runs[ticks].append(run(ticks, stop_run))
     link = STOP_PHASES[-1][0] / 1e6
 
     def summary(out: list[dict]) -> dict:
@@ -177,15 +214,22 @@ def stop_main(rig, reflectors: list[str], repeat: int, output) -> int:
         "kernel": os.uname().release,
         "load_average_1m_at_start_and_end": [LOAD_AT_START, round(os.getloadavg()[0], 2)],
         "wall_s": round(time.monotonic() - started, 1),
-        "runs_per_value": repeat,
         "chosen": _core.autorate_defaults()["cut_load_ticks"],
-        "summary": {str(ticks): summary(runs[ticks]) for ticks in STOP_TICKS},
-        "runs": {str(ticks): runs[ticks] for ticks in STOP_TICKS},
+        "stops": {str(ticks): {"lowest_mbps_per_end": [e["lowest_mbps"] for e in stops[ticks]],
+                               "ends_below_80_percent_of_the_link": len([e for e in stops[ticks] if e["lowest_mbps"]
+                                                                         and e["lowest_mbps"] < 0.8 * link]),
+                               "ends": stops[ticks]} for ticks in STOPS_TICKS},
+        "end_of_transfer": {"runs_per_value": repeat,
+                            "summary": {str(ticks): summary(runs[ticks]) for ticks in STOP_TICKS},
+                            "runs": {str(ticks): runs[ticks] for ticks in STOP_TICKS}},
         "defaults": _core.autorate_defaults(),
         "notes": {
-            "scenario": "a BBR upload, the modem at 20 Mbit/s for 8 s then 5 Mbit/s for 10 s (the transfer ends "
-                        f"there, 1 s later), decisions watched {STOP_WATCH_S:g} s more; cut_load_ticks 1 is the "
-                        "bound by one tick's achieved rate (the code before it), the values taken in turn",
+            "cut_load_ticks": "1 is the bound by one tick's achieved rate (the code before it); values taken in turn",
+            "stops": f"{STOPS} BBR uploads of {STOPS_ON_S:g} s on the 5 Mbit/s link, {STOPS_OFF_S:g} s apart, one "
+                     "agent run per value: per end, the lowest rate decided from the transfer's last second until "
+                     "the next one starts, and the cuts there with the achieved rate of their tick",
+            "end_of_transfer": "a BBR upload, the modem at 20 Mbit/s for 8 s then 5 Mbit/s for 10 s (the transfer "
+                               f"ends there, 1 s later), decisions watched {STOP_WATCH_S:g} s more",
             "lowest_mbps_after_the_end": "the lowest rate decided from the transfer's last second on (its fading "
                                          "load and the idle after it)",
             "rate_before_the_end_mbps": "the rate decided last before that",
@@ -320,7 +364,7 @@ def main() -> int:
     parser.add_argument("--output", help="write the JSON report here")
     parser.add_argument("--sweep", action="store_true", help="sweep the constants (see above) instead")
     parser.add_argument("--stop", action="store_true", help="the sender stopping with the queue standing (above)")
-    parser.add_argument("--repeat", type=int, help="--sweep, --stop: runs per value (default 2, 4)")
+    parser.add_argument("--repeat", type=int, help="--sweep, --stop: runs per value (default 2)")
     ns = parser.parse_args()
     rig = shaping_rig.make_rig(rate_bps=PHASES[0][1])
     servers = rig.start_servers()
@@ -329,7 +373,7 @@ def main() -> int:
         if ns.sweep:
             return sweep_main(rig, reflectors, ns.repeat or 2, ns.output)
         if ns.stop:
-            return stop_main(rig, reflectors, ns.repeat or 4, ns.output)
+            return stop_main(rig, reflectors, ns.repeat or 2, ns.output)
         idle = autorate_rig.idle_latency_ms(rig, 10.0)
         with tempfile.TemporaryDirectory() as state:
             runs = {}
