@@ -2,7 +2,7 @@
 latency, store bytes per device-day and memory, all against one mosquitto in one run.
 
   ingest (flood): a publisher process sends FLOOD telemetry/qos messages (one 1 Hz sample of 5
-    series each, the agent's shape, 269 bytes) as fast as it can, at QoS 0 and at QoS 1; the rate
+    series each, the agent's shape, 293 bytes) as fast as it can, at QoS 0 and at QoS 1; the rate
     is messages / (last one received - publisher start). Reference: a bare paho subscriber
     (counts, nothing else) on the same broker in the same run, in rounds that alternate with the
     controller (median of ROUNDS); the controller's count is of messages committed to its store
@@ -14,6 +14,8 @@ latency, store bytes per device-day and memory, all against one mosquitto in one
   store: table sizes (SQLite dbstat) before and after the fleet phase: bytes per device-day at
     1 Hz of the raw tier, and the steady state per device with the default retention (raw 6 h,
     per-minute 14 days, per-hour 365 days) from the measured bytes per row of each tier.
+  cpu: per message during each flood, the CPU time of the bare subscriber's process, of the
+    controller's and of its receiver's (median of the rounds).
   memory: the controller's peak RSS (VmHWM) and its CPU over the fleet phase, of its own process
     and of its MQTT receiver child (controller/receiver.py) each.
 
@@ -22,6 +24,7 @@ The broker is the bench's own mosquitto (no queue limit, so a flood is never dro
 from __future__ import annotations
 
 import argparse
+import collections
 import json
 import os
 import socket
@@ -112,8 +115,9 @@ def run_bare(port: int, count: int, qos: int) -> None:
     client.subscribe(f"rtk/v1/{REFERENCE_TENANT}/+/+/telemetry/+", qos=qos)
     time.sleep(0.5)
     print("ready", flush=True)
+    cpu = time.process_time()
     done.wait(300)
-    print(json.dumps({"count": state["n"], "last": state["last"]}), flush=True)
+    print(json.dumps({"count": state["n"], "last": state["last"], "cpu_s": time.process_time() - cpu}), flush=True)
 
 
 # ---- the bench --------------------------------------------------------------------------------
@@ -186,6 +190,11 @@ def flood(port: int, count: int, qos: int, devices: int, reference: bool) -> tup
 
 
 def bare_rate(port: int, count: int, qos: int, devices: int) -> float:
+    return bare_flood(port, count, qos, devices)[0]
+
+
+def bare_flood(port: int, count: int, qos: int, devices: int) -> tuple[float, float]:
+    """The reference's rate, and its CPU time per message (us)."""
     sub = subprocess.Popen([sys.executable, __file__, "--child-bare", str(port), str(count), str(qos)],
                            stdout=subprocess.PIPE, text=True)
     assert sub.stdout.readline().strip() == "ready"
@@ -195,11 +204,14 @@ def bare_rate(port: int, count: int, qos: int, devices: int) -> float:
     sub.wait(10)
     if outcome["count"] != count:
         raise RuntimeError(f"the bare subscriber got {outcome['count']} of {count}")
-    return count / (outcome["last"] - started)
+    return count / (outcome["last"] - started), outcome["cpu_s"] / count * 1e6
 
 
-def controller_rate(ctl: ControllerProc, port: int, count: int, qos: int, devices: int) -> float:
+def controller_rate(ctl: ControllerProc, port: int, count: int, qos: int, devices: int) -> tuple[float, dict]:
+    """The rate, and the CPU time per message (us) of the controller's process and its receiver's."""
     base = ctl.counter("in_telemetry")
+    pids = ctl.pids
+    cpu = {name: cpu_seconds(pid) for name, pid in pids.items()}
     pub, started = flood(port, count, qos, devices, reference=False)
     deadline = started + 300
     while ctl.counter("in_telemetry") < base + count:
@@ -207,8 +219,9 @@ def controller_rate(ctl: ControllerProc, port: int, count: int, qos: int, device
             raise RuntimeError(f"the controller stored {ctl.counter('in_telemetry') - base} of {count}")
         time.sleep(0.05)
     finished = time.monotonic()
+    cpu = {name: (cpu_seconds(pid) - cpu[name]) / count * 1e6 for name, pid in pids.items()}
     pub.wait(120)
-    return count / (finished - started)
+    return count / (finished - started), cpu
 
 
 def settle(ctl: ControllerProc) -> None:
@@ -357,18 +370,26 @@ def main() -> int:
         try:
             # Rounds alternate the reference and the controller, so a neighbour's load hits both alike.
             rounds: dict = {0: {"bare": [], "controller": []}, 1: {"bare": [], "controller": []}}
+            cpu: dict = {0: collections.defaultdict(list), 1: collections.defaultdict(list)}  # us per message
             for _ in range(ns.rounds):
                 for qos in (0, 1):
-                    rounds[qos]["bare"].append(bare_rate(broker.port, ns.flood_count, qos, ns.devices))
-                    rounds[qos]["controller"].append(controller_rate(ctl, broker.port, ns.flood_count, qos,
-                                                                     ns.devices))
+                    rate, cpu_bare = bare_flood(broker.port, ns.flood_count, qos, ns.devices)
+                    rounds[qos]["bare"].append(rate)
+                    cpu[qos]["bare_paho"].append(cpu_bare)
+                    rate, cpu_mine = controller_rate(ctl, broker.port, ns.flood_count, qos, ns.devices)
+                    rounds[qos]["controller"].append(rate)
+                    for name, value in cpu_mine.items():
+                        cpu[qos][name].append(value)
             ingest = {}
             for qos, got in rounds.items():
                 bare, mine = percentile(got["bare"], 0.5), percentile(got["controller"], 0.5)
                 ingest[f"qos{qos}"] = {"bare_paho_msgs_per_s": round(bare), "controller_msgs_per_s": round(mine),
                                        "ratio": round(mine / bare, 3), "target_ratio": 0.5,
-                                       "rounds": {k: [round(v) for v in vs] for k, vs in got.items()}}
-            report["ingest_flood"] = {"messages": ns.flood_count, "message_bytes": len(telemetry(0, 0, 0)),
+                                       "rounds": {k: [round(v) for v in vs] for k, vs in got.items()},
+                                       "cpu_us_per_message": {k: round(percentile(vs, 0.5), 1)
+                                                              for k, vs in cpu[qos].items()}}
+            report["ingest_flood"] = {"messages": ns.flood_count,
+                                      "message_bytes": len(telemetry(0, int(time.time() * 1000), 0)),
                                       "rounds": ns.rounds, "figure": "median of the rounds", **ingest}
             settle(ctl)
             before = table_sizes(ctl.state / "controller.db")

@@ -467,6 +467,19 @@ double rtk_detect_update(rtk_detector *d, double t, double x)
     for (int v = 0; v < RTK_DETECT_VIEWS; v++)
         if (d->seen[v] > d->cfg.warmup && !isnan(expected[v]))
             l[v] = score_step(d, v, surprise[v]);
+    /* A surprise of the values alone may be the day's (week's) rhythm: once a seasonal view
+       scores its residuals, the values' tail counts only as far as one of them agrees. */
+    if (view == 0) {
+        int judged = 0;
+        double agreed = 0;
+        for (int v = 1; v < RTK_DETECT_VIEWS; v++)
+            if (d->seen[v] > d->cfg.warmup && !isnan(expected[v])) {
+                agreed = judged && agreed > l[v] ? agreed : l[v];
+                judged = 1;
+            }
+        if (judged && agreed < l[0])
+            l[0] = agreed;
+    }
     /* The coarse scale: the same features and tail on the means of `recent` consecutive
        samples (a change spread over a few samples, each ordinary in its noise, is plain in
        their mean), scored at the sample that completes a block. Two scales looked at: the

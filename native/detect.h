@@ -12,7 +12,9 @@
  * also computed on the residual from a time-of-day (time-of-week) baseline, the
  * median of past periods' means in the sample's bin, and the view least often
  * surprised in the long run scores: a regular evening peak is then expected,
- * and a missing one is the anomaly. A coarse scale, the means of `recent`
+ * and a missing one is the anomaly. While the values' view scores, a seasonal
+ * view past its warm-up bounds its tail: a surprise of the values alone may be
+ * the day's rhythm. A coarse scale, the means of `recent`
  * consecutive samples, is judged the same way beside them.
  *
  * The surprise of one sample is not the score: the score is how unusual the

@@ -26,8 +26,8 @@ Commands (parent -> child), each a `Receiver` method:
 
 Events (child -> parent), from `Receiver.read()`:
   Batch(session, link, messages)
-      messages in arrival order, each (topic: str, payload: bytes, qos, mid), as one read of the
-      socket brought them (up to 250); `link` names the session's connection. The child queues
+      messages in arrival order, each (topic: str, payload: bytes, qos, mid), as a burst of reads
+      of the socket brought them (up to 250); `link` names the session's connection. The child queues
       nothing: a parent that does not read holds the session's thread in its pipe write, and
       so the broker's socket (TCP's own back-pressure).
   Up(session, link) / Down(session, reason)
@@ -329,28 +329,129 @@ class _Child:
             session.close()
 
 
+def _varint(buf: bytes, at: int, end: int) -> tuple[int, int]:
+    """MQTT's variable byte integer at buf[at:end]: (its value, where it ends); (-1, end) when it
+    runs past `end`, (-1, -1) when it has more than four bytes (malformed)."""
+    value = shift = 0
+    while at < end:
+        byte = buf[at]
+        at += 1
+        value |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return value, at
+        shift += 7
+        if shift == 28:
+            return -1, -1
+    return -1, end
+
+
+def split_publishes(buf: bytes, pos: int, v5: bool, out: list, most: int = 1 << 62) -> tuple[int, int]:
+    """Append (topic, payload, qos, mid) of each whole QoS 0 or 1 MQTT PUBLISH in buf[pos:] to
+    `out`, as paho's on_message would have them, until `out` holds `most`. Returns where it
+    stopped and, when a PUBLISH there is cut by the buffer's end, how many bytes it needs in all
+    (at least); else 0 (the buffer is used up, `out` is full, or the packet there is one for paho:
+    another type, QoS 2, a topic alias, malformed)."""
+    end = len(buf)
+    while pos < end and len(out) < most:
+        first = buf[pos]
+        if first & 0xF6 != 0x30 and first & 0xF6 != 0x32:
+            return pos, 0
+        length, at = _varint(buf, pos + 1, end)
+        if length < 0:
+            return pos, end - pos + 1 if at == end else 0
+        stop = at + length
+        if stop > end:
+            return pos, stop - pos
+        if length < 2:
+            return pos, 0
+        qos = first >> 1 & 3
+        topic_end = at + 2 + (buf[at] << 8 | buf[at + 1])
+        head = topic_end + 2 * qos  # after the packet id
+        if v5:  # the properties: none that we need
+            props, head = _varint(buf, head, stop)
+            if props < 0:
+                return pos, 0
+            head += props
+        if topic_end == at + 2 or head > stop:
+            return pos, 0
+        try:
+            topic = buf[at + 2:topic_end].decode("utf-8")
+        except UnicodeDecodeError:
+            return pos, 0
+        out.append((topic, buf[head:stop], qos, buf[topic_end] << 8 | buf[topic_end + 1] if qos else 0))
+        pos = stop
+    return pos, 0
+
+
 def _buffered_client(mqtt):
     class BufferedClient(mqtt.Client):
         """paho reads a packet in three or four recv() calls (its command byte, each length byte,
         the rest); these come from one recv() of up to READ_CHUNK bytes instead: a system call
         per burst, not several per message. Overrides paho's private `_sock_recv` (paho 2.x);
-        were it gone, paho would simply read unbuffered."""
+        were it gone, paho would simply read unbuffered.
+
+        `take_publishes` splits the PUBLISH packets in that buffer itself: paho's parsing (a
+        message object, its properties decoded, a callback) cost as much per message as the
+        controller's whole ingest. paho still reads every other packet (CONNACK, SUBACK, PINGRESP,
+        a QoS 2 or aliased PUBLISH, anything malformed, a packet it has begun) and sends all:
+        connect, subscribe, acks, keepalive, disconnect."""
         _rbuf = b""
         _rpos = 0
+        _lost: Optional[BaseException] = None  # what the socket said during take_publishes, for paho
 
         def _sock_recv(self, bufsize: int) -> bytes:
             if self._rpos >= len(self._rbuf):
+                if self._lost is not None:  # paho hears it as if it had read the socket itself
+                    lost, self._lost = self._lost, None
+                    if isinstance(lost, EOFError):
+                        return b""
+                    raise lost
                 self._rbuf, self._rpos = super()._sock_recv(READ_CHUNK), 0  # b"": the broker closed
             chunk = self._rbuf[self._rpos:self._rpos + bufsize]
             self._rpos += len(chunk)
             return chunk
 
         def buffered(self) -> bool:
-            return self._rpos < len(self._rbuf)
+            return self._rpos < len(self._rbuf) or self._lost is not None
 
         def discard_buffer(self) -> None:
             """Before a new connection: what is left belongs to the old one."""
-            self._rbuf, self._rpos = b"", 0
+            self._rbuf, self._rpos, self._lost = b"", 0, None
+
+        def _fill(self) -> bool:
+            """Add what the socket has to the buffer's unread part; False if nothing came."""
+            try:
+                data = super()._sock_recv(READ_CHUNK)
+            except BlockingIOError:
+                return False
+            except Exception as exc:  # noqa: BLE001 - a lost connection: paho's to handle, at its next read
+                self._lost = exc
+                return False
+            if not data:
+                self._lost = EOFError()
+                return False
+            self._rbuf = self._rbuf[self._rpos:] + data if self._rpos < len(self._rbuf) else data
+            self._rpos = 0
+            return True
+
+        def take_publishes(self, out: list) -> bool:
+            """Append the QoS 0 and 1 messages at the head of the stream to `out` until it holds a
+            frame's worth, reading the socket while they come. True when paho has to read next: a
+            packet of its own, one it has begun, a cut one the socket has not completed yet, or
+            a lost connection."""
+            if not (self._in_packet["command"] or self._lost is not None):
+                v5, taken = self._protocol == mqtt.MQTTv5, len(out)
+                while len(out) < FRAME_MESSAGES:
+                    self._rpos, wanted = split_publishes(self._rbuf, self._rpos, v5, out, FRAME_MESSAGES)
+                    # A large cut one is paho's too: it reads it in parts, where we would copy it whole per part.
+                    if (self._rpos < len(self._rbuf) and not wanted) or wanted > READ_CHUNK or not self._fill():
+                        break
+                if len(out) > taken:  # what paho notes per packet read, for its keepalive
+                    with self._msgtime_mutex:
+                        self._last_bytes_received = mqtt.time_func()
+                if len(out) >= FRAME_MESSAGES:
+                    return False  # a frame's worth: the rest of the buffer at the next call
+            return self._rpos < len(self._rbuf) or self._lost is not None or bool(self._in_packet["command"])
 
     return BufferedClient
 
@@ -486,7 +587,7 @@ class _Session:
         idle = 0
         while idle < 2:  # one read without a message may have been another packet (an ack, a ping)
             count = len(self.pending)
-            if client.loop_read() != ok:
+            if client.take_publishes(self.pending) and client.loop_read() != ok:
                 self._forward()
                 return False
             idle = idle + 1 if len(self.pending) == count else 0

@@ -173,10 +173,17 @@ class Autorate:
     def start(self) -> None:
         self.started = _core.monotonic()
         self.pool.start()
-        self._thread = threading.Thread(target=self._run, name="rtk-qos-autorate", daemon=True)
-        self._thread.start()
         self._record({"event": "started", "mode": self.mode, "reflectors": self.pool.addresses(),
                       "directions": self.directions})
+        # The controller counts from base_mbps: the kernel must hold that rate too, not the plan's
+        # fixed one, or an idle link would keep the plan's rate until a first decision.
+        with self.ipr_factory() as ipr:
+            for direction in self.directions:
+                planned, base = self.actuators[direction].planned_bps, self.ctl.rate(DIRECTIONS[direction])
+                if planned != base:
+                    self._decided(ipr, direction, "start", planned, base, 0.0)
+        self._thread = threading.Thread(target=self._run, name="rtk-qos-autorate", daemon=True)
+        self._thread.start()
 
     def stop(self, restore: bool = True) -> None:
         """Stop deciding; with `restore`, put the plan's fixed rates back (a revert that rebuilds
@@ -241,18 +248,20 @@ class Autorate:
             old = self.ctl.rate(d)
             reason = self.ctl.tick(d, load_bps, now)
             new = self.ctl.rate(d)
-            if new == old:
-                continue
-            if self.mode == "active":
-                with self.lock:
-                    self.actuators[direction].set(ipr, new)
-                    self.applied[direction] = new
-            self.decisions += 1
-            self._record({"event": "rate", "direction": direction, "reason": reason,
-                          "old_mbps": round(old / 1e6, 3), "new_mbps": round(new / 1e6, 3),
-                          "load_mbps": round(load_bps / 1e6, 3), "delayed": self.ctl.delayed,
-                          "mean_delta_ms": round(self.ctl.mean_delta_ms, 2),
-                          "reflectors": len(self.pool.addresses()), "applied": self.mode == "active"})
+            if new != old:
+                self._decided(ipr, direction, reason, old, new, load_bps)
+
+    def _decided(self, ipr, direction: str, reason: str, old: float, new: float, load_bps: float) -> None:
+        if self.mode == "active":
+            with self.lock:
+                self.actuators[direction].set(ipr, new)
+                self.applied[direction] = new
+        self.decisions += 1
+        self._record({"event": "rate", "direction": direction, "reason": reason,
+                      "old_mbps": round(old / 1e6, 3), "new_mbps": round(new / 1e6, 3),
+                      "load_mbps": round(load_bps / 1e6, 3), "delayed": self.ctl.delayed,
+                      "mean_delta_ms": round(self.ctl.mean_delta_ms, 2),
+                      "reflectors": len(self.pool.addresses()), "applied": self.mode == "active"})
 
     def _record(self, record: dict) -> None:
         record = {"time_ms": time.time_ns() // 1_000_000, **record}

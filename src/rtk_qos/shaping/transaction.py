@@ -31,7 +31,7 @@ from typing import Callable, Optional
 
 from . import apply, tcstate
 from . import plan as plan_module
-from .autorate import scaled as autorate_scaled
+from .autorate import HtbActuator, scaled as autorate_scaled
 from .plan import Plan
 
 log = logging.getLogger(__name__)
@@ -305,6 +305,9 @@ class Shaper:
                     if index is None and not (active and target.create):
                         continue  # gone for now; put back when it returns
                     tree = tcstate.read(ipr, target.ifname) if index is not None else None
+                    if active and plan.adaptive and self.autorate is None and tree is not None \
+                            and not apply.matches(target, tree):
+                        tree = _fixed_rates_in_place(ipr, target, plan.shaped_bps, tree)
                     if active and (tree is None or not apply.matches(target, tree)):
                         for step in apply.plan_ops(target, tree):
                             apply.execute(ipr, step, apply.ifindex_of(ipr, target.ifname))
@@ -345,6 +348,17 @@ class Shaper:
         if record and record["state"] in ("applying", "pending"):
             return self.revert(f"agent restarted while the change was {record['state']}")
         return None
+
+
+def _fixed_rates_in_place(ipr, target, shaped_bps: int, tree: tcstate.TcTree) -> tcstate.TcTree:
+    """After a restart, the rates the previous process's adaptive shaping left in the tree are
+    put back to the plan's by a rate-only change (its queues and counters kept); the tree read
+    again is then the plan's unless something else changed it too."""
+    try:
+        HtbActuator(target, shaped_bps).restore(ipr)
+    except apply.KernelError:  # not the plan's classes: rebuilt as any other tree
+        return tree
+    return tcstate.read(ipr, target.ifname)
 
 
 def read_or_none(ipr, target) -> Optional[tcstate.TcTree]:

@@ -61,6 +61,7 @@ MIGRATIONS: list[str] = [
     """,
 ]
 CHECKPOINT_S = 1.0
+WAL_RESTART_FRAMES = 16384  # 64 MiB of 4 KiB pages: a WAL this long is restarted by the writer
 
 
 class SQLiteStore(SqlStore):
@@ -82,6 +83,7 @@ class SQLiteStore(SqlStore):
         self._migrate()
         self._checkpointer: Optional[threading.Thread] = None
         self._closing = threading.Event()
+        self._wal_long = threading.Event()
         if writer:
             # SQLite checkpoints (and fsyncs) in the committing thread by default: hundreds of ms
             # now and then, for ingest and the live stream. A thread of its own does it instead.
@@ -122,6 +124,13 @@ class SQLiteStore(SqlStore):
             self.db.execute("ROLLBACK")
             raise
         self.db.execute("COMMIT")
+        if self._wal_long.is_set():
+            # The WAL starts again from its beginning only at a write transaction that finds it all
+            # checkpointed. Under a steady stream of commits the checkpointer's pass always ends a
+            # few commits behind, so the WAL grew by about every page written and every page read
+            # searched its index: the writer itself finishes the pass, between two of them.
+            self._wal_long.clear()
+            self.db.execute("PRAGMA wal_checkpoint(PASSIVE)")
 
     def _name_match(self, name_glob: str) -> tuple[str, str]:
         return "s.name GLOB ?", name_glob
@@ -160,7 +169,9 @@ class SQLiteStore(SqlStore):
         try:
             while not self._closing.wait(CHECKPOINT_S):
                 # PASSIVE: copies what no reader still needs, never waits for the writer.
-                db.execute("PRAGMA wal_checkpoint(PASSIVE)")
+                _busy, frames, _done = db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+                if frames > WAL_RESTART_FRAMES:
+                    self._wal_long.set()
         finally:
             db.close()
 
