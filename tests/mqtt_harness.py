@@ -235,6 +235,8 @@ class Controller:
         self.client.reconnect_delay_set(0.1, 0.5)
         self.client.on_message = self._on_message
         self.client.on_connect = self._on_connect
+        self.client.on_subscribe = self._on_subscribe
+        self.subacked: set[int] = set()
         self.connected = threading.Event()
         self.client.connect("127.0.0.1", port, 10)
         self.client.loop_start()
@@ -245,6 +247,11 @@ class Controller:
         for topic in self.topics:
             client.subscribe(topic, qos=1)
         self.connected.set()
+
+    def _on_subscribe(self, _c, _u, mid, _reasons, _p):
+        with self.cond:
+            self.subacked.add(mid)
+            self.cond.notify_all()
 
     def _on_message(self, _c, _u, msg):
         received = Received(msg.topic, msg.payload, time.monotonic(), getattr(msg, "properties", None))
@@ -264,10 +271,15 @@ class Controller:
             self.cond.notify_all()
 
     def subscribe(self, *topics: str) -> None:
+        """Subscribe and wait for the broker's SUBACKs: what is published next reaches us."""
+        mids = []
         for topic in topics:
             self.topics.append(topic)
             result, mid = self.client.subscribe(topic, qos=1)
-        time.sleep(0.3)
+            assert result == mqtt.MQTT_ERR_SUCCESS, f"subscribe {topic}: {mqtt.error_string(result)}"
+            mids.append(mid)
+        with self.cond:
+            assert self.cond.wait_for(lambda: self.subacked.issuperset(mids), 10), f"no SUBACK for {topics}"
 
     def publish(self, topic: str, payload, response_topic: str | None = None, correlation: bytes | None = None,
                 qos: int = 1) -> float:

@@ -268,7 +268,7 @@ def test_an_alert_raised_by_a_real_agent_shows_within_two_seconds_of_its_event(s
     assert agent.device_id in text and "latency" in text and "agent" in text
 
 
-CONFIRM_S = 20.0  # above the apply's 10 s verification probe, which comes before its result
+CONFIRM_S = 16.0  # above the apply's 10 s verification probe, which comes before its result, by 6 s for the page
 
 
 def kernel_tree(agent_host):

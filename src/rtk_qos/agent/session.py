@@ -230,6 +230,7 @@ class Session:
             while not info.is_published() and time.monotonic() < published:
                 time.sleep(0.05)
         self._stop.set()
+        self.outbox.wake()  # the sender thread waits for a message to send: it sees the stop now
         self.client.disconnect()
         for thread in self._threads:
             thread.join(max(0.0, deadline - time.monotonic()))

@@ -254,7 +254,8 @@ class Prober:
 
     def run(self, duration: float, stop: Optional[threading.Event] = None,
             on_reply: Optional[Callable[[str, int, float], None]] = None) -> dict[str, ProbeReport]:
-        """Probe for `duration` seconds (or until `stop`), then wait out the last timeout."""
+        """Probe for `duration` seconds (or until `stop`), then wait for the probes still unanswered
+        (each at most its timeout)."""
         self.ident = _identifiers.take()
         self._selector = selectors.DefaultSelector()
         self._icmp: dict[int, tuple[socket.socket, str]] = {}
@@ -338,6 +339,10 @@ class Prober:
                 _, host, seq = self._expiries.popleft()
                 if seq in host.pending:
                     self._expire(host, seq)
+            # An answered probe leaves its expiry behind: dropped here, so the last answer ends
+            # the run instead of its probe's timeout.
+            while self._expiries and self._expiries[0][2] not in self._expiries[0][1].pending:
+                self._expiries.popleft()
             if not due and not self._expiries:
                 return
             wake = now + 1.0

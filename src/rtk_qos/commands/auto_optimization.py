@@ -125,6 +125,8 @@ def bufferbloat(idle: Optional[dict], loaded: Optional[dict]) -> dict:
 def run(args: dict, ctx: Context) -> dict:
     from ..shaping import apply as shaping_apply, capabilities, plan as shaping_plan, render, tcstate
     from ..shaping.transaction import _ipr, read_or_none
+    if not args["dry_run"]:
+        require_changes_allowed(OP, ctx)  # refused at once, not after a measurement it cannot use
     ifname, gateway = uplink()
     cap_bps, cap_source = capacity(args, ifname)
     constraints = args.get("constraints", {})
@@ -163,7 +165,6 @@ def run(args: dict, ctx: Context) -> dict:
     if args["dry_run"]:
         result["execution_result"] = {"status": "simulated", "changes": "none"}
         return result
-    require_changes_allowed(OP, ctx)
     result["execution_result"] = apply_plan(plan, OP, ctx, gateway)
     ctx.progress({"phase": "verifying", "seconds": MEASURE_S})
     after = measure(ifname, gateway, ctx)
