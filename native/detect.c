@@ -14,6 +14,8 @@
 #define RECURRING 2   /* episodes about as high in the long-run window that make a surprise recurring */
 #define AS_HIGH 0.9   /* a past episode's peak this share of the surprise is about as high: a daily job's
                          spike varies a little from day to day, and its surprise with it */
+#define RANGE_MARGIN 0.05 /* a value this share of the range seen so far beyond it is new ground (HTM's
+                            spatial anomaly tolerance in NAB) */
 #define TAIL_SHARE 0.025 /* each tail left out of the central spread that backs up the MAD */
 #define TAIL_Z 1.959964 /* the normal quantile of 1 - TAIL_SHARE */
 
@@ -165,7 +167,7 @@ typedef struct {
     uint64_t arena_size;
 } state_header;
 
-#define STATE_MAGIC 0x33544452u /* "RDT3": the robust windows became counted B+trees */
+#define STATE_MAGIC 0x34544452u /* "RDT4": the range seen so far joined the state */
 
 size_t rtk_detect_state_size(const rtk_detector *d)
 {
@@ -495,6 +497,23 @@ double rtk_detect_update(rtk_detector *d, double t, double x)
         d->coarse_n = 0;
     }
     double top = (coarse > l[view] ? coarse : l[view]) - log10(2.0);
+    /* New ground: a value beyond every value seen so far, by more than a share of their range,
+       is an anomaly whatever the windows, which follow a slow drift, or the seasons, which may
+       expect a peak, make of it (HTM's spatial anomaly in NAB). Only once the range has seen a
+       whole period: a series' first day reaches new highs and lows with its daily rhythm. A
+       level shift alarms once: its values are the range's edge from then on. It scores at
+       least 0.5 (p = 1e-8): HTM gives it the highest score. */
+    double margin = RANGE_MARGIN * (d->highest - d->lowest);
+    d->beyond_range = d->samples > 1 && d->samples > d->cfg.warmup && t - d->first_t >= d->cfg.period &&
+                      d->highest > d->lowest && (x > d->highest + margin || x < d->lowest - margin);
+    if (d->samples == 1) {
+        d->first_t = t;
+        d->lowest = d->highest = x;
+    }
+    d->lowest = x < d->lowest ? x : d->lowest;
+    d->highest = x > d->highest ? x : d->highest;
+    if (d->beyond_range && top < SCORE_HALF)
+        top = SCORE_HALF;
     d->expected = view ? expected[view] : NAN;
     d->view = view;
     memcpy(d->z, z[view], sizeof d->z);

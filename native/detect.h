@@ -100,12 +100,14 @@ typedef struct {
     double coarse_sum; /* the coarse scale's block being summed */
     uint32_t coarse_n;
     uint64_t samples;
+    double first_t, lowest, highest; /* the first sample's time; the range of the values seen so far */
     /* the last sample's workings, for explanations and tests */
     double z[RTK_DETECT_FEATURES];
     double expected;  /* the scoring view's seasonal expectation, NaN for view 0 */
     int view;         /* which view scored it: 0 values, 1 time-of-day residuals, 2 time-of-week */
     double surprise, score;
     double likelihood; /* -log10 of the tail probability, before the quiet time after an alarm */
+    int beyond_range;  /* it lay beyond every value seen so far by more than RANGE_MARGIN of their range */
     uint32_t quiet_left;
 } rtk_detector;
 

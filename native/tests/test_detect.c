@@ -205,6 +205,37 @@ static void test_time_of_day_baseline_expects_daily_peak(void)
     CHECK(det.view == 1);
 }
 
+/* New ground: a value beyond the whole range seen so far alarms even when the windows find it
+   ordinary, but not in the first day (its rhythm reaches new highs then), and a level shift only
+   at its start. */
+static void test_detector_new_ground(void)
+{
+    rtk_detect_config c;
+    rtk_detect_default_config(&c);
+    init_detector(&c);
+    int beyond_first_day = 0, beyond_after_shift = 0, beyond_at = 0;
+    for (int i = 0; i < 4000; i++) {
+        /* Uniform on [0, 100), but 106 at 3000, 5.5 % of the range beyond it (a surprise under 2.5), and
+           at 300 (within 1) from 3500 on. */
+        double x = (lcg() + 1000.0) / 20.0;
+        x = i == 1000 ? -10.0 : i == 3000 ? 106.0 : i >= 3500 ? 300 + x / 100 : x;
+        double s = rtk_detect_update(&det, 60.0 * i, x);
+        if (i < 1440)
+            beyond_first_day += det.beyond_range;
+        if (i == 3000 || i == 3500) {
+            beyond_at += det.beyond_range;
+            CHECK(s >= 0.5); /* p = 1e-8 at least */
+        }
+        if (i == 3000)
+            CHECK(det.surprise < 2.5);
+        if (i > 3500)
+            beyond_after_shift += det.beyond_range;
+    }
+    CHECK(beyond_first_day == 0); /* the -10 at 1000 is beyond, but within the first day */
+    CHECK(beyond_at == 2);
+    CHECK(beyond_after_shift == 0);
+}
+
 /* A detector saved mid-series and restored into another continues exactly as the original. */
 static void test_state_restored_mid_series(void)
 {
@@ -273,6 +304,7 @@ int main(void)
     RUN_TEST(test_detector_spike_and_gap);
     RUN_TEST(test_detector_is_deterministic);
     RUN_TEST(test_time_of_day_baseline_expects_daily_peak);
+    RUN_TEST(test_detector_new_ground);
     RUN_TEST(test_state_restored_mid_series);
     RUN_TEST(test_detector_config_checked);
     RUN_TEST(test_sortwin_deep_tree); /* last: its draws leave the other tests' values as they were */

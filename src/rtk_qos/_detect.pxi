@@ -10,7 +10,7 @@ cdef extern from "detect.h" nogil:
         double z[3]
         double fit[3]
         double expected, surprise, score, likelihood
-        int view
+        int view, beyond_range
         uint32_t quiet_left
     void rtk_detect_default_config(rtk_detect_config *c)
     size_t rtk_detect_arena_size(const rtk_detect_config *c)
@@ -100,6 +100,7 @@ cdef class Detector:
         """How the last sample was scored."""
         return {"score": self.d.score, "surprise": self.d.surprise,
                 "tail_neg_log10": self.d.likelihood, "quiet_after_alarm": self.d.quiet_left,
+                "beyond_range": bool(self.d.beyond_range),
                 "z": {"level": self.d.z[0], "change": self.d.z[1], "smoothed": self.d.z[2]},
                 "baseline": ("recent", "time_of_day", "time_of_week")[self.d.view],
                 "expected": None if self.d.expected != self.d.expected else self.d.expected,
