@@ -268,7 +268,7 @@ static void test_state_restored_mid_series(void)
     CHECK(same);
     uint32_t magic, older;
     memcpy(&magic, state, sizeof magic);
-    for (char format = '1'; format <= '2'; format++) { /* "RDT1" (sorted arrays), "RDT2" (AVL trees) */
+    for (char format = '1'; format <= '3'; format++) { /* "RDT1" (sorted arrays), "RDT2" (AVL trees), "RDT3" (no range seen) */
         older = (magic & 0x00ffffffu) | (uint32_t)format << 24;
         memcpy(state, &older, sizeof older);
         CHECK(rtk_detect_load(&again, arena2, state, size) == -1);
