@@ -336,8 +336,6 @@ static double view_step(rtk_detector *d, int v, double y, double floor, double *
     }
     if (s[0] < floor)
         s[0] = floor;
-    if (v == 0)
-        d->level_scale = s[0];
     /* The smoother sees the sample clipped to 3 scales (a Huber-type EWMA): a lone spike
        then leaves no long trail in it, while a sustained shift still moves it. */
     double clipped = y;
@@ -501,14 +499,11 @@ double rtk_detect_update(rtk_detector *d, double t, double x)
     double top = (coarse > l[view] ? coarse : l[view]) - log10(2.0);
     /* New ground: a value beyond every value seen so far, by more than a share of their range,
        is an anomaly whatever the windows, which follow a slow drift, or the seasons, which may
-       expect a peak, make of it (HTM's spatial anomaly in NAB), and by more than one robust
-       scale of the values' window, so that pure noise alarms no more. Only once the range has seen a
+       expect a peak, make of it (HTM's spatial anomaly in NAB). Only once the range has seen a
        whole period: a series' first day reaches new highs and lows with its daily rhythm. A
        level shift alarms once: its values are the range's edge from then on. It scores at
        least 0.5 (p = 1e-8): HTM gives it the highest score. */
     double margin = RANGE_MARGIN * (d->highest - d->lowest);
-    if (margin < d->level_scale) /* noise's own tail, beyond the last record by under a scale, is no new ground */
-        margin = d->level_scale;
     d->beyond_range = d->samples > 1 && d->samples > d->cfg.warmup && t - d->first_t >= d->cfg.period &&
                       d->highest > d->lowest && (x > d->highest + margin || x < d->lowest - margin);
     if (d->samples == 1) {

@@ -101,7 +101,6 @@ typedef struct {
     uint32_t coarse_n;
     uint64_t samples;
     double first_t, lowest, highest; /* the first sample's time; the range of the values seen so far */
-    double level_scale; /* the values' robust scale in their window, as the last sample found it */
     /* the last sample's workings, for explanations and tests */
     double z[RTK_DETECT_FEATURES];
     double expected;  /* the scoring view's seasonal expectation, NaN for view 0 */
