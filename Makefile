@@ -60,6 +60,7 @@ bench: $(VENV)/.built
 	$(PY) bench/controller.py --output bench/controller-report.json
 	$(PY) bench/dashboard.py --output bench/dashboard-report.json
 	$(PY) bench/anomaly.py --output bench/anomaly-report.json
+	$(PY) bench/noise_alarms.py --output bench/noise-alarms-report.json
 	$(PY) bench/iforest.py --output bench/iforest-report.json
 	$(PY) bench/nab.py --halves --generated --sweep window=256,512,1024 --sweep smooth_alpha=0.05,0.1,0.2 --output bench/nab-report.json
 	$(PY) bench/shaping.py --output bench/shaping-report.json

@@ -1,6 +1,6 @@
 """Calibration of the streaming detector: how often pure noise alarms.
 
-    python bench/noise_alarms.py [--seeds 6] [--samples 100000]
+    python bench/noise_alarms.py [--seeds 6] [--samples 100000] [--output FILE]
 
 Runs a fresh detector (default settings, a sample a minute) over noise that holds no anomaly:
 iid Gaussian, AR(1) with phi 0.9 (Gaussian innovations) and quantised Gaussian (round(noise)),
@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import random
 
+from report import write as write_report
 from rtk_qos._core import Detector
 
 ALARM_SCORE = 5 / 13  # L / (L + 8) at L = -log10(1e-5)
@@ -36,13 +37,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=6)
     parser.add_argument("--samples", type=int, default=100_000)
+    parser.add_argument("--output", help="write the JSON report here")
     args = parser.parse_args()
+    report = {"samples": args.samples, "seeds": list(range(1, args.seeds + 1)), "alarm_score": ALARM_SCORE,
+              "alarms_per_100k": {}, "alarms_per_seed": {}}
     t = [1.4e9 + 60.0 * i for i in range(args.samples)]
     for kind in ("gaussian", "ar1", "quantised"):
         alarms = [sum(s >= ALARM_SCORE for s in Detector().run(t, noise(kind, seed, args.samples)))
                   for seed in range(1, args.seeds + 1)]
-        print(f"{kind}: {sum(alarms) / len(alarms) * 100_000 / args.samples:.2f} alarms per 100k samples "
-              f"(per seed: {alarms})")
+        rate = sum(alarms) / len(alarms) * 100_000 / args.samples
+        report["alarms_per_100k"][kind], report["alarms_per_seed"][kind] = round(rate, 2), alarms
+        print(f"{kind}: {rate:.2f} alarms per 100k samples (per seed: {alarms})")
+    write_report(report, args.output)
 
 
 if __name__ == "__main__":
