@@ -503,13 +503,13 @@ double rtk_detect_update(rtk_detector *d, double t, double x)
        whole period: a series' first day reaches new highs and lows with its daily rhythm. A
        level shift alarms once: its values are the range's edge from then on. It scores at
        least 0.5 (p = 1e-8): HTM gives it the highest score. */
-    double margin = RANGE_MARGIN * (d->highest - d->lowest);
-    d->beyond_range = d->samples > 1 && d->samples > d->cfg.warmup && t - d->first_t >= d->cfg.period &&
-                      d->highest > d->lowest && (x > d->highest + margin || x < d->lowest - margin);
     if (d->samples == 1) {
         d->first_t = t;
         d->lowest = d->highest = x;
     }
+    double margin = RANGE_MARGIN * (d->highest - d->lowest);
+    d->beyond_range = d->samples > d->cfg.warmup && t - d->first_t >= d->cfg.period && d->highest > d->lowest &&
+                      (x > d->highest + margin || x < d->lowest - margin);
     d->lowest = x < d->lowest ? x : d->lowest;
     d->highest = x > d->highest ? x : d->highest;
     if (d->beyond_range && top < SCORE_HALF)
