@@ -11,6 +11,9 @@ from pathlib import Path
 import pytest
 
 from mqtt_harness import flat_request, online
+from paho.mqtt import client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+from rtk_qos.agent.session import delivered
 from rtk_qos.history import HistoryStore
 
 UNIT = Path(__file__).resolve().parents[2] / "cross" / "systemd" / "rtk-qos.service"
@@ -151,3 +154,26 @@ def test_stop_under_load_with_a_hung_broker_ends_within_the_unit_timeout_and_sav
     # Every cancelled command's result waits in the outbox for the broker.
     queued = [p.read_bytes() for p in (agent.state_dir / "outbox").glob("*.msg")]
     assert all(any(command_id.encode() in q for q in queued) for command_id in ids)
+
+
+
+def test_a_publish_paho_reports_failed_is_not_delivered_and_raises_nothing(broker):
+    # A stopping agent publishes "offline" and waits for it; when the broker dies under it (a
+    # Ctrl-C that reached the broker too), paho marks the publish failed and raises from its
+    # checks. For the session it is a message not delivered (the outbox keeps a result), no crash.
+    client = mqtt.Client(CallbackAPIVersion.VERSION2)
+    client.connect("127.0.0.1", broker.plain_port)
+    client.loop_start()
+    try:
+        assert delivered(client.publish("t/sent", b"x", qos=1), 5.0)
+        broker.stop()
+        deadline = time.monotonic() + 10
+        while client.is_connected():
+            assert time.monotonic() < deadline, "paho never saw the broker go"
+            time.sleep(0.05)
+        lost = client.publish("t/lost", b"x", qos=1)
+        with pytest.raises(RuntimeError):
+            lost.is_published()
+        assert not delivered(lost) and not delivered(lost, 0.2)
+    finally:
+        client.loop_stop()

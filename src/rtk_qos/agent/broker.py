@@ -51,7 +51,10 @@ class LocalBroker:
             f.write(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\nset_tcp_nodelay true\n")
         os.makedirs(log_dir, mode=0o700, exist_ok=True)
         self.log_path = os.path.join(log_dir, "mosquitto.log")
-        self.proc = subprocess.Popen([binary, "-c", conf], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        # A session of its own: the terminal's Ctrl-C reaches the agent, which says offline through
+        # this broker and then stops it, instead of the broker dying under the agent's last words.
+        self.proc = subprocess.Popen([binary, "-c", conf], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                     start_new_session=True)
         self._logger = threading.Thread(target=self._keep_log, args=(log_bytes,), name="rtk-qos-broker-log",
                                         daemon=True)
         self._logger.start()

@@ -50,6 +50,18 @@ def _no_delay(client: mqtt.Client) -> None:
         raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
+def delivered(info: mqtt.MQTTMessageInfo, wait_s: float = 0.0) -> bool:
+    """Whether the broker has the message (its PUBACK for QoS 1), waiting up to `wait_s`. A publish
+    paho reports failed (the connection lost under it) is not delivered, not an error: the outbox
+    keeps a result for the next connection."""
+    try:
+        if wait_s > 0:
+            info.wait_for_publish(timeout=wait_s)
+        return info.is_published()
+    except RuntimeError:
+        return False
+
+
 class Session:
     def __init__(self, config: dict, lwt_topic: str, device_id: str, outbox: Outbox,
                  on_message: Callable, on_connected: Callable[[], None]):
@@ -214,11 +226,10 @@ class Session:
             self.outbox.remove(entry.seq)
             return
         deadline = time.monotonic() + PUBACK_WAIT_S
-        while (not info.is_published() and self.connected.is_set() and not self._stop.is_set()
-               and time.monotonic() < deadline):
-            info.wait_for_publish(timeout=0.2)
-        if info.is_published():
-            self.outbox.remove(entry.seq)
+        while not delivered(info, 0.2):
+            if not self.connected.is_set() or self._stop.is_set() or time.monotonic() >= deadline:
+                return
+        self.outbox.remove(entry.seq)
 
     def stop(self, offline_payload: Optional[bytes] = None, wait_s: float = 5.0) -> None:
         """Clean shutdown within `wait_s`: publish `offline` (retained) so the Last Will is not
@@ -226,9 +237,7 @@ class Session:
         deadline = time.monotonic() + wait_s
         if offline_payload is not None and self.connected.is_set():
             info = self.client.publish(self.lwt_topic, offline_payload, qos=1, retain=True)
-            published = min(deadline, time.monotonic() + OFFLINE_WAIT_S)
-            while not info.is_published() and time.monotonic() < published:
-                time.sleep(0.05)
+            delivered(info, min(deadline - time.monotonic(), OFFLINE_WAIT_S))
         self._stop.set()
         self.outbox.wake()  # the sender thread waits for a message to send: it sees the stop now
         self.client.disconnect()
